@@ -1,0 +1,6 @@
+"""Data: the HumanAttData datalist format and layer, dataset builders, synthetic benchmark."""
+from mlic.data.datalist import (Datalist, DatalistError, ImageReadError, parse_datalist_text,  # noqa: F401
+                                read_datalist)
+from mlic.data.human_att_data import (BatchSpec, HumanAttBatch, HumanAttBatchSampler,  # noqa: F401
+                                      HumanAttDataConfig, HumanAttDataLoader, HumanAttDataset,
+                                      build_loader, build_loader_from_layer)

@@ -1,0 +1,84 @@
+"""The image and box transforms of Caffe's HumanAttData layer (SPEC section 2).
+
+All arithmetic that Caffe does in ``float`` is done in float32 here so that truncations
+(``int(w * f)``, ``int(int(x) * f)``) land on the same integers.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+
+def read_image_bgr(path: str) -> Optional[np.ndarray]:
+    """8-bit 3-channel BGR image as OpenCV's IMREAD_COLOR reads it, or None if unreadable."""
+    if not os.path.isfile(path):
+        return None
+    return cv2.imread(path, cv2.IMREAD_COLOR)
+
+
+def resize_linear(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``cv::resize`` to (width, height) with INTER_LINEAR (aspect ratio not kept)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"cannot resize to {width}x{height}: both sizes must be positive")
+    if img.shape[1] == width and img.shape[0] == height:
+        return img
+    return cv2.resize(img, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+
+
+def is_unit_scale(factor: float) -> bool:
+    """Caffe compares the float factor with 1 exactly."""
+    return np.float32(factor) == np.float32(1.0)
+
+
+def scaled_size(width: int, height: int, factor: float) -> Tuple[int, int]:
+    """(int(w*f), int(h*f)) computed in float32 as Caffe does."""
+    f = np.float32(factor)
+    return int(np.float32(width) * f), int(np.float32(height) * f)
+
+
+def scale_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
+    """x = int(int(x) * f) on x1, y1, x2, y2 of boxes [..., 5]; the score is untouched.
+
+    At f == 1 exactly the boxes are returned unchanged (still fractional), as in Caffe.
+    """
+    out = np.array(boxes, dtype=np.float32, copy=True)
+    if is_unit_scale(factor):
+        return out
+    f = np.float32(factor)
+    xy = out[..., :4]
+    out[..., :4] = np.trunc(np.trunc(xy) * f)
+    return out
+
+
+def mirror_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """Left-right flip of boxes [..., 5] in an image of the given width:
+    x1' = W - int(x2) - 1, x2' = W - int(x1) - 1; y and score unchanged."""
+    out = np.array(boxes, dtype=np.float32, copy=True)
+    w = np.float32(width)
+    x1 = np.trunc(out[..., 0])
+    x2 = np.trunc(out[..., 2])
+    out[..., 0] = w - x2 - np.float32(1)
+    out[..., 2] = w - x1 - np.float32(1)
+    return out
+
+
+def subtract_mean_chw(img: np.ndarray, mean_values: Sequence[float], scale: float,
+                      out: np.ndarray, mirror: bool = False) -> np.ndarray:
+    """Write ``(img - mean[c]) * scale`` of an HxWx3 uint8 image into ``out`` (3xHxW float32).
+
+    mean_values: empty (no subtraction), one value for all channels, or one per channel.
+    """
+    channels = img.shape[2]
+    if len(mean_values) not in (0, 1, channels):
+        raise ValueError(f"mean_values has {len(mean_values)} values; expected 0, 1 or {channels}")
+    src = img[:, ::-1] if mirror else img
+    s = np.float32(scale)
+    for c in range(channels):
+        m = np.float32(mean_values[c] if len(mean_values) > 1 else (mean_values[0] if mean_values else 0.0))
+        np.subtract(src[:, :, c], m, out=out[c], dtype=np.float32)
+        if s != np.float32(1.0):
+            np.multiply(out[c], s, out=out[c])
+    return out
