@@ -211,9 +211,12 @@ def _get_list(obj, name) -> list:
         v = getattr(obj, name, [])
     if v is None:
         return []
-    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+    if isinstance(v, (str, bytes, int, float)):
         return [v]
-    return list(v)
+    try:
+        return list(v)
+    except TypeError:
+        return [v]
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,331 @@
+"""HumanAttData layer: Caffe's outputs, box rules, order, shuffling, workers and sharding."""
+import json
+import re
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mlic.data import (BatchSpec, HumanAttBatchSampler, HumanAttDataConfig, HumanAttDataset,
+                       build_loader, build_loader_from_layer, read_datalist)
+from mlic.data.transforms import mirror_boxes, scale_boxes, scaled_size
+
+MEAN = (103.52, 116.28, 123.675)
+
+
+# ----------------------------------------------------------------------------------
+# Caffe reference
+
+
+def _parse_text_block(text):
+    """Minimal protobuf text parser for the layer in the reference case (test helper)."""
+    toks = re.findall(r'"[^"]*"|[{}]|[^\s{}:]+:?', text)
+    pos = 0
+
+    def block():
+        nonlocal pos
+        out = {}
+        while pos < len(toks) and toks[pos] != "}":
+            key = toks[pos].rstrip(":")
+            pos += 1
+            if toks[pos] == "{":
+                pos += 1
+                val = block()
+                pos += 1
+            else:
+                raw = toks[pos]
+                pos += 1
+                val = raw[1:-1] if raw.startswith('"') else raw
+            out.setdefault(key, []).append(val)
+        return out
+
+    return block()
+
+
+def test_matches_caffe_data_layer(caffe_ref):
+    ref = np.load(caffe_ref / "data_layer.npz")
+    meta = json.loads(str(ref["meta"]))
+    assert "no shuffle, no mirror" in meta["note"]
+    images = caffe_ref / "data_layer_images"
+    for case in ("plain", "scaled"):
+        layer = _parse_text_block(str(ref[f"{case}/prototxt"]))["layer"][0]
+        loader = build_loader_from_layer(layer, base_dir=str(images))
+        cfg = loader.config
+        assert cfg.batch_size == 2 and not cfg.shuffle and not cfg.mirror
+        if case == "scaled":
+            # One factor listed, so the draw is forced; the meta records what Caffe used.
+            assert cfg.scale_factors == (meta["scale_factor"],)
+        for step, batch in enumerate(loader.iter_steps(0, 2)):
+            want_data = ref[f"{case}/batch{step}/data"]
+            want_lr = ref[f"{case}/batch{step}/label_roi"]
+            assert batch.data.dtype == torch.float32 and batch.data.shape == want_data.shape
+            assert np.array_equal(batch.data.numpy(), want_data), (case, step)
+            assert np.array_equal(batch.label_roi.numpy(), want_lr), (case, step)
+        # the second batch wrapped to the start of the 3-image list
+        assert batch.indices.tolist() == [2, 0]
+
+
+# ----------------------------------------------------------------------------------
+# Box rules against hand-computed values
+
+
+def test_scale_boxes_truncation_hand_values():
+    boxes = np.float32([[19.81, 9.32, 24.78, 19.59, 0.0084], [0.99, 1.0, 47.5, 39.9, 0.3]])
+    got = scale_boxes(boxes, 0.75)
+    # int(int(19.81)*0.75) = int(14.25) = 14; int(9*0.75)=6; int(24*0.75)=18; int(19*0.75)=14
+    np.testing.assert_array_equal(got[0], np.float32([14, 6, 18, 14, 0.0084]))
+    np.testing.assert_array_equal(got[1], np.float32([0, 0, 35, 29, 0.3]))
+    # f == 1 keeps the fractional boxes as read
+    np.testing.assert_array_equal(scale_boxes(boxes, 1.0), boxes)
+    # float arithmetic as Caffe: 10 * 0.7f rounds to 7.0f, so int() gives 7
+    assert scale_boxes(np.float32([[10, 10, 10, 10, 1]]), 0.7)[0, 0] == 7
+
+
+def test_released_scale_sizes():
+    got = [scaled_size(672, 672, f)[0] for f in (0.714286, 0.857143, 1.0, 1.095239, 1.238096)]
+    assert got == [480, 576, 672, 736, 832]
+
+
+def test_mirror_boxes_hand_values():
+    boxes = np.float32([[10.7, 3.5, 20.2, 9.25, 0.5], [0, 0, 47, 39, 1]])
+    got = mirror_boxes(boxes, 48)
+    # x1' = 48 - int(20.2) - 1 = 27, x2' = 48 - int(10.7) - 1 = 37; y untouched
+    np.testing.assert_array_equal(got[0], np.float32([27, 3.5, 37, 9.25, 0.5]))
+    np.testing.assert_array_equal(got[1], np.float32([0, 0, 47, 39, 1]))
+
+
+def _make_images(tmp_path, sizes, seed=0, att=2, box=3, boxes=None):
+    rng = np.random.default_rng(seed)
+    lines = []
+    for k, (w, h) in enumerate(sizes):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / f"im{k}.png"), img)
+        lab = " ".join(str(int(v)) for v in rng.integers(0, 2, att))
+        bx = boxes[k] if boxes is not None else [[rng.uniform(0, 20), rng.uniform(0, 10), rng.uniform(20, 30),
+                                                  rng.uniform(10, 19), rng.uniform()] for _ in range(box)]
+        lines.append(f"im{k}.png {lab} " + " ".join(f"{v:.4f}" for b in bx for v in b))
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    return tmp_path / "list.txt"
+
+
+def test_scaled_and_mirrored_batch_hand_computed(tmp_path):
+    src = _make_images(tmp_path, [(50, 30), (17, 41)], boxes=[[[10.7, 3.5, 20.2, 9.25, 0.5]],
+                                                             [[1.2, 2.9, 31.99, 18.0, 0.25]]], box=1)
+    cfg = HumanAttDataConfig(source=str(src), root_folder=str(tmp_path) + "/", batch_size=2,
+                             new_width=32, new_height=20, mean_values=MEAN, scale=0.5, att_num=2, bbox_num=1)
+    ds = HumanAttDataset.from_config(cfg)
+    b = ds.load_batch([0, 1], scale=0.5, mirror=[True, False])
+    assert b.data.shape == (2, 3, 10, 16)
+    for j, k in enumerate((0, 1)):
+        img = cv2.imread(str(tmp_path / f"im{k}.png"))
+        img = cv2.resize(cv2.resize(img, (32, 20), interpolation=cv2.INTER_LINEAR), (16, 10),
+                         interpolation=cv2.INTER_LINEAR)
+        if j == 0:
+            img = img[:, ::-1]
+        want = (img.astype(np.float32) - np.float32(MEAN)) * np.float32(0.5)
+        assert np.array_equal(b.data[j].numpy(), want.transpose(2, 0, 1))
+    # image 0: scale int(int(x)*0.5): (5, 1, 10, 4), then mirror in width 16: x1'=16-10-1=5, x2'=16-5-1=10
+    np.testing.assert_array_equal(b.boxes[0, 0].numpy(), np.float32([5, 1, 10, 4, 0.5]))
+    # image 1: (0, 1, 15, 9), not mirrored
+    np.testing.assert_array_equal(b.boxes[1, 0].numpy(), np.float32([0, 1, 15, 9, 0.25]))
+    rois = b.rois.numpy()
+    np.testing.assert_array_equal(rois, np.float32([[0, 5, 1, 10, 4, 0.5], [1, 0, 1, 15, 9, 0.25]]))
+    assert b.labels.shape == (2, 2) and b.list_roi.shape == (2, 5)
+
+
+def test_rois_layout_image_major(tmp_path):
+    src = _make_images(tmp_path, [(20, 20)] * 3, box=4)
+    cfg = HumanAttDataConfig(source=str(src), root_folder=str(tmp_path) + "/", batch_size=3,
+                             new_width=20, new_height=20)
+    b = HumanAttDataset.from_config(cfg).load_batch([2, 0, 1])
+    rois = b.rois
+    assert rois.shape == (12, 6)
+    assert rois[:, 0].tolist() == [0.0] * 4 + [1.0] * 4 + [2.0] * 4
+    dl = read_datalist(src, check_files="none")
+    np.testing.assert_array_equal(rois[4:8, 1:].numpy(), dl.boxes[0])
+
+
+# ----------------------------------------------------------------------------------
+# Order, wrap-around, shuffling
+
+
+def test_wrap_around_without_shuffle():
+    s = HumanAttBatchSampler(3, 2)
+    assert [s.batch(k).indices for k in range(4)] == [(0, 1), (2, 0), (1, 2), (0, 1)]
+    assert len(s) == 2 and [b.indices for b in s] == [(0, 1), (2, 0)]
+    s.set_epoch(1)
+    assert [b.indices for b in s] == [(1, 2), (0, 1)]
+
+
+def test_shuffle_is_seeded_and_reshuffles_each_pass():
+    n, bs = 7, 3
+    a = HumanAttBatchSampler(n, bs, shuffle=True, seed=5)
+    b = HumanAttBatchSampler(n, bs, shuffle=True, seed=5)
+    c = HumanAttBatchSampler(n, bs, shuffle=True, seed=6)
+    seq_a = [a.batch(k).indices for k in range(20)]
+    assert seq_a == [b.batch(k).indices for k in range(20)]
+    assert seq_a != [c.batch(k).indices for k in range(20)]
+    stream = [i for t in seq_a for i in t]
+    passes = [stream[p * n:(p + 1) * n] for p in range(len(stream) // n)]
+    assert all(sorted(p) == list(range(n)) for p in passes)  # each pass is a permutation
+    assert len({tuple(p) for p in passes}) > 1  # reshuffled when wrapping
+    # the stream continues across the wrap inside one batch (always-full batches)
+    assert all(len(t) == bs for t in seq_a)
+
+
+def test_scale_draw_once_per_batch_and_seeded(tmp_path):
+    src = _make_images(tmp_path, [(30, 20), (25, 25), (20, 30), (40, 10)], box=2)
+    cfg = HumanAttDataConfig(source=str(src), root_folder=str(tmp_path) + "/", batch_size=3, new_width=24,
+                             new_height=16, scale_factors=(0.5, 1.0, 1.5), mirror=True, shuffle=True)
+    s1 = build_loader(cfg, seed=3).sampler
+    s2 = build_loader(cfg, seed=3).sampler
+    specs = [s1.batch(k) for k in range(40)]
+    assert specs == [s2.batch(k) for k in range(40)]
+    assert {sp.scale for sp in specs} == {0.5, 1.0, 1.5}
+    flags = [f for sp in specs for f in sp.mirror]
+    assert 0.3 < np.mean(flags) < 0.7
+    ds = HumanAttDataset.from_config(cfg)
+    for sp in specs[:6]:
+        b = ds[sp]
+        w, h = scaled_size(24, 16, sp.scale)
+        assert b.data.shape == (3, 3, h, w) and b.scale == sp.scale
+
+
+def test_explicit_batch_specs_and_scale_schedule(tmp_path):
+    src = _make_images(tmp_path, [(30, 20)] * 3, box=1)
+    cfg = HumanAttDataConfig(source=str(src), root_folder=str(tmp_path) + "/", batch_size=2, new_width=24,
+                             new_height=16, scale_factors=(0.5, 1.0), mirror=True)
+    loader = build_loader(cfg, scale_schedule=[1.0, 0.5])
+    assert [s.scale for s in (loader.sampler.batch(k) for k in range(4))] == [1.0, 0.5, 1.0, 0.5]
+    ds = loader.dataset
+    plan = [BatchSpec((2, 1), 0.5, (True, False)), BatchSpec((0, 0), 1.0, (False, True))]
+    out = list(torch.utils.data.DataLoader(ds, sampler=plan, batch_size=None))
+    assert out[0].indices.tolist() == [2, 1] and out[0].mirrored.tolist() == [True, False]
+    assert out[1].data.shape[2:] == (16, 24)
+    assert torch.equal(out[1].data[0], out[1].data[1].flip(-1))
+
+
+# ----------------------------------------------------------------------------------
+# Workers and sharding
+
+
+def _tiny_config(tmp_path, n=10, **kw):
+    src = _make_images(tmp_path, [(20 + k, 24 - k) for k in range(n)], box=2)
+    base = dict(source=str(src), root_folder=str(tmp_path) + "/", batch_size=3, new_width=16, new_height=12,
+                scale_factors=(0.75, 1.0, 1.25), mirror=True, shuffle=True, mean_values=MEAN)
+    base.update(kw)
+    return HumanAttDataConfig(**base)
+
+
+def test_workers_give_identical_batches(tmp_path):
+    cfg = _tiny_config(tmp_path)
+    ref = build_loader(cfg, seed=11, num_workers=0)
+    par = build_loader(cfg, seed=11, num_workers=2)
+    for epoch in (0, 1):
+        ref.set_epoch(epoch)
+        par.set_epoch(epoch)
+        a, b = list(ref), list(par)
+        assert len(a) == len(b) == 4
+        for x, y in zip(a, b):
+            assert torch.equal(x.data, y.data) and torch.equal(x.label_roi, y.label_roi)
+            assert x.indices.tolist() == y.indices.tolist() and x.scale == y.scale
+
+
+def test_sharded_ranks_are_disjoint_and_cover_the_global_batch(tmp_path):
+    cfg = _tiny_config(tmp_path, n=11)
+    world = 2
+    ranks = [build_loader(cfg, seed=4, num_replicas=world, rank=r) for r in range(world)]
+    single = build_loader(HumanAttDataConfig(**{**cfg.__dict__, "batch_size": cfg.batch_size * world}), seed=4)
+    for epoch in (0, 1):
+        for ld in ranks + [single]:
+            ld.set_epoch(epoch)
+        per_rank = [list(ld.sampler) for ld in ranks]
+        glob = list(single.sampler)
+        assert len(glob) == len(per_rank[0]) == 2
+        for k, g in enumerate(glob):
+            parts = [pr[k] for pr in per_rank]
+            assert parts[0].indices + parts[1].indices == g.indices  # disjoint slices of the global batch
+            assert parts[0].mirror + parts[1].mirror == g.mirror
+            assert parts[0].scale == parts[1].scale == g.scale  # one factor per global step
+        # the same multiset of images per epoch, also through workers
+        loaded = Counter(i for ld in ranks for b in ld for i in b.indices.tolist())
+        assert loaded == Counter(i for g in glob for i in g.indices)
+    ranks[1].set_epoch(0)
+    via_workers = build_loader(cfg, seed=4, num_replicas=world, rank=1, num_workers=2)
+    assert Counter(i for b in via_workers for i in b.indices.tolist()) == \
+        Counter(i for sp in ranks[1].sampler for i in sp.indices)
+
+
+def test_iter_steps_is_endless_and_resumable(tmp_path):
+    cfg = _tiny_config(tmp_path, n=5)
+    ld = build_loader(cfg, seed=1)
+    it = ld.iter_steps(0, None)
+    first = [next(it) for _ in range(7)]
+    resumed = list(ld.iter_steps(4, 3))
+    for a, b in zip(first[4:], resumed):
+        assert torch.equal(a.data, b.data) and a.step == b.step
+
+
+# ----------------------------------------------------------------------------------
+# Config
+
+
+def test_config_from_layer_dict_and_errors():
+    layer = {"name": ["data"], "transform_param": [{"mirror": ["true"], "mean_value": ["1", "2", "3"],
+                                                    "scale": ["0.5"]}],
+             "human_att_data_param": [{"source": ["a.txt"], "batch_size": ["32"], "shuffle": ["true"],
+                                       "new_width": ["672"], "new_height": ["672"],
+                                       "scale_factors": ["0.714286", "1"], "att_num": ["80"],
+                                       "bbox_num": ["500"], "root_folder": ["/data/"]}]}
+    cfg = HumanAttDataConfig.from_layer(layer)
+    assert cfg == HumanAttDataConfig(source="a.txt", root_folder="/data/", batch_size=32, shuffle=True,
+                                     new_width=672, new_height=672, scale_factors=(0.714286, 1.0),
+                                     att_num=80, bbox_num=500, mirror=True, mean_values=(1, 2, 3), scale=0.5)
+    with pytest.raises(ValueError, match="crop_size"):
+        HumanAttDataConfig.from_layer({"human_att_data_param": {"source": "a", "crop_size": 3}})
+    with pytest.raises(ValueError, match="no human_att_data_param"):
+        HumanAttDataConfig.from_layer({"name": "x"})
+    with pytest.raises(ValueError, match="new_width"):
+        HumanAttDataConfig(source="a", new_width=10)
+    with pytest.raises(ValueError, match="scale_factors"):
+        HumanAttDataConfig(source="a", scale_factors=(0.0,))
+
+
+def test_config_from_protobuf_message():
+    # a LayerParameter-shaped message built at run time (the project's caffe schema is elsewhere)
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fdp = descriptor_pb2.FileDescriptorProto(name="t_hadp.proto", package="t_hadp", syntax="proto2")
+    h = fdp.message_type.add(name="H")
+    F = descriptor_pb2.FieldDescriptorProto
+    for name, num, typ, lab in (("source", 1, F.TYPE_STRING, F.LABEL_OPTIONAL),
+                                ("batch_size", 4, F.TYPE_UINT32, F.LABEL_OPTIONAL),
+                                ("new_width", 10, F.TYPE_UINT32, F.LABEL_OPTIONAL),
+                                ("new_height", 9, F.TYPE_UINT32, F.LABEL_OPTIONAL),
+                                ("scale_factors", 15, F.TYPE_FLOAT, F.LABEL_REPEATED)):
+        h.field.add(name=name, number=num, type=typ, label=lab)
+    t = fdp.message_type.add(name="T")
+    t.field.add(name="mirror", number=1, type=F.TYPE_BOOL, label=F.LABEL_OPTIONAL)
+    t.field.add(name="mean_value", number=5, type=F.TYPE_FLOAT, label=F.LABEL_REPEATED)
+    lay = fdp.message_type.add(name="L")
+    lay.field.add(name="human_att_data_param", number=148, type=F.TYPE_MESSAGE, type_name=".t_hadp.H",
+                  label=F.LABEL_OPTIONAL)
+    lay.field.add(name="transform_param", number=100, type=F.TYPE_MESSAGE, type_name=".t_hadp.T",
+                  label=F.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    L = message_factory.GetMessageClass(pool.FindMessageTypeByName("t_hadp.L"))
+    msg = L()
+    msg.human_att_data_param.source = "s.txt"
+    msg.human_att_data_param.batch_size = 4
+    msg.human_att_data_param.new_width = 8
+    msg.human_att_data_param.new_height = 6
+    msg.human_att_data_param.scale_factors.extend([0.5, 1.0])
+    msg.transform_param.mirror = True
+    msg.transform_param.mean_value.extend([1.0, 2.0, 3.0])
+    cfg = HumanAttDataConfig.from_layer(msg)
+    assert (cfg.source, cfg.batch_size, cfg.new_width, cfg.new_height) == ("s.txt", 4, 8, 6)
+    assert cfg.scale_factors == (0.5, 1.0) and cfg.mirror and cfg.mean_values == (1.0, 2.0, 3.0)
+    assert cfg.att_num is None and cfg.scale == 1.0
