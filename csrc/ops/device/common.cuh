@@ -1,0 +1,39 @@
+// Shared by the C++ CPU kernels, the compiled CUDA kernels and the NVRTC runtime path.
+// Only plain C++ and CUDA builtins here: no torch headers, no std headers under NVRTC.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define MLIC_HD __host__ __device__ __forceinline__
+#define MLIC_DEVICE_CODE 1
+#else
+#define MLIC_HD inline
+#include <cmath>
+#include <cstdint>
+#endif
+
+#ifdef __CUDACC_RTC__
+typedef long long mlic_int64;
+#else
+typedef int64_t mlic_int64;
+#endif
+
+namespace mlic {
+
+// C's round(): half away from zero, in the type the value was computed in.
+MLIC_HD float c_round(float v) { return roundf(v); }
+MLIC_HD double c_round(double v) { return round(v); }
+MLIC_HD float c_floor(float v) { return floorf(v); }
+MLIC_HD double c_floor(double v) { return floor(v); }
+MLIC_HD float c_ceil(float v) { return ceilf(v); }
+MLIC_HD double c_ceil(double v) { return ceil(v); }
+MLIC_HD float c_exp(float v) { return expf(v); }
+MLIC_HD double c_exp(double v) { return exp(v); }
+
+template <typename T> MLIC_HD T lowest();
+template <> MLIC_HD float lowest<float>() { return -3.402823466e+38f; }  // -FLT_MAX, as Caffe
+template <> MLIC_HD double lowest<double>() { return -3.402823466e+38; }  // Caffe uses -FLT_MAX for double too
+
+MLIC_HD int imin(int a, int b) { return a < b ? a : b; }
+MLIC_HD int imax(int a, int b) { return a > b ? a : b; }
+
+}  // namespace mlic

@@ -1,0 +1,211 @@
+// RoI max pooling as the authors' Caffe ROIPooling layer, generalised to several
+// grids ("levels") per RoI whose outputs are concatenated per RoI (roi_spp).
+//
+// Output of one RoI: for each level l, a [C, h_l, w_l] block, blocks back to back.
+// `lv` holds 3 ints per level: h_l, w_l, off_l (cells per channel before level l);
+// S = sum of h_l*w_l. roi_pool is the single-level case, laid out as [K, C, ph, pw].
+#pragma once
+#include "common.cuh"
+
+namespace mlic {
+
+template <typename A>
+struct RoiBox {
+  int b;        // image index (already validated by the host)
+  int x1, y1;   // rounded start in feature coordinates
+  int w, h;     // extent, at least 1
+  A factor;     // score_scale * score + score_bias
+};
+
+template <typename T, typename A>
+MLIC_HD RoiBox<A> roi_box(const T* roi, int roi_cols, A spatial_scale, A score_scale, A score_bias) {
+  RoiBox<A> r;
+  r.b = static_cast<int>(static_cast<A>(roi[0]));
+  r.x1 = static_cast<int>(c_round(static_cast<A>(roi[1]) * spatial_scale));
+  r.y1 = static_cast<int>(c_round(static_cast<A>(roi[2]) * spatial_scale));
+  const int x2 = static_cast<int>(c_round(static_cast<A>(roi[3]) * spatial_scale));
+  const int y2 = static_cast<int>(c_round(static_cast<A>(roi[4]) * spatial_scale));
+  r.w = imax(x2 - r.x1 + 1, 1);
+  r.h = imax(y2 - r.y1 + 1, 1);
+  const A score = roi_cols >= 6 ? static_cast<A>(roi[5]) : static_cast<A>(1);
+  r.factor = score_scale * score + score_bias;
+  return r;
+}
+
+// Bin p of `pooled` along one axis of extent `len` starting at `start`, clipped to [0, limit].
+template <typename A>
+MLIC_HD void roi_bin(int p, int pooled, int len, int start, int limit, int& lo, int& hi) {
+  const A bin = static_cast<A>(len) / static_cast<A>(pooled);
+  lo = static_cast<int>(c_floor(static_cast<A>(p) * bin));
+  hi = static_cast<int>(c_ceil(static_cast<A>(p + 1) * bin));
+  lo = imin(imax(lo + start, 0), limit);
+  hi = imin(imax(hi + start, 0), limit);
+}
+
+// Max over [hs,he) x [ws,we) of one plane: strict '>' from -FLT_MAX, so the first
+// maximum in row-major order wins; an empty bin gives 0 and index -1.
+template <typename T, typename A>
+MLIC_HD void bin_max(const T* plane, int W, int hs, int he, int ws, int we, A& val, int& idx) {
+  if (he <= hs || we <= ws) {
+    val = static_cast<A>(0);
+    idx = -1;
+    return;
+  }
+  A m = lowest<A>();
+  int mi = -1;
+  for (int h = hs; h < he; ++h)
+    for (int w = ws; w < we; ++w) {
+      const A v = static_cast<A>(plane[h * W + w]);
+      if (v > m) {
+        m = v;
+        mi = h * W + w;
+      }
+    }
+  val = m;
+  idx = mi;
+}
+
+// Decodes j in [0, C*S) of one RoI's row into (level, channel, ph, pw).
+MLIC_HD void roi_row_decode(int j, int C, const int* lv, int nlev, int& l, int& c, int& ph, int& pw) {
+  l = 0;
+  while (l + 1 < nlev && j >= C * lv[3 * (l + 1) + 2]) ++l;
+  const int hl = lv[3 * l], wl = lv[3 * l + 1];
+  const int jj = j - C * lv[3 * l + 2];
+  c = jj / (hl * wl);
+  const int cell = jj - c * hl * wl;
+  ph = cell / wl;
+  pw = cell - ph * wl;
+}
+
+#ifdef MLIC_DEVICE_CODE
+
+template <typename T, typename A>
+__global__ void roi_pool_forward_kernel(const T* __restrict__ feat, const T* __restrict__ rois, int roi_cols,
+                                        mlic_int64 K, int N, int C, int H, int W, const int* __restrict__ lv,
+                                        int nlev, int S, A spatial_scale, A score_scale, A score_bias,
+                                        T* __restrict__ out, int* __restrict__ argmax) {
+  const mlic_int64 total = K * C * S;
+  const mlic_int64 row = static_cast<mlic_int64>(C) * S;
+  for (mlic_int64 i = blockIdx.x * static_cast<mlic_int64>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<mlic_int64>(gridDim.x) * blockDim.x) {
+    const mlic_int64 k = i / row;
+    int l, c, ph, pw;
+    roi_row_decode(static_cast<int>(i - k * row), C, lv, nlev, l, c, ph, pw);
+    const RoiBox<A> r = roi_box<T, A>(rois + k * roi_cols, roi_cols, spatial_scale, score_scale, score_bias);
+    A val = static_cast<A>(0);
+    int idx = -1;
+    if (r.b >= 0 && r.b < N) {  // the host validated this; never read outside `feat`
+      int hs, he, ws, we;
+      roi_bin<A>(ph, lv[3 * l], r.h, r.y1, H, hs, he);
+      roi_bin<A>(pw, lv[3 * l + 1], r.w, r.x1, W, ws, we);
+      bin_max<T, A>(feat + (static_cast<mlic_int64>(r.b) * C + c) * H * W, W, hs, he, ws, we, val, idx);
+    }
+    out[i] = static_cast<T>(val * r.factor);
+    argmax[i] = idx;
+  }
+}
+
+// Fast backward: one thread per output cell, atomics into an accumulator of type A.
+template <typename T, typename A>
+__global__ void roi_pool_backward_atomic_kernel(const T* __restrict__ grad, const T* __restrict__ rois, int roi_cols,
+                                                const int* __restrict__ argmax, mlic_int64 K, int N, int C, int H,
+                                                int W, const int* __restrict__ lv, int nlev, int S, A score_scale,
+                                                A score_bias, A* __restrict__ grad_in) {
+  const mlic_int64 total = K * C * S;
+  const mlic_int64 row = static_cast<mlic_int64>(C) * S;
+  for (mlic_int64 i = blockIdx.x * static_cast<mlic_int64>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<mlic_int64>(gridDim.x) * blockDim.x) {
+    const int idx = argmax[i];
+    if (idx < 0) continue;
+    const mlic_int64 k = i / row;
+    const T* roi = rois + k * roi_cols;
+    const int b = static_cast<int>(static_cast<A>(roi[0]));
+    if (b < 0 || b >= N) continue;
+    int l, c, ph, pw;
+    roi_row_decode(static_cast<int>(i - k * row), C, lv, nlev, l, c, ph, pw);
+    const A score = roi_cols >= 6 ? static_cast<A>(roi[5]) : static_cast<A>(1);
+    const A factor = score_scale * score + score_bias;
+    MLIC_ATOMIC_ADD(grad_in + (static_cast<mlic_int64>(b) * C + c) * H * W + idx, static_cast<A>(grad[i]) * factor);
+  }
+}
+
+#define MLIC_GATHER_CH 8
+#define MLIC_GATHER_TILE 64
+
+// Deterministic backward: each thread owns one input pixel for up to MLIC_GATHER_CH
+// channels of one image and sums, in RoI order then level then row-major cell order
+// (the CPU kernel's order), every cell whose argmax is that pixel.
+// `order` lists RoI indices grouped by image (stable), image b at [starts[b], starts[b+1]).
+template <typename T, typename A>
+__global__ void roi_pool_backward_gather_kernel(const T* __restrict__ grad, const T* __restrict__ rois, int roi_cols,
+                                                const int* __restrict__ argmax, const mlic_int64* __restrict__ order,
+                                                const mlic_int64* __restrict__ starts, int C, int H, int W,
+                                                const int* __restrict__ lv, int nlev, int S, A spatial_scale,
+                                                A score_scale, A score_bias, A* __restrict__ grad_in) {
+  __shared__ int s_geo[MLIC_GATHER_TILE][4];
+  __shared__ A s_factor[MLIC_GATHER_TILE];
+  __shared__ mlic_int64 s_k[MLIC_GATHER_TILE];
+  const int b = blockIdx.z;
+  const int c0 = blockIdx.y * MLIC_GATHER_CH;
+  const int pix = blockIdx.x * blockDim.x + threadIdx.x;
+  const bool active = pix < H * W;
+  const int h = active ? pix / W : 0;
+  const int w = active ? pix - h * W : 0;
+  const mlic_int64 row = static_cast<mlic_int64>(C) * S;
+  A acc[MLIC_GATHER_CH];
+  for (int q = 0; q < MLIC_GATHER_CH; ++q) acc[q] = static_cast<A>(0);
+  const mlic_int64 begin = starts[b], end = starts[b + 1];
+  for (mlic_int64 t0 = begin; t0 < end; t0 += MLIC_GATHER_TILE) {
+    __syncthreads();
+    for (int t = threadIdx.x; t < MLIC_GATHER_TILE && t0 + t < end; t += blockDim.x) {
+      const mlic_int64 k = order[t0 + t];
+      const RoiBox<A> r = roi_box<T, A>(rois + k * roi_cols, roi_cols, spatial_scale, score_scale, score_bias);
+      s_geo[t][0] = r.x1;
+      s_geo[t][1] = r.y1;
+      s_geo[t][2] = r.w;
+      s_geo[t][3] = r.h;
+      s_factor[t] = r.factor;
+      s_k[t] = k;
+    }
+    __syncthreads();
+    if (!active) continue;
+    const int n = (end - t0) < MLIC_GATHER_TILE ? static_cast<int>(end - t0) : MLIC_GATHER_TILE;
+    for (int t = 0; t < n; ++t) {
+      const int x1 = s_geo[t][0], y1 = s_geo[t][1], rw = s_geo[t][2], rh = s_geo[t][3];
+      // The bins cover at most [start, start+len]: a cheap reject before the exact test.
+      if (h < y1 || h > y1 + rh || w < x1 || w > x1 + rw) continue;
+      const mlic_int64 base = s_k[t] * row;
+      for (int l = 0; l < nlev; ++l) {
+        const int hl = lv[3 * l], wl = lv[3 * l + 1], off = lv[3 * l + 2];
+        const A bh = static_cast<A>(rh) / static_cast<A>(hl);
+        const A bw = static_cast<A>(rw) / static_cast<A>(wl);
+        const int ph0 = imax(static_cast<int>(c_floor(static_cast<A>(h - y1) / bh)) - 1, 0);
+        const int ph1 = imin(static_cast<int>(c_ceil(static_cast<A>(h - y1 + 1) / bh)), hl - 1);
+        const int pw0 = imax(static_cast<int>(c_floor(static_cast<A>(w - x1) / bw)) - 1, 0);
+        const int pw1 = imin(static_cast<int>(c_ceil(static_cast<A>(w - x1 + 1) / bw)), wl - 1);
+        for (int ph = ph0; ph <= ph1; ++ph) {
+          int hs, he;
+          roi_bin<A>(ph, hl, rh, y1, H, hs, he);
+          if (h < hs || h >= he) continue;
+          for (int pw = pw0; pw <= pw1; ++pw) {
+            int ws, we;
+            roi_bin<A>(pw, wl, rw, x1, W, ws, we);
+            if (w < ws || w >= we) continue;
+            for (int q = 0; q < MLIC_GATHER_CH && c0 + q < C; ++q) {
+              const mlic_int64 i = base + static_cast<mlic_int64>(C) * off +
+                                   static_cast<mlic_int64>(c0 + q) * hl * wl + ph * wl + pw;
+              if (argmax[i] == pix) acc[q] += static_cast<A>(grad[i]) * s_factor[t];
+            }
+          }
+        }
+      }
+    }
+  }
+  if (!active) return;
+  for (int q = 0; q < MLIC_GATHER_CH && c0 + q < C; ++q)
+    grad_in[(static_cast<mlic_int64>(b) * C + c0 + q) * H * W + pix] = acc[q];
+}
+
+#endif  // MLIC_DEVICE_CODE
+
+}  // namespace mlic
