@@ -147,7 +147,7 @@ def roi_pool_ref(
     dev = features.device
     if k_rois == 0:
         return (
-            features.new_zeros((0, c, pooled_h, pooled_w)),
+            features.reshape(-1)[:0].reshape(0, c, pooled_h, pooled_w),  # empty but still in the graph
             torch.zeros((0, c, pooled_h, pooled_w), dtype=torch.int32, device=dev),
         )
     batch = _roi_batch_indices(rois, n)
@@ -345,6 +345,9 @@ def wsddn_two_stream_ref(cls_logits: torch.Tensor, det_logits: torch.Tensor) -> 
             f"cls_logits and det_logits must have the same shape, got {tuple(cls_logits.shape)} "
             f"and {tuple(det_logits.shape)}"
         )
+    if cls_logits.shape[1] == 0 or cls_logits.shape[2] == 0:
+        raise ValueError(f"cls_logits and det_logits need at least one region and one class, got shape "
+                         f"{tuple(cls_logits.shape)}")
     region = torch.softmax(cls_logits, dim=2) * torch.softmax(det_logits, dim=1)
     return region.sum(dim=1), region
 

@@ -1,0 +1,180 @@
+"""mlic.ops.caffe_pool2d / spp (compiled kernels) against the pure-PyTorch reference."""
+import pytest
+import torch
+
+from mlic.ops.reference import caffe_pool2d_ref, spp_ref
+from tests.conftest import DEVICES, requires_cuda
+from tests.ops.kernel_utils import (
+    FLOAT_DTYPES,
+    HALF_DTYPES,
+    assert_same,
+    device_or_skip,
+    distinct_features,
+    ops,
+    requires_ext,
+)
+
+pytestmark = requires_ext
+ERRORS = (ValueError, RuntimeError, TypeError)
+MODES = ["max", "ave"]
+
+
+def _features(shape, g, dtype, mode, spacing=1.0):
+    if mode == "max":
+        return distinct_features(*shape, g, dtype, spacing=spacing)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def _compare(fn, fn_ref, x, g, what, dtype=None):
+    xk = x.clone().requires_grad_()
+    out = fn(xk)
+    xr = x.detach().cpu().to(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
+    xr.requires_grad_()
+    ref = fn_ref(xr)
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert out.dtype == x.dtype and out.device == x.device
+    assert_same(out, ref, dtype=dtype, what=f"{what} forward")
+    grad_out = torch.randn(ref.shape, generator=g, dtype=xr.dtype)
+    out.backward(grad_out.to(out.device, out.dtype))
+    ref.backward(grad_out)
+    assert_same(xk.grad, xr.grad, dtype=dtype, what=f"{what} backward", grad=True)
+
+
+# (H, W, kernel, stride, pad): Caffe's ceil rule, the pad correction (also along the dimension
+# without pad), kernel < stride, rectangular parameters
+POOL_CASES = [
+    (13, 17, 3, 2, 1),
+    (13, 17, 2, 2, 0),
+    (5, 5, 2, 2, 1),
+    (6, 6, 3, 3, 1),
+    (7, 9, (3, 2), (2, 1), (1, 0)),
+    (8, 11, (2, 4), (3, 2), (0, 1)),
+    (5, 5, (1, 2), (3, 3), (0, 1)),
+    (9, 7, 4, 3, 2),
+    (1, 1, 1, 1, 0),
+    (4, 6, 5, 1, 2),
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=[str(c) for c in POOL_CASES])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_caffe_pool2d(device, dtype, mode, case):
+    dev = device_or_skip(device)
+    h, w, k, s, p = case
+    g = torch.Generator().manual_seed(h * 31 + w)
+    x = _features((2, 3, h, w), g, dtype, mode).to(dev)
+    _compare(lambda t: ops().caffe_pool2d(t, k, s, p, mode), lambda t: caffe_pool2d_ref(t, k, s, p, mode), x, g,
+             f"pool {case} {mode}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("device", DEVICES)
+def test_caffe_pool2d_random(device, seed):
+    dev = device_or_skip(device)
+    g = torch.Generator().manual_seed(seed)
+    ri = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))  # noqa: E731
+    k = (ri(1, 5), ri(1, 5))
+    s = (ri(1, 4), ri(1, 4))
+    p = (ri(0, k[0]), ri(0, k[1]))
+    h, w = ri(max(1, k[0] - 2 * p[0]), 14), ri(max(1, k[1] - 2 * p[1]), 14)
+    for mode in MODES:
+        x = _features((1, 2, h, w), g, torch.float64, mode).to(dev)
+        _compare(lambda t: ops().caffe_pool2d(t, k, s, p, mode), lambda t: caffe_pool2d_ref(t, k, s, p, mode), x, g,
+                 f"pool {(h, w, k, s, p)} {mode}")
+
+
+# (H, W, pyramid_height): spp_only's shape (pad 3 with kernel 4), odd sizes, one level, 1x1 input
+SPP_CASES = [(26, 30, 4), (13, 17, 3), (8, 19, 3), (7, 7, 1), (1, 1, 1), (16, 16, 5), (21, 9, 3), (42, 42, 3)]
+
+
+@pytest.mark.parametrize("case", SPP_CASES, ids=[str(c) for c in SPP_CASES])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_spp(device, dtype, mode, case):
+    dev = device_or_skip(device)
+    h, w, levels = case
+    g = torch.Generator().manual_seed(h * 7 + w)
+    x = _features((2, 3, h, w), g, dtype, mode).to(dev)
+    _compare(lambda t: ops().spp(t, levels, mode), lambda t: spp_ref(t, levels, mode), x, g, f"spp {case} {mode}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_noncontiguous(device, mode):
+    dev = device_or_skip(device)
+    g = torch.Generator().manual_seed(1)
+    x = _features((2, 4, 11, 9), g, torch.float32, mode).to(dev)
+    for name, v in {
+        "channels_last": x.contiguous(memory_format=torch.channels_last),
+        "transposed": x.transpose(2, 3),
+        "strided": torch.cat([x, x], 1)[:, ::2],
+    }.items():
+        assert not v.is_contiguous()
+        _compare(lambda t: ops().spp(t, 3, mode), lambda t: spp_ref(t, 3, mode), v, g, f"spp {name}")
+        _compare(lambda t: ops().caffe_pool2d(t, 3, 2, 1, mode), lambda t: caffe_pool2d_ref(t, 3, 2, 1, mode), v, g,
+                 f"pool {name}")
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=requires_cuda)])
+def test_half_precision(device, mode, dtype):
+    dev = device_or_skip(device)
+    g = torch.Generator().manual_seed(3)
+    x = distinct_features(2, 3, 10, 12, g, torch.float32).round().to(dtype).to(dev)  # exact small integers
+    _compare(lambda t: ops().spp(t, 3, mode), lambda t: spp_ref(t, 3, mode), x, g, "spp", dtype=dtype)
+    _compare(lambda t: ops().caffe_pool2d(t, 3, 2, 1, mode), lambda t: caffe_pool2d_ref(t, 3, 2, 1, mode), x, g,
+             "pool", dtype=dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device, mode):
+    dev = device_or_skip(device)
+    g = torch.Generator().manual_seed(5)
+    x = _features((1, 2, 7, 9), g, torch.float64, mode, spacing=0.01).to(dev).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: ops().spp(t, 3, mode), (x,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda t: ops().caffe_pool2d(t, 3, 2, 1, mode), (x,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda t: ops().caffe_pool2d(t, (2, 3), (1, 2), (0, 1), mode), (x,),
+                                    eps=1e-6, atol=1e-6)
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_and_cuda_agree(mode):
+    device_or_skip("cuda")
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 16, 42, 42, generator=g)
+    grad_spp = torch.randn(4, 16 * 21, generator=g)
+    res = {}
+    for dev in ("cpu", "cuda"):
+        t = x.to(dev).requires_grad_()
+        out = ops().spp(t, 3, mode)
+        out.backward(grad_spp.to(dev))
+        res[dev] = (out.cpu(), t.grad.cpu())
+    assert_same(res["cuda"][0], res["cpu"][0], what="spp forward")
+    assert_same(res["cuda"][1], res["cpu"][1], what="spp backward", grad=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_inputs(device):
+    dev = device_or_skip(device)
+    x = torch.randn(1, 2, 8, 19, device=dev)
+    cases = [
+        ("level 3", lambda: ops().spp(x, 4)),  # W=19: kernel 3, pad 3 at level 3 (Caffe refuses)
+        ("pyramid_height", lambda: ops().spp(x, 0)),
+        ("mode", lambda: ops().spp(x, 2, "min")),
+        ("x|input", lambda: ops().spp(x[0], 2)),
+        ("x|input", lambda: ops().spp(x.long(), 2)),
+        ("pad", lambda: ops().caffe_pool2d(x, 2, 1, 2)),
+        ("stride", lambda: ops().caffe_pool2d(x, 2, 0, 0)),
+        ("kernel", lambda: ops().caffe_pool2d(x, 0, 1, 0)),
+        ("mode", lambda: ops().caffe_pool2d(x, 2, 1, 0, "median")),
+        ("x|input", lambda: ops().caffe_pool2d(x[0, 0], 2, 1, 0)),
+    ]
+    for arg, call in cases:
+        with pytest.raises(ERRORS, match=arg):
+            call()
