@@ -145,10 +145,13 @@ def _two_stream_setup(ctx, inputs, output):
     _, _, pc, pd = output
     ctx.save_for_backward(pc, pd)
     ctx.mark_non_differentiable(pc, pd)
+    ctx.set_materialize_grads(False)  # an unused output costs no zero-filled gradient
 
 
 def _two_stream_backward(ctx, grad_image, grad_region, _gpc, _gpd):
     pc, pd = ctx.saved_tensors
+    if grad_image is None and grad_region is None:
+        return None, None
     return torch.ops.mlic.wsddn_two_stream_backward(grad_image, grad_region, pc, pd)
 
 

@@ -4,6 +4,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "../device/pool.cuh"
 #include "../device/roi_pool.cuh"
 #include "../device/two_stream.cuh"
@@ -167,32 +170,74 @@ Tensor pool_backward_cpu(const Tensor& grad_, const Tensor& argmax_, const PoolA
   return gin;
 }
 
+// Row-major passes only (the column softmax keeps per-column running statistics) and
+// the exponentials through ATen's vectorised exp: memory order matters more on a CPU
+// than the GPU kernel's one-thread-per-column layout.
 std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_forward_cpu(const Tensor& cls_, const Tensor& det_) {
   const Tensor cls = cls_.contiguous(), det = det_.contiguous();
   const int64_t N = cls.size(0);
   const int R = cls.size(1), C = cls.size(2);
   Tensor image = at::empty({N, C}, cls.options());
   Tensor region = at::empty_like(cls), pc = at::empty_like(cls), pd = at::empty_like(cls);
+  if (N == 0) return {image, region, pc, pd};
   MLIC_DISPATCH(cls.scalar_type(), "mlic_two_stream_forward_cpu", [&] {
     using A = typename Acc<scalar_t>::type;
+    // Shifted logits, in A so that exp sees exactly x - max.
+    Tensor ec = at::empty(cls.sizes(), cls.options().dtype(acc_dtype<scalar_t>()));
+    Tensor ed = at::empty_like(ec);
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-      std::vector<A> ws(2 * R + 2 * C);
+      std::vector<A> colmax(C);
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t o = n * R * C;
         const scalar_t* x = cls.data_ptr<scalar_t>() + o;
         const scalar_t* d = det.data_ptr<scalar_t>() + o;
-        for (int r = 0; r < R; ++r) softmax_stats<scalar_t, A>(x + r * C, C, 1, ws[2 * r], ws[2 * r + 1]);
-        for (int c = 0; c < C; ++c) softmax_stats<scalar_t, A>(d + c, R, C, ws[2 * R + 2 * c], ws[2 * R + 2 * c + 1]);
-        scalar_t* reg = region.data_ptr<scalar_t>() + o;
-        for (int e = 0; e < R * C; ++e)
-          two_stream_element<scalar_t, A>(x, d, ws.data(), R, C, e, pc.data_ptr<scalar_t>() + o,
-                                          pd.data_ptr<scalar_t>() + o, reg);
-        scalar_t* img = image.data_ptr<scalar_t>() + n * C;
-        for (int c = 0; c < C; ++c) {
-          A s = 0;
-          for (int r = 0; r < R; ++r) s += static_cast<A>(reg[r * C + c]);
-          img[c] = static_cast<scalar_t>(s);
+        A* sx = ec.data_ptr<A>() + o;
+        A* sd = ed.data_ptr<A>() + o;
+        for (int c = 0; c < C; ++c) colmax[c] = static_cast<A>(d[c]);
+        for (int r = 0; r < R; ++r)
+          for (int c = 0; c < C; ++c) {
+            const A v = static_cast<A>(d[r * C + c]);
+            if (v > colmax[c]) colmax[c] = v;
+          }
+        for (int r = 0; r < R; ++r) {
+          A m = static_cast<A>(x[r * C]);
+          for (int c = 1; c < C; ++c)
+            if (static_cast<A>(x[r * C + c]) > m) m = static_cast<A>(x[r * C + c]);
+          for (int c = 0; c < C; ++c) {
+            sx[r * C + c] = static_cast<A>(x[r * C + c]) - m;
+            sd[r * C + c] = static_cast<A>(d[r * C + c]) - colmax[c];
+          }
         }
+      }
+    });
+    ec.exp_();
+    ed.exp_();
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      std::vector<A> colsum(C), img(C);
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t o = n * R * C;
+        const A* ex = ec.data_ptr<A>() + o;
+        const A* ey = ed.data_ptr<A>() + o;
+        std::fill(colsum.begin(), colsum.end(), static_cast<A>(0));
+        std::fill(img.begin(), img.end(), static_cast<A>(0));
+        for (int r = 0; r < R; ++r)
+          for (int c = 0; c < C; ++c) colsum[c] += ey[r * C + c];
+        scalar_t* a = pc.data_ptr<scalar_t>() + o;
+        scalar_t* b = pd.data_ptr<scalar_t>() + o;
+        scalar_t* reg = region.data_ptr<scalar_t>() + o;
+        for (int r = 0; r < R; ++r) {
+          A rowsum = 0;
+          for (int c = 0; c < C; ++c) rowsum += ex[r * C + c];
+          for (int c = 0; c < C; ++c) {
+            const A p = ex[r * C + c] / rowsum, q = ey[r * C + c] / colsum[c];
+            a[r * C + c] = static_cast<scalar_t>(p);
+            b[r * C + c] = static_cast<scalar_t>(q);
+            reg[r * C + c] = static_cast<scalar_t>(p * q);
+            img[c] += static_cast<A>(reg[r * C + c]);
+          }
+        }
+        scalar_t* im = image.data_ptr<scalar_t>() + n * C;
+        for (int c = 0; c < C; ++c) im[c] = static_cast<scalar_t>(img[c]);
       }
     });
   });
@@ -217,11 +262,30 @@ std::tuple<Tensor, Tensor> two_stream_backward_cpu(const Tensor& g_image_, const
         const scalar_t* b = pd.data_ptr<scalar_t>() + o;
         const scalar_t* g1 = gi.defined() ? gi.data_ptr<scalar_t>() + n * C : nullptr;
         const scalar_t* g2 = gr.defined() ? gr.data_ptr<scalar_t>() + o : nullptr;
-        for (int r = 0; r < R; ++r) ws[r] = two_stream_dot<scalar_t, A>(g1, g2, a, b, r * C, C, 1, C);
-        for (int c = 0; c < C; ++c) ws[R + c] = two_stream_dot<scalar_t, A>(g1, g2, a, b, c, R, C, C);
-        for (int e = 0; e < R * C; ++e)
-          two_stream_grad_element<scalar_t, A>(g1, g2, a, b, ws.data(), R, C, e, d_cls.data_ptr<scalar_t>() + o,
-                                               d_det.data_ptr<scalar_t>() + o);
+        std::fill(ws.begin(), ws.end(), static_cast<A>(0));
+        scalar_t* dc = d_cls.data_ptr<scalar_t>() + o;
+        scalar_t* dd = d_det.data_ptr<scalar_t>() + o;
+        // The arithmetic of two_stream_dot / two_stream_grad_element, in the same order,
+        // without their per-element index divisions.
+        for (int r = 0; r < R; ++r) {
+          A rowdot = 0;
+          for (int c = 0; c < C; ++c) {
+            const int e = r * C + c;
+            const A g = (g1 ? static_cast<A>(g1[c]) : A(0)) + (g2 ? static_cast<A>(g2[e]) : A(0));
+            const A t = g * static_cast<A>(b[e]) * static_cast<A>(a[e]);
+            rowdot += t;
+            ws[R + c] += t;
+          }
+          ws[r] = rowdot;
+        }
+        for (int r = 0; r < R; ++r)
+          for (int c = 0; c < C; ++c) {
+            const int e = r * C + c;
+            const A g = (g1 ? static_cast<A>(g1[c]) : A(0)) + (g2 ? static_cast<A>(g2[e]) : A(0));
+            const A pa = static_cast<A>(a[e]), pb = static_cast<A>(b[e]);
+            dc[e] = static_cast<scalar_t>(pa * (g * pb - ws[r]));
+            dd[e] = static_cast<scalar_t>(pb * (g * pa - ws[R + c]));
+          }
       }
     });
   });

@@ -1,0 +1,115 @@
+"""The extension's build variants and the NVRTC runtime path (no GPU needed)."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlic import _ext
+
+REPO = Path(__file__).resolve().parents[2]
+needs_ext = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C is not built")
+
+
+def _run(code: str, env=None, cwd=REPO):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_import_without_extension_gives_build_hint():
+    # Hide the compiled module: `import mlic` must work and each op must say how to build it.
+    code = """
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "mlic._C":
+                raise ImportError("hidden for the test")
+    sys.meta_path.insert(0, Block())
+    import torch, mlic, mlic.ops as ops
+    assert not mlic.extension_available()
+    print(ops.backend_for("cpu"))
+    for call in (lambda: ops.roi_pool(torch.zeros(1, 1, 2, 2), torch.zeros(1, 5), 1, 1),
+                 lambda: ops.spp(torch.zeros(1, 1, 2, 2), 1),
+                 lambda: ops.wsddn_two_stream(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2))):
+        try:
+            call()
+        except RuntimeError as exc:
+            assert "make build" in str(exc) and "mlic._C" in str(exc), exc
+        else:
+            raise AssertionError("no error")
+    print("OK")
+    """
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert "unavailable" in r.stdout and "OK" in r.stdout
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_runtime_source_compiles_with_nvrtc(dtype):
+    from mlic.ops import _nvrtc
+
+    if _nvrtc._find_libnvrtc() is None:
+        pytest.skip("libnvrtc not installed")
+    ptx = _nvrtc.compile_ptx(dtype)
+    for kernel in _nvrtc.KERNELS:
+        assert kernel in ptx, f"{kernel} missing from the PTX"
+
+
+def test_runtime_source_is_the_extension_source():
+    # The NVRTC unit is assembled from the very headers the compiled kernels include.
+    from mlic.ops import _nvrtc
+
+    src = _nvrtc.source(torch.float32)
+    for name in _nvrtc.HEADERS:
+        body = (REPO / "csrc" / "ops" / "device" / name).read_text()
+        kernel_line = next((l for l in body.splitlines() if "__global__" in l), None)
+        if kernel_line:
+            assert kernel_line in src
+    cu = (REPO / "csrc" / "ops" / "cuda" / "ops_cuda.cu").read_text()
+    for name in _nvrtc.HEADERS[1:]:
+        assert f'#include "../device/{name}"' in cu
+
+
+@needs_ext
+def test_backend_names():
+    import mlic.ops as ops
+
+    assert ops.backend_for("cpu") == "cpu"
+    cuda = ops.backend_for("cuda")
+    assert cuda in ("cuda-extension", "cuda-nvrtc") or cuda.startswith("unavailable")
+    if _ext.extension_has_cuda():
+        assert cuda == "cuda-extension"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+def test_cpu_only_build_registers_runtime_cuda_path(tmp_path):
+    # MLIC_CPU_ONLY=1 builds the C++ kernels alone; the ops then get the NVRTC bodies as
+    # their CUDA kernels (registered from Python), and CPU results are unchanged.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", "build", ".git", "*.so", "__pycache__",
+                                                             "*.egg-info", ".pytest_cache", ".hypothesis"))
+    env = dict(os.environ, MLIC_CPU_ONLY="1", MAX_JOBS=os.environ.get("MAX_JOBS", "2"))
+    b = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=src, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
+    assert "CPU-only" in b.stdout
+    code = """
+    import torch, mlic, mlic.ops as ops
+    from mlic import _ext
+    assert _ext.extension_available() and not _ext.extension_has_cuda()
+    for name in ops.OP_NAMES:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mlic::{name}", "CUDA"), name
+    f = torch.arange(24.).view(1, 2, 3, 4)
+    out, am = ops.roi_pool(f, torch.tensor([[0., 0, 0, 3, 2, 1]]), 1, 1)
+    assert out.flatten().tolist() == [11., 23.] and am.flatten().tolist() == [11, 11]
+    print("OK", ops.backend_for("cuda"))
+    """
+    r = _run(code, env=dict(os.environ, PYTHONPATH=str(src)), cwd=src)
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
