@@ -1,0 +1,162 @@
+"""Hooks of the training loop (before/after train, before/after each step)."""
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from mlic.engine import distributed as D
+from mlic.engine.checkpoint import atomic_save, checkpoint_path
+
+
+class HookBase:
+    trainer = None  # set by the trainer
+
+    def before_train(self):
+        pass
+
+    def after_train(self):
+        pass
+
+    def before_step(self):
+        pass
+
+    def after_step(self):
+        pass
+
+
+class PeriodicCheckpointer(HookBase):
+    """Writes the whole training state every `period` iterations and at the end."""
+
+    def __init__(self, period: int, keep: int = 3):
+        self.period, self.keep = period, keep
+
+    def _save(self):
+        t = self.trainer
+        if not D.is_main():
+            return
+        path = atomic_save(t.state_dict(), checkpoint_path(t.out_dir, t.iter))
+        t.log(f"checkpoint written: {path}")
+        if self.keep > 0:
+            old = sorted(path.parent.glob("iter_*.pt"))[:-self.keep]
+            for p in old:
+                p.unlink(missing_ok=True)
+
+    def after_step(self):
+        if self.period > 0 and self.trainer.iter % self.period == 0 and self.trainer.iter < self.trainer.max_iter:
+            self._save()
+
+    def after_train(self):
+        if self.trainer.iter > 0 and self.trainer.completed:
+            self._save()
+
+
+class EvalHook(HookBase):
+    """Runs `eval_fn(trainer) -> dict` every `period` iterations and at the end; the
+    results are merged into the step's metrics (so they reach the logs)."""
+
+    def __init__(self, period: int, eval_fn: Callable[["object"], Dict[str, float]]):
+        self.period, self.eval_fn = period, eval_fn
+
+    def _run(self):
+        results = self.eval_fn(self.trainer) or {}
+        self.trainer.metrics.update({f"eval/{k}": v for k, v in results.items()})
+        if results:
+            self.trainer.log("eval @ iter {}: {}".format(
+                self.trainer.iter, ", ".join(f"{k}={v:.4f}" for k, v in results.items())))
+
+    def after_step(self):
+        it = self.trainer.iter
+        if self.period > 0 and it % self.period == 0 and it < self.trainer.max_iter:
+            self._run()
+
+    def after_train(self):
+        if self.trainer.completed:
+            self._run()
+
+
+def _drop_rows_after(path: Path, iteration: int) -> None:
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    keep = [rows[0]] + [r for r in rows[1:] if r and float(r[0]) <= iteration]
+    if len(keep) != len(rows):
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+        os.replace(tmp, path)
+
+
+class MetricsWriter(HookBase):
+    """CSV (always) and TensorBoard (when available) logs, and a progress line."""
+
+    def __init__(self, period: int = 1, tensorboard: bool = True, progress: bool = True):
+        self.period, self.tensorboard, self.progress = period, tensorboard, progress
+        self._tb = None
+        self._bar = None
+
+    def before_train(self):
+        t = self.trainer
+        if not D.is_main():
+            return
+        Path(t.out_dir).mkdir(parents=True, exist_ok=True)
+        for name in ("log.csv", "eval.csv"):  # a resumed run rewrites what came after its checkpoint
+            _drop_rows_after(Path(t.out_dir) / name, t.iter)
+        if self.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(t.out_dir) / "tb"), purge_step=t.iter + 1)
+            except Exception as exc:  # tensorboard missing: CSV is enough
+                t.log(f"tensorboard logging disabled ({exc})")
+        if self.progress:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=t.max_iter, initial=t.iter, dynamic_ncols=True, leave=True,
+                                 disable=os.environ.get("MLIC_NO_PROGRESS") == "1")
+            except ImportError:
+                self._bar = None
+        self._last_iter = t.iter
+
+    def after_step(self):
+        t = self.trainer
+        if not D.is_main():
+            return
+        train = {"iter": t.iter, **{k: float(v) for k, v in t.metrics.items() if not k.startswith("eval/")}}
+        evals = {k[5:]: float(v) for k, v in t.metrics.items() if k.startswith("eval/")}
+        if self._bar is not None:
+            self._bar.update(t.iter - self._last_iter)
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in train.items() if k in ("loss", "lr", "img_per_s")})
+        self._last_iter = t.iter
+        if t.iter % self.period == 0 or t.iter == t.max_iter:
+            self._append("log.csv", train)
+        if evals:
+            self._append("eval.csv", {"iter": t.iter, **evals})
+        if self._tb is not None:
+            for k, v in list(train.items()) + [(f"eval/{k}", v) for k, v in evals.items()]:
+                if k != "iter" and math.isfinite(v):
+                    self._tb.add_scalar(k, v, t.iter)
+
+    def _append(self, name: str, row: dict):
+        path = Path(self.trainer.out_dir) / name
+        fields = None
+        if path.exists():
+            with open(path, newline="") as f:
+                fields = next(csv.reader(f), None)
+        new_file = not fields
+        fields = fields or list(row)
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            if new_file:
+                w.writeheader()
+            w.writerow({k: row.get(k, "") for k in fields})
+
+    def after_train(self):
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
