@@ -26,7 +26,7 @@ class HookBase:
 
 
 class PeriodicCheckpointer(HookBase):
-    """Writes the whole training state every `period` iterations and at the end."""
+    """Writes the whole training state every `period` iterations and after the last one."""
 
     def __init__(self, period: int, keep: int = 3):
         self.period, self.keep = period, keep
@@ -43,17 +43,14 @@ class PeriodicCheckpointer(HookBase):
                 p.unlink(missing_ok=True)
 
     def after_step(self):
-        if self.period > 0 and self.trainer.iter % self.period == 0 and self.trainer.iter < self.trainer.max_iter:
-            self._save()
-
-    def after_train(self):
-        if self.trainer.iter > 0 and self.trainer.completed:
+        it = self.trainer.iter
+        if (self.period > 0 and it % self.period == 0) or it == self.trainer.max_iter:
             self._save()
 
 
 class EvalHook(HookBase):
-    """Runs `eval_fn(trainer) -> dict` every `period` iterations and at the end; the
-    results are merged into the step's metrics (so they reach the logs)."""
+    """Runs `eval_fn(trainer) -> dict` every `period` iterations and after the last one;
+    the results join the step's metrics, so a MetricsWriter placed after it logs them."""
 
     def __init__(self, period: int, eval_fn: Callable[["object"], Dict[str, float]]):
         self.period, self.eval_fn = period, eval_fn
@@ -67,11 +64,7 @@ class EvalHook(HookBase):
 
     def after_step(self):
         it = self.trainer.iter
-        if self.period > 0 and it % self.period == 0 and it < self.trainer.max_iter:
-            self._run()
-
-    def after_train(self):
-        if self.trainer.completed:
+        if (self.period > 0 and it % self.period == 0) or it == self.trainer.max_iter:
             self._run()
 
 
