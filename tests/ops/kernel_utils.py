@@ -83,7 +83,8 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, dtype=None, what: 
     dtype = dtype or actual.dtype
     t = grad_tol(dtype) if grad else tol(dtype)
     torch.testing.assert_close(
-        actual.detach().cpu().to(expected.dtype), expected.detach().cpu(), **t, msg=lambda m: f"{what}: {m}"
+        actual.detach().cpu().to(expected.dtype), expected.detach().cpu(), **t, equal_nan=True,
+        msg=lambda m: f"{what}: {m}"
     )
 
 

@@ -1,4 +1,6 @@
 """mlic.ops.caffe_pool2d / spp (compiled kernels) against the pure-PyTorch reference."""
+import math
+
 import pytest
 import torch
 
@@ -67,6 +69,16 @@ def test_caffe_pool2d(device, dtype, mode, case):
     x = _features((2, 3, h, w), g, dtype, mode).to(dev)
     _compare(lambda t: ops().caffe_pool2d(t, k, s, p, mode), lambda t: caffe_pool2d_ref(t, k, s, p, mode), x, g,
              f"pool {case} {mode}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pad_correction_applies_to_both_dims(device):
+    # Caffe: `if (pad_h_ || pad_w_)` drops a last window starting in the padding along BOTH
+    # dimensions; along h (k=1, s=3, no pad) 5 -> ceil(4/3)+1 = 3 windows, the last at row 6 -> 2
+    dev = device_or_skip(device)
+    x = torch.randn(1, 1, 5, 5, device=dev)
+    assert ops().caffe_pool2d(x, (1, 2), (3, 3), (0, 1), "max").shape == (1, 1, 2, 2)
+    assert ops().caffe_pool2d(x, (1, 2), (3, 3), (0, 0), "max").shape == (1, 1, 3, 2)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -157,6 +169,19 @@ def test_cpu_and_cuda_agree(mode):
         res[dev] = (out.cpu(), t.grad.cpu())
     assert_same(res["cuda"][0], res["cpu"][0], what="spp forward")
     assert_same(res["cuda"][1], res["cpu"][1], what="spp backward", grad=True)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_windows_where_nothing_beats_minus_flt_max(device, dtype):
+    dev = device_or_skip(device)
+    x = torch.full((1, 1, 4, 4), -math.inf, dtype=dtype, device=dev)
+    x[0, 0, 0, 0] = math.nan
+    x[0, 0, 3, 0] = 1.0
+    for out, ref in [(ops().caffe_pool2d(x, 2, 2, 0, "max"), caffe_pool2d_ref(x.cpu(), 2, 2, 0, "max")),
+                     (ops().spp(x, 2, "max"), spp_ref(x.cpu(), 2, "max"))]:
+        assert_same(out, ref, what="max pooling over -inf and NaN")
+        assert (out == -3.4028234663852886e38).sum() == (ref == -3.4028234663852886e38).sum() > 0
 
 
 @pytest.mark.parametrize("device", DEVICES)

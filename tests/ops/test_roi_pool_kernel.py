@@ -129,12 +129,15 @@ def test_coordinates_use_the_features_precision(device):
     assert a32.item() == 1 and a64.item() == 0
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("device", DEVICES)
-def test_bins_where_nothing_beats_minus_flt_max_and_nan(device):
+def test_bins_where_nothing_beats_minus_flt_max_and_nan(device, dtype):
+    # Caffe starts from -FLT_MAX (the float constant, also for double): such a bin keeps it, argmax -1
     dev = device_or_skip(device)
-    f = torch.tensor([[[[-math.inf, -math.inf, 1.0], [math.nan, 2.0, 0.5]]]], device=dev)
-    rois = torch.tensor([[0, 0, 0, 1, 0, 0.5], [0, 0, 1, 2, 1, 1.0]], device=dev)
-    check(f, rois, 1, 1, what="-inf and NaN")
+    f = torch.tensor([[[[-math.inf, -math.inf, 1.0], [math.nan, 2.0, 0.5]]]], device=dev, dtype=dtype)
+    rois = torch.tensor([[0, 0, 0, 1, 0, 0.5], [0, 0, 1, 2, 1, 1.0]], device=dev, dtype=dtype)
+    out, _ = check(f, rois, 1, 1, what="-inf and NaN")
+    assert out[0].item() == -3.4028234663852886e38 * 0.5
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
