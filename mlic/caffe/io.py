@@ -133,16 +133,17 @@ def _scan_blocks(text: str):
             continue
         if kind == "str":
             line += m.group().count("\n")
+            pending_ident = None
             continue
         if kind == "ident":
-            if depth == 0 and pending_ident is None:
+            if pending_ident is not None:  # an enum or bare value: ends the field
+                pending_ident = None
+            elif depth == 0:
                 pending_ident = (m.group(), line)
                 top_fields.setdefault(m.group(), []).append(line)
-            elif depth == 1 and current is not None and pending_ident is None:
+            elif depth == 1 and current is not None:
                 pending_ident = (m.group(), line)
                 current.fields.setdefault(m.group(), line)
-            else:
-                pending_ident = None
             continue
         if kind == "open":
             if depth == 0 and pending_ident is not None:

@@ -27,13 +27,18 @@ Shape = Tuple[int, ...]
 # ----------------------------------------------------------------------------- op lookup
 
 
+# "auto": the compiled ops when the extension is available, else the reference ones;
+# "reference": always mlic.ops.reference (for checking one against the other).
+OPS_BACKEND = "auto"
+
+
 def get_op(name: str):
-    """mlic.ops.<name> when the compiled extension is available, else
-    mlic.ops.reference.<name>_ref."""
+    """mlic.ops.<name> when the compiled extension is available (and OPS_BACKEND is
+    "auto"), else mlic.ops.reference.<name>_ref."""
     try:
         from mlic._ext import extension_available
 
-        if extension_available():
+        if OPS_BACKEND == "auto" and extension_available():
             import mlic.ops as ops
 
             fn = getattr(ops, name, None)

@@ -86,14 +86,24 @@ def _copy_blobs(net, layer_name: str, arrays: List[np.ndarray], legacy: List[boo
             p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
 
 
-def load_caffemodel(net, source, strict: bool = False) -> LoadReport:
-    """Copy the blobs of a caffemodel (path, bytes or NetParameter) into `net`."""
+def _renamed(stored: List[StoredLayer], rename) -> List[StoredLayer]:
+    if rename is None:
+        return stored
+    fn = rename if callable(rename) else (lambda n: rename.get(n, n))
+    return [StoredLayer(fn(sl.name), sl.type, sl.blobs) for sl in stored]
+
+
+def load_caffemodel(net, source, strict: bool = False, rename=None) -> LoadReport:
+    """Copy the blobs of a caffemodel (path or NetParameter) into `net`.
+
+    `rename`: a dict or callable mapping the file's layer names to the net's (e.g. to
+    load a WSDDN model into the teacher layers conv_wsd_* of the KD nets)."""
     if isinstance(source, proto.NetParameter):
         name, msg = "<NetParameter>", source
     else:
         name = os.fspath(source)
         msg = read_caffemodel(name)
-    stored = caffemodel_layers(msg)
+    stored = _renamed(caffemodel_layers(msg), rename)
     by_name: Dict[str, StoredLayer] = {}
     for sl in stored:
         by_name[sl.name] = sl  # like Caffe, a later layer of the same name wins
@@ -217,16 +227,27 @@ def load_param_dict(net, d, source: str = "<param dict>", strict: bool = False) 
     return report
 
 
-def load_weights(net, source, strict: bool = False) -> LoadReport:
+def load_weights(net, source, strict: bool = False, rename=None) -> LoadReport:
     """A caffemodel (binary NetParameter) or a param dict file (torch.save), by content."""
     if isinstance(source, proto.NetParameter):
-        return load_caffemodel(net, source, strict)
+        return load_caffemodel(net, source, strict, rename)
     if isinstance(source, dict):
-        return load_param_dict(net, source, strict=strict)
+        return load_param_dict(net, _rename_dict(source, rename), strict=strict)
     path = os.fspath(source)
     if _is_torch_file(path):
-        return load_param_dict(net, read_param_dict(path), path, strict)
-    return load_caffemodel(net, path, strict)
+        return load_param_dict(net, _rename_dict(read_param_dict(path), rename), path, strict)
+    return load_caffemodel(net, path, strict, rename)
+
+
+def _rename_dict(d, rename):
+    if rename is None:
+        return d
+    fn = rename if callable(rename) else (lambda n: rename.get(n, n))
+    out = OrderedDict()
+    for k, v in d.items():
+        layer, _, i = k.rpartition("/")
+        out[f"{fn(layer)}/{i}"] = v
+    return out
 
 
 def _is_torch_file(path: str) -> bool:
