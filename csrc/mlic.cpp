@@ -90,17 +90,18 @@ int pool_mode(c10::string_view mode, const char* op) {
   return 0;
 }
 
-// Caffe's pooling output size: ceil rule, then (only with padding) drop a last window
-// that would start in the padding.
-int caffe_pooled(int64_t in, int64_t k, int64_t s, int64_t p) {
+// Caffe's pooling output size: ceil rule, then, when the layer has any padding (either
+// axis: Caffe tests pad_h || pad_w), drop a last window that would start in the padding.
+int caffe_pooled(int64_t in, int64_t k, int64_t s, int64_t p, bool any_pad) {
   int64_t out = static_cast<int64_t>(std::ceil(static_cast<double>(in + 2 * p - k) / static_cast<double>(s))) + 1;
-  if (p > 0 && (out - 1) * s >= in + p) --out;
+  if (any_pad && (out - 1) * s >= in + p) --out;
   return static_cast<int>(out);
 }
 
 void add_level(PoolArgs& a, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                int64_t pw) {
-  const int oh = caffe_pooled(H, kh, sh, ph), ow = caffe_pooled(W, kw, sw, pw);
+  const bool any_pad = ph > 0 || pw > 0;
+  const int oh = caffe_pooled(H, kh, sh, ph, any_pad), ow = caffe_pooled(W, kw, sw, pw, any_pad);
   a.lp.insert(a.lp.end(), {static_cast<int>(kh), static_cast<int>(kw), static_cast<int>(sh), static_cast<int>(sw),
                            static_cast<int>(ph), static_cast<int>(pw), oh, ow, a.S});
   a.S += oh * ow;
@@ -179,9 +180,9 @@ void check_two_stream(const Tensor& cls, const Tensor& det, const char* op) {
                     shape_str(cls), " and ", shape_str(det));
   check_float(cls, op, "cls_logits");
   check_same(cls, det, op, "cls_logits", "det_logits");
-  TORCH_CHECK_VALUE(cls.size(1) > 0, op, ": the number of regions R (dim 1) must be positive, got shape ",
+  TORCH_CHECK_VALUE(cls.size(1) > 0, op, ": `cls_logits`/`det_logits` need at least one region (R, dim 1), got shape ",
                     shape_str(cls));
-  TORCH_CHECK_VALUE(cls.size(2) > 0, op, ": the number of classes C (dim 2) must be positive, got shape ",
+  TORCH_CHECK_VALUE(cls.size(2) > 0, op, ": `cls_logits`/`det_logits` need at least one class (C, dim 2), got shape ",
                     shape_str(cls));
 }
 

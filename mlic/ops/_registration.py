@@ -105,8 +105,8 @@ def _roi_spp_backward(ctx, grad, _grad_argmax):
 def _roi_pool_backward(ctx, grad, _grad_argmax):
     rois, argmax = ctx.saved_tensors
     pooled_h, pooled_w, spatial_scale, score_scale, score_bias, deterministic = ctx.args
-    k = rois.shape[0]
-    g = torch.ops.mlic.roi_spp_backward(grad.contiguous().view(k, -1), rois, argmax.view(k, -1), [pooled_h],
+    k, cells = rois.shape[0], ctx.in_shape[1] * pooled_h * pooled_w
+    g = torch.ops.mlic.roi_spp_backward(grad.reshape(k, cells).contiguous(), rois, argmax.reshape(k, cells), [pooled_h],
                                         [pooled_w], *ctx.in_shape, spatial_scale, score_scale, score_bias,
                                         deterministic)
     return (g,) + (None,) * 7

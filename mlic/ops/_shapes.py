@@ -32,9 +32,11 @@ def roi_levels(levels) -> Tuple[List[int], List[int]]:
     return hs, ws
 
 
-def caffe_pooled(size: int, k: int, s: int, p: int) -> int:
+def caffe_pooled(size: int, k: int, s: int, p: int, any_pad: bool = None) -> int:
+    """Caffe's output size; the last-window correction applies when the layer has padding
+    on either axis (`any_pad`, default: this axis's)."""
     out = int(math.ceil((size + 2 * p - k) / s)) + 1
-    if p > 0 and (out - 1) * s >= size + p:
+    if (p > 0 if any_pad is None else any_pad) and (out - 1) * s >= size + p:
         out -= 1
     return out
 
@@ -53,7 +55,8 @@ def spp_level_params(H: int, W: int, pyramid_height: int) -> List[Tuple[int, int
                 f"level {level} of the pyramid ({bins}x{bins} bins) needs padding ({ph}, {pw}) not smaller than "
                 f"its kernel ({kh}, {kw}) for input {H}x{W}; Caffe's SPP refuses this input (use fewer levels)"
             )
-        out.append((kh, kw, kh, kw, ph, pw, caffe_pooled(H, kh, kh, ph), caffe_pooled(W, kw, kw, pw)))
+        any_pad = ph > 0 or pw > 0
+        out.append((kh, kw, kh, kw, ph, pw, caffe_pooled(H, kh, kh, ph, any_pad), caffe_pooled(W, kw, kw, pw, any_pad)))
     return out
 
 
@@ -66,7 +69,9 @@ def pool2d_level_params(H, W, kernel_size, stride, padding):
             raise ValueError(f"`padding` must be in [0, kernel_size), got {p} for kernel {k}")
     if H + 2 * p[0] < k[0] or W + 2 * p[1] < k[1]:
         raise ValueError(f"input {H}x{W} (padded by {p}) is smaller than the kernel {k}")
-    return [(k[0], k[1], s[0], s[1], p[0], p[1], caffe_pooled(H, k[0], s[0], p[0]), caffe_pooled(W, k[1], s[1], p[1]))]
+    any_pad = p[0] > 0 or p[1] > 0
+    return [(k[0], k[1], s[0], s[1], p[0], p[1], caffe_pooled(H, k[0], s[0], p[0], any_pad),
+             caffe_pooled(W, k[1], s[1], p[1], any_pad))]
 
 
 def pool_mode(mode: str) -> int:
@@ -141,6 +146,6 @@ def check_two_stream(cls: torch.Tensor, det: torch.Tensor, op: str):
     _check_float(cls, op, "cls_logits")
     _check_same(cls, det, op, "cls_logits", "det_logits")
     if cls.shape[1] == 0:
-        raise ValueError(f"{op}: the number of regions R (dim 1) must be positive, got shape {tuple(cls.shape)}")
+        raise ValueError(f"{op}: `cls_logits`/`det_logits` need at least one region (R, dim 1), got shape {tuple(cls.shape)}")
     if cls.shape[2] == 0:
-        raise ValueError(f"{op}: the number of classes C (dim 2) must be positive, got shape {tuple(cls.shape)}")
+        raise ValueError(f"{op}: `cls_logits`/`det_logits` need at least one class (C, dim 2), got shape {tuple(cls.shape)}")

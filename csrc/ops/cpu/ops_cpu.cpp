@@ -145,6 +145,8 @@ std::tuple<Tensor, Tensor> pool_forward_cpu(const Tensor& x_, const PoolArgs& a)
   return {out, argmax};
 }
 
+// Scatter per plane (each thread owns whole planes): every pixel receives its terms in
+// level order and row-major cell order, the order of the GPU's gather (pool_pixel_grad).
 Tensor pool_backward_cpu(const Tensor& grad_, const Tensor& argmax_, const PoolArgs& a, at::IntArrayRef in_shape) {
   const Tensor grad = grad_.contiguous(), argmax = argmax_.contiguous();
   const int C = in_shape[1], H = in_shape[2], W = in_shape[3];
@@ -156,14 +158,36 @@ Tensor pool_backward_cpu(const Tensor& grad_, const Tensor& argmax_, const PoolA
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const int* am = a.mode == 0 ? argmax.data_ptr<int>() : nullptr;
     scalar_t* o = gin.data_ptr<scalar_t>();
-    at::parallel_for(0, gin.numel(), 1024, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t nc = i / (H * W);
-        const int pix = i - nc * H * W;
-        const int64_t n = nc / C;
-        const int c = nc - n * C;
-        o[i] = static_cast<scalar_t>(pool_pixel_grad<scalar_t, A>(g + n * row, am ? am + n * row : nullptr, C, c, H,
-                                                                  W, a.lp.data(), nlev, pix / W, pix % W, a.mode));
+    at::parallel_for(0, gin.size(0) * C, 4, [&](int64_t p0, int64_t p1) {
+      std::vector<A> buf(static_cast<size_t>(H) * W);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n = p / C;
+        const int c = p - n * C;
+        std::fill(buf.begin(), buf.end(), static_cast<A>(0));
+        for (int l = 0; l < nlev; ++l) {
+          const int* lp = a.lp.data() + MLIC_LP * l;
+          const int kh = lp[0], kw = lp[1], sh = lp[2], sw = lp[3], ph = lp[4], pw = lp[5], oh = lp[6], ow = lp[7];
+          const int64_t base = n * row + static_cast<int64_t>(C) * lp[8] + static_cast<int64_t>(c) * oh * ow;
+          for (int oy = 0; oy < oh; ++oy)
+            for (int ox = 0; ox < ow; ++ox) {
+              const int64_t i = base + oy * ow + ox;
+              if (a.mode == 0) {
+                if (am[i] >= 0) buf[am[i]] += static_cast<A>(g[i]);
+                continue;
+              }
+              int hs = oy * sh - ph, ws = ox * sw - pw;
+              int he = std::min(hs + kh, H + ph), we = std::min(ws + kw, W + pw);
+              const A v = static_cast<A>(g[i]) / static_cast<A>((he - hs) * (we - ws));
+              hs = std::max(hs, 0);
+              ws = std::max(ws, 0);
+              he = std::min(he, H);
+              we = std::min(we, W);
+              for (int y = hs; y < he; ++y)
+                for (int x = ws; x < we; ++x) buf[y * W + x] += v;
+            }
+        }
+        scalar_t* out = o + p * H * W;
+        for (int64_t q = 0; q < static_cast<int64_t>(H) * W; ++q) out[q] = static_cast<scalar_t>(buf[q]);
       }
     });
   });

@@ -30,8 +30,9 @@ MLIC_HD float c_exp(float v) { return expf(v); }
 MLIC_HD double c_exp(double v) { return exp(v); }
 
 template <typename T> MLIC_HD T lowest();
-template <> MLIC_HD float lowest<float>() { return -3.402823466e+38f; }  // -FLT_MAX, as Caffe
-template <> MLIC_HD double lowest<double>() { return -3.402823466e+38; }  // Caffe uses -FLT_MAX for double too
+// Caffe starts its max from -FLT_MAX for every Dtype: for double that is FLT_MAX widened.
+template <> MLIC_HD float lowest<float>() { return -3.402823466e+38f; }
+template <> MLIC_HD double lowest<double>() { return static_cast<double>(-3.402823466e+38f); }
 
 MLIC_HD int imin(int a, int b) { return a < b ? a : b; }
 MLIC_HD int imax(int a, int b) { return a > b ? a : b; }
