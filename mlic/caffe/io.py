@@ -319,9 +319,10 @@ def load_net_spec(source) -> NetSpec:
 
 
 def _looks_like_path(s: str) -> bool:
-    if "\n" in s or "{" in s:
-        return False
-    return True
+    """A string is a file name unless it reads as text format (an existing file wins)."""
+    if os.path.exists(s):
+        return True
+    return not ("\n" in s or "{" in s or ":" in s)
 
 
 # ----------------------------------------------------------------------------- solver

@@ -109,7 +109,7 @@ def test_loss_top_consumed_by_another_layer_gets_a_split():
     assert net.layer_names == ["a", "b", "l", "l_l_0_split", "r"]
     assert net.layer_params[-1].bottom[0] == "l_l_0_split_1"  # split 0 carries the loss
     net.forward(a=np.ones((2, 2), np.float32), b=np.zeros((2, 2), np.float32))
-    assert float(net.objective) == pytest.approx(2 * 1.0)
+    assert float(net.objective.detach()) == pytest.approx(2 * 1.0)
     net.backward({"r": np.ones((), np.float32)})
     d = net.blob_diffs
     assert float(d["l_l_0_split_0"]) == 2.0
