@@ -210,54 +210,55 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_forward_cpu(const Tensor& 
     Tensor ec = at::empty(cls.sizes(), cls.options().dtype(acc_dtype<scalar_t>()));
     Tensor ed = at::empty_like(ec);
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-      std::vector<A> colmax(C);
+      std::vector<A> colmax_v(C);
+      A* __restrict__ colmax = colmax_v.data();
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t o = n * R * C;
-        const scalar_t* x = cls.data_ptr<scalar_t>() + o;
-        const scalar_t* d = det.data_ptr<scalar_t>() + o;
-        A* sx = ec.data_ptr<A>() + o;
-        A* sd = ed.data_ptr<A>() + o;
+        const scalar_t* __restrict__ x = cls.data_ptr<scalar_t>() + o;
+        const scalar_t* __restrict__ d = det.data_ptr<scalar_t>() + o;
+        A* __restrict__ sx = ec.data_ptr<A>() + o;
+        A* __restrict__ sd = ed.data_ptr<A>() + o;
         for (int c = 0; c < C; ++c) colmax[c] = static_cast<A>(d[c]);
-        for (int r = 0; r < R; ++r)
-          for (int c = 0; c < C; ++c) {
-            const A v = static_cast<A>(d[r * C + c]);
-            if (v > colmax[c]) colmax[c] = v;
-          }
         for (int r = 0; r < R; ++r) {
-          A m = static_cast<A>(x[r * C]);
-          for (int c = 1; c < C; ++c)
-            if (static_cast<A>(x[r * C + c]) > m) m = static_cast<A>(x[r * C + c]);
+          const scalar_t* __restrict__ xr = x + r * C;
+          const scalar_t* __restrict__ dr = d + r * C;
+          A m = static_cast<A>(xr[0]);
+          for (int c = 1; c < C; ++c) m = static_cast<A>(xr[c]) > m ? static_cast<A>(xr[c]) : m;
           for (int c = 0; c < C; ++c) {
-            sx[r * C + c] = static_cast<A>(x[r * C + c]) - m;
-            sd[r * C + c] = static_cast<A>(d[r * C + c]) - colmax[c];
+            sx[r * C + c] = static_cast<A>(xr[c]) - m;
+            colmax[c] = static_cast<A>(dr[c]) > colmax[c] ? static_cast<A>(dr[c]) : colmax[c];
           }
         }
+        for (int r = 0; r < R; ++r)
+          for (int c = 0; c < C; ++c) sd[r * C + c] = static_cast<A>(d[r * C + c]) - colmax[c];
       }
     });
     ec.exp_();
     ed.exp_();
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-      std::vector<A> colsum(C), img(C);
+      std::vector<A> colsum_v(C), img_v(C);
+      A* __restrict__ colsum = colsum_v.data();
+      A* __restrict__ img = img_v.data();
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t o = n * R * C;
-        const A* ex = ec.data_ptr<A>() + o;
-        const A* ey = ed.data_ptr<A>() + o;
-        std::fill(colsum.begin(), colsum.end(), static_cast<A>(0));
-        std::fill(img.begin(), img.end(), static_cast<A>(0));
+        const A* __restrict__ ex = ec.data_ptr<A>() + o;
+        const A* __restrict__ ey = ed.data_ptr<A>() + o;
+        for (int c = 0; c < C; ++c) colsum[c] = 0, img[c] = 0;
         for (int r = 0; r < R; ++r)
           for (int c = 0; c < C; ++c) colsum[c] += ey[r * C + c];
-        scalar_t* a = pc.data_ptr<scalar_t>() + o;
-        scalar_t* b = pd.data_ptr<scalar_t>() + o;
-        scalar_t* reg = region.data_ptr<scalar_t>() + o;
+        scalar_t* __restrict__ a = pc.data_ptr<scalar_t>() + o;
+        scalar_t* __restrict__ b = pd.data_ptr<scalar_t>() + o;
+        scalar_t* __restrict__ reg = region.data_ptr<scalar_t>() + o;
         for (int r = 0; r < R; ++r) {
           A rowsum = 0;
           for (int c = 0; c < C; ++c) rowsum += ex[r * C + c];
           for (int c = 0; c < C; ++c) {
             const A p = ex[r * C + c] / rowsum, q = ey[r * C + c] / colsum[c];
+            const scalar_t pq = static_cast<scalar_t>(p * q);
             a[r * C + c] = static_cast<scalar_t>(p);
             b[r * C + c] = static_cast<scalar_t>(q);
-            reg[r * C + c] = static_cast<scalar_t>(p * q);
-            img[c] += static_cast<A>(reg[r * C + c]);
+            reg[r * C + c] = pq;
+            img[c] += static_cast<A>(pq);
           }
         }
         scalar_t* im = image.data_ptr<scalar_t>() + n * C;
