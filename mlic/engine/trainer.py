@@ -35,7 +35,9 @@ def set_rng_state(state: dict) -> None:
 class Trainer:
     """
     model:      nn.Module
-    solver:     object with zero_grad(), step(), lr (current rate), state_dict(), load_state_dict()
+    solver:     object with zero_grad(), step(), state_dict(), load_state_dict(), and
+                get_lr() (the coming step's rate) or a step() returning it; the solver
+                divides the accumulated gradients by iter_size (as CaffeSGD does)
     batches:    callable(start) -> iterator of batches, `start` = number of batches already consumed
     step_fn:    callable(model, batch) -> dict of scalar tensors; "loss" is the objective to minimise
     """
@@ -99,13 +101,12 @@ class Trainer:
             loss.backward()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.iter_size > 1:  # Caffe divides the accumulated diffs by iter_size
-            for p in params:
-                if p.grad is not None:
-                    p.grad.div_(self.iter_size)
-        D.average_gradients(params)
-        lr = self.solver.step()
+        # Caffe: accumulate, average over ranks, then the solver divides by iter_size.
+        D.average_gradients([p for p in self.model.parameters() if p.requires_grad])
+        get_lr = getattr(self.solver, "get_lr", None)
+        lr = get_lr() if get_lr is not None else None
+        ret = self.solver.step()
+        lr = ret if lr is None else lr
         dt = time.perf_counter() - t0
         self.metrics = {k: v / self.iter_size for k, v in sums.items()}
         self.metrics["lr"] = float(lr if lr is not None else getattr(self.solver, "lr", float("nan")))
