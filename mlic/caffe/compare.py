@@ -261,8 +261,26 @@ def _run_data(z, prefix: str, case_path: Path, res: CaseResult, data_dir):
                 res.rows.append(compare_arrays(k, net.blobs.get(name), z[k], "tight"))
 
 
+class _FullFloat32:
+    """No TF32 in CUDA convolutions and matmuls while comparing (Caffe computes in float32)."""
+
+    def __enter__(self):
+        self.saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
 def compare_case(path, *, prototxt=None, caffemodel=None, phase=None, device=None, data_dir=None) -> CaseResult:
     """Run one reference case; never raises for a bad case (the error is in the result)."""
+    with _FullFloat32():
+        return _compare_case(path, prototxt=prototxt, caffemodel=caffemodel, phase=phase, device=device,
+                             data_dir=data_dir)
+
+
+def _compare_case(path, *, prototxt, caffemodel, phase, device, data_dir) -> CaseResult:
     path = Path(path)
     res = CaseResult(path.name)
     try:

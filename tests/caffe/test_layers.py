@@ -193,10 +193,11 @@ def caffe_pool_ref(x, k, s, p, mode):
             hs0, he0, ws0, we0 = max(hs, 0), min(he, h), max(ws, 0), min(we, w)
             win = x[:, :, hs0:he0, ws0:we0]
             if mode == "max":
-                out[:, :, i, j] = win.max((2, 3))
+                out[:, :, i, j] = win.max((2, 3)) if win.size else -np.finfo(np.float32).max
             else:
                 size = (min(he, h + p[0]) - hs) * (min(we, w + p[1]) - ws)
-                out[:, :, i, j] = win.sum((2, 3)) / size
+                with np.errstate(invalid="ignore"):  # an empty window: 0/0, as in Caffe
+                    out[:, :, i, j] = win.sum((2, 3)) / size
     return out
 
 
@@ -217,6 +218,27 @@ def test_pooling_caffe_rules(params, k, s, p, mode, backend):
     ref = caffe_pool_ref(x.astype(np.float64), k, s, p, mode.lower())
     assert tuple(out.shape) == ref.shape == net.blob_shapes["p"]
     np.testing.assert_allclose(np_(out), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["MAX", "AVE"])
+def test_pooling_window_past_the_input(mode):
+    """Without padding Caffe keeps a last window that starts past the input (empty: MAX
+    gives -FLT_MAX, AVE 0/0); PyTorch's ceil mode drops it, so the net must not use it."""
+    from mlic.caffe.layers import torch_pool_matches_caffe
+
+    assert not torch_pool_matches_caffe(4, 6, (1, 1), (2, 2), (0, 0))
+    x = rng.standard_normal((1, 2, 4, 6)).astype(np.float32)
+    text = inp("x", 1, 2, 4, 6) + f'layer {{ name: "p" type: "Pooling" bottom: "x" top: "p" pooling_param {{ pool: {mode} kernel_size: 1 stride: 2 }} }}'
+    out = np_(CaffeNet(text)(x=x)["p"])
+    ref = caffe_pool_ref(x.astype(np.float64), (1, 1), (2, 2), (0, 0), mode.lower())
+    assert out.shape == ref.shape == (1, 2, 3, 4)
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
+
+
+def test_global_pooling():
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    text = inp("x", 2, 3, 5, 4) + 'layer { name: "p" type: "Pooling" bottom: "x" top: "p" pooling_param { pool: AVE global_pooling: true } }'
+    np.testing.assert_allclose(np_(CaffeNet(text)(x=x)["p"]), x.mean((2, 3), keepdims=True), rtol=1e-5)
 
 
 def test_pooling_max_gradient_goes_to_first_maximum():
@@ -503,7 +525,7 @@ def test_cross_entropy_loss_clamped_value_and_gradient():
     net.forward(a=p, b=t)
     pd = p.astype(np.float64)
     val = -np.where(t == 1, np.log(np.maximum(pd, 1e-4)), np.log(np.maximum(1 - pd, 1e-4))).sum() / 2
-    assert float(net.blobs["l"]) == pytest.approx(val, rel=1e-6)
+    assert float(net.blobs["l"].detach()) == pytest.approx(val, rel=1e-6)
     assert float(net.objective) == pytest.approx(3 * val, rel=1e-6)
     net.backward()
     grad = -3 / 2 * (t / np.maximum(pd, 1e-4) + (1 - t) / np.minimum(pd - 1, -1e-4))
@@ -520,7 +542,7 @@ def test_sigmoid_cross_entropy_loss_soft_targets():
     net.forward(a=x, b=t)
     xd = x.astype(np.float64)
     val = np.sum(np.log1p(np.exp(-np.abs(xd))) + np.maximum(xd, 0) - xd * t) / 2  # / num = 2
-    assert float(net.blobs["l"]) == pytest.approx(val, rel=1e-6)
+    assert float(net.blobs["l"].detach()) == pytest.approx(val, rel=1e-6)
     net.backward()
     np.testing.assert_allclose(np_(net.blob_diffs["a"]), 2 * (1 / (1 + np.exp(-xd)) - t) / 2, rtol=1e-5, atol=1e-7)
     assert np.abs(np_(net.blob_diffs["b"])).max() == 0

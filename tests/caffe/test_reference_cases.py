@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from mlic.caffe.compare import compare_case
-from tests.conftest import CAFFE_REF, REPO
+from tests.conftest import CAFFE_REF, REPO, requires_cuda
 
 CASES = ["roi_pool", "wsddn_head", "losses", "interp_pool_spp", "spp_only", "scale", "mini_wsddn", "mini_stage1",
          "mini_stage2", "solver", "data_layer"]
@@ -52,3 +52,10 @@ def test_cli_exit_status_and_table():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "param_diff/s2/0" in r.stdout and "PASS" in r.stdout
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c != "data_layer"])
+@requires_cuda
+def test_reference_case_on_cuda(caffe_ref, case):
+    res = compare_case(caffe_ref / f"{case}.npz", device="cuda")
+    assert res.ok, res.table()
