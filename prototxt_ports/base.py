@@ -1,0 +1,251 @@
+"""Caffe bookkeeping shared by the ports: which module holds the learnable blobs of
+which Caffe layer, their lr_mult/decay_mult, and weight loading/saving by layer name.
+
+A port registers each Caffe layer that has learnable blobs (Convolution, InnerProduct,
+Scale) under its released layer name; the blobs are the module's ``weight`` and, when
+present, ``bias`` (Caffe's blob order). ``caffe_param_map`` is the one place that maps
+Caffe's (layer name, blob index) to our parameters.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+Mults = Tuple[Tuple[float, float], ...]
+
+
+@dataclass
+class CaffeLayerEntry:
+    name: str            # Caffe layer name
+    type: str            # Caffe layer type (for a written caffemodel)
+    module: nn.Module    # holds .weight (and .bias)
+    mults: Mults         # (lr_mult, decay_mult) per blob, as the prototxt gives them
+    override: Optional[Tuple[float, float]] = None  # (lr, decay) for every blob, e.g. frozen
+
+    @property
+    def blobs(self) -> List[nn.Parameter]:
+        out = [self.module.weight]
+        if getattr(self.module, "bias", None) is not None:
+            out.append(self.module.bias)
+        return out
+
+    def multipliers(self) -> List[Tuple[float, float]]:
+        blobs = self.blobs
+        if len(self.mults) < len(blobs):
+            raise AssertionError(f"layer {self.name}: {len(self.mults)} multipliers for {len(blobs)} blobs")
+        if self.override is not None:
+            return [self.override] * len(blobs)
+        return list(self.mults[: len(blobs)])
+
+
+class CaffePort(nn.Module):
+    """Base of the ports: Caffe layer registry, param_specs, weight I/O."""
+
+    def __init__(self):
+        super().__init__()
+        self._caffe_entries: "OrderedDict[str, CaffeLayerEntry]" = OrderedDict()
+
+    # -- registration
+    def _add_caffe_layer(self, name: str, type_: str, module: nn.Module, mults: Mults) -> nn.Module:
+        if name in self._caffe_entries:
+            raise ValueError(f"Caffe layer {name!r} registered twice")
+        setattr(self, name, module)
+        self._caffe_entries[name] = CaffeLayerEntry(name, type_, module, tuple(mults))
+        self._apply_mults(self._caffe_entries[name])
+        return module
+
+    @staticmethod
+    def _apply_mults(entry: CaffeLayerEntry) -> None:
+        for p, (lr, dm) in zip(entry.blobs, entry.multipliers()):
+            p.lr_mult, p.decay_mult = float(lr), float(dm)
+            p.requires_grad_(lr != 0)
+        for i, p in enumerate(entry.blobs):
+            p.caffe_name = f"{entry.name}/{i}"
+
+    def caffe_entries(self) -> List[CaffeLayerEntry]:
+        """The Caffe layers with learnable blobs, in prototxt order (sub-ports included)."""
+        return list(self._caffe_entries.values())
+
+    def set_multipliers(self, lr_mult: float, decay_mult: float, layers=None) -> None:
+        """Override (lr_mult, decay_mult) of every blob of `layers` (names; default all);
+        lr_mult 0 also sets requires_grad False."""
+        wanted = None if layers is None else set(layers)
+        for e in self.caffe_entries():
+            if wanted is None or e.name in wanted:
+                e.override = (float(lr_mult), float(decay_mult))
+                self._apply_mults(e)
+
+    # -- views
+    def caffe_param_map(self) -> "OrderedDict[Tuple[str, int], nn.Parameter]":
+        """{(Caffe layer name, blob index): parameter}, in prototxt order."""
+        out = OrderedDict()
+        for e in self.caffe_entries():
+            for i, p in enumerate(e.blobs):
+                out[(e.name, i)] = p
+        return out
+
+    def caffe_params(self) -> "OrderedDict[str, List[nn.Parameter]]":
+        """{layer: [blobs]} (the shape mlic.caffe.weights works on)."""
+        return OrderedDict((e.name, e.blobs) for e in self.caffe_entries())
+
+    def param_specs(self) -> List[Tuple[str, nn.Parameter, float, float]]:
+        """[('layer/i', parameter, lr_mult, decay_mult)] for every learnable blob of the
+        net, lr_mult 0 ones included, in prototxt order."""
+        out = []
+        for e in self.caffe_entries():
+            for i, (p, (lr, dm)) in enumerate(zip(e.blobs, e.multipliers())):
+                out.append((f"{e.name}/{i}", p, lr, dm))
+        return out
+
+    def param_groups(self, only_learnable: bool = False) -> List[dict]:
+        """One param group per blob, {'params': [p], 'lr_mult', 'decay_mult', 'name'},
+        the format of CaffeNet.param_groups (for mlic.solver.CaffeSGD)."""
+        return [{"params": [p], "lr_mult": lr, "decay_mult": dm, "name": name}
+                for name, p, lr, dm in self.param_specs() if not (only_learnable and lr == 0)]
+
+    def param_dict(self) -> "OrderedDict[str, torch.Tensor]":
+        """{'layer/i': tensor} (detached), the key convention of mlic.caffe param dicts."""
+        return OrderedDict((f"{layer}/{i}", p.detach()) for (layer, i), p in self.caffe_param_map().items())
+
+    # -- weight I/O
+    def load_caffe_weights(self, source, strict: bool = False,
+                           rename: Union[None, Mapping[str, str], Callable[[str], str]] = None):
+        """Copy blobs by Caffe layer name from a caffemodel (path or NetParameter), a
+        param dict file (torch.save of {'layer/i': tensor}) or such a dict.
+
+        `rename` maps the file's layer names to ours (e.g. :func:`wsddn_to_kd_name` to
+        load a WSDDN model into the KD teacher). Returns mlic.caffe's LoadReport (loaded,
+        missing, unexpected layers); `strict` raises on missing or unexpected layers.
+        Shapes must match (legacy 4-D blobs are reshaped like Caffe does)."""
+        from mlic.caffe.weights import load_weights
+
+        if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
+            raise FileNotFoundError(f"{os.fspath(source)}: no such weights file")
+        return load_weights(_ParamsView(self.caffe_params()), source, strict=strict, rename=rename)
+
+    def load_param_dict(self, d: Mapping[str, torch.Tensor], strict: bool = False, rename=None):
+        return self.load_caffe_weights(dict(d), strict=strict, rename=rename)
+
+    @classmethod
+    def from_caffe(cls, weights, *args, strict: bool = False, rename=None, **kwargs):
+        """Build the port (constructor arguments *args, **kwargs) and load `weights`."""
+        port = cls(*args, **kwargs)
+        port.load_report = port.load_caffe_weights(weights, strict=strict, rename=rename)
+        return port
+
+    def to_caffemodel(self, name: Optional[str] = None):
+        """A NetParameter holding every learnable blob under its layer name and type
+        (what Caffe's CopyTrainedLayersFrom reads)."""
+        from mlic.caffe import proto
+        from mlic.caffe.io import array_to_blob
+
+        net = proto.NetParameter()
+        net.name = name or type(self).__name__
+        for e in self.caffe_entries():
+            layer = net.layer.add()
+            layer.name, layer.type = e.name, e.type
+            for p in e.blobs:
+                array_to_blob(p.detach().cpu().float().numpy(), layer.blobs.add())
+        return net
+
+    def save_caffemodel(self, path, name: Optional[str] = None) -> None:
+        from mlic.caffe.io import write_binary
+
+        write_binary(self.to_caffemodel(name), path)
+
+
+class _ParamsView:
+    """What mlic.caffe.weights needs of a net: ``params`` = {layer: [blobs]}."""
+
+    def __init__(self, params):
+        self.params = params
+
+
+def caffe_param_map(module: CaffePort) -> "OrderedDict[Tuple[str, int], nn.Parameter]":
+    """{(Caffe layer name, blob index): parameter} of a port (see CaffePort)."""
+    return module.caffe_param_map()
+
+
+# ----------------------------------------------------------------------------- small layers
+
+
+def caffe_xavier_(t: torch.Tensor) -> torch.Tensor:
+    """Caffe's xavier filler (variance_norm FAN_IN): U(-sqrt(3/fan_in), sqrt(3/fan_in)),
+    fan_in = count / num_output."""
+    fan_in = t.numel() // t.shape[0]
+    a = math.sqrt(3.0 / fan_in)
+    with torch.no_grad():
+        return t.uniform_(-a, a)
+
+
+def caffe_conv(in_ch: int, out_ch: int, init: str) -> nn.Conv2d:
+    conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+    with torch.no_grad():
+        if init == "xavier":
+            caffe_xavier_(conv.weight)
+        else:
+            conv.weight.zero_()
+        conv.bias.zero_()
+    return conv
+
+
+def caffe_linear(in_f: int, out_f: int) -> nn.Linear:
+    """InnerProduct with the prototxts' fillers: xavier weight, constant 0 bias."""
+    fc = nn.Linear(in_f, out_f)
+    caffe_xavier_(fc.weight)
+    with torch.no_grad():
+        fc.bias.zero_()
+    return fc
+
+
+class CaffeScale(nn.Module):
+    """Caffe's Scale layer with one learnable blob (no bias): top = bottom * weight, the
+    weight covering axes [axis, axis + weight.dim()) and broadcast over the rest."""
+
+    def __init__(self, shape: Tuple[int, ...], axis: int, value: float):
+        super().__init__()
+        self.axis = axis
+        self.weight = nn.Parameter(torch.full(tuple(shape), float(value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        span = tuple(x.shape[self.axis: self.axis + w.dim()])
+        if span != tuple(w.shape):
+            raise ValueError(f"Scale: its blob has shape {tuple(w.shape)} but the bottom {tuple(x.shape)} has "
+                             f"{span} from axis {self.axis}")
+        view = (1,) * self.axis + tuple(w.shape) + (1,) * (x.dim() - self.axis - w.dim())
+        return x * w.reshape(view)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.weight.shape)}, axis={self.axis}"
+
+
+class RegionSum(nn.Module):
+    """The layer 'image_level_score': a 1x1 Convolution with one output and no bias over
+    the N x B x C x 1 region-class scores; weight (1, B, 1, 1), filled with ones."""
+
+    def __init__(self, num_rois: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, num_rois, 1, 1))
+        self._ones_cache: Optional[Tuple[int, int, bool]] = None
+
+    def is_ones(self) -> bool:
+        """True while the weight is all ones (then the fused head's region sum is it)."""
+        w = self.weight
+        key = (w._version, w.data_ptr())
+        if self._ones_cache is None or self._ones_cache[:2] != key:
+            self._ones_cache = key + (bool(torch.all(w.detach() == 1)),)
+        return self._ones_cache[2]
+
+    def forward(self, region: torch.Tensor) -> torch.Tensor:
+        """region [N, B, C] -> [N, C]: sum over b of weight[b] * region[:, b, :]."""
+        w = self.weight.reshape(-1)
+        if w.shape[0] != region.shape[1]:
+            raise ValueError(f"image_level_score: weight has {w.shape[0]} regions, the scores {region.shape[1]}")
+        return torch.einsum("nbc,b->nc", region, w.to(region.dtype))
