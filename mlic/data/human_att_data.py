@@ -494,8 +494,9 @@ class HumanAttDataset(Dataset):
 
 def _worker_init(_worker_id: int) -> None:
     # W workers each running OpenCV's own thread pool would oversubscribe the cores.
+    # (The DataLoader already gives each worker one torch thread; calling
+    # torch.set_num_threads again in a forked child can deadlock in the OpenMP runtime.)
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
 
 
 class HumanAttDataLoader:
