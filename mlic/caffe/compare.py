@@ -291,7 +291,9 @@ def _compare_case(path, *, prototxt, caffemodel, phase, device, data_dir) -> Cas
     try:
         files = set(z.files)
         if prototxt is not None:
-            z = _Override(z, {"prototxt": Path(prototxt).read_text()})
+            text = Path(prototxt).read_text()
+            keys = [k for k in files if k.endswith("prototxt")] or ["prototxt"]
+            z = _Override(z, {k: text for k in keys})
         if "solver" in files:
             _run_solver(z, path, res, device)
             return res

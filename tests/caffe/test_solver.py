@@ -152,8 +152,7 @@ def test_multistep_counter_and_clip():
     torch.testing.assert_close(p.detach(), torch.tensor([-0.6, -0.8]))
 
 
-SOLVER_NET = """
-net_param {
+SOLVER_NET_LAYERS = """
   layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 8 dim: 5 } } }
   layer { name: "t" type: "Input" top: "t" input_param { shape { dim: 8 dim: 3 } } }
   layer { name: "ip1" type: "InnerProduct" bottom: "x" top: "ip1" param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
@@ -162,10 +161,10 @@ net_param {
   layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" dropout_param { dropout_ratio: 0.3 } }
   layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2" inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
   layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "ip2" bottom: "t" top: "loss" }
-}
-base_lr: 0.1 lr_policy: "inv" gamma: 0.01 power: 0.75 momentum: 0.9 weight_decay: 0.001
-random_seed: 3 type: "SGD"
 """
+SOLVER_NET = ("net_param {" + SOLVER_NET_LAYERS + "}\n"
+              'base_lr: 0.1 lr_policy: "inv" gamma: 0.01 power: 0.75 momentum: 0.9 weight_decay: 0.001\n'
+              'random_seed: 3 type: "SGD"\n')
 
 
 def test_snapshot_restore_continues_bit_identically(tmp_path):
@@ -186,6 +185,19 @@ def test_snapshot_restore_continues_bit_identically(tmp_path):
         assert torch.equal(p, q)
     for p, q in zip(a.optimizer.param_groups, b.optimizer.param_groups):
         assert torch.equal(a.optimizer.state[p["params"][0]]["history"], b.optimizer.state[q["params"][0]]["history"])
+
+
+def test_solver_file_with_a_relative_net_path(tmp_path, monkeypatch):
+    (tmp_path / "train.prototxt").write_text(SOLVER_NET_LAYERS)
+    (tmp_path / "solver.prototxt").write_text('net: "train.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\n'
+                                              'snapshot: 2\nsnapshot_prefix: "%s/snap"\n' % tmp_path)
+    monkeypatch.chdir("/")
+    s = Solver(str(tmp_path / "solver.prototxt"))
+    assert s.net.file == str(tmp_path / "train.prototxt") and s.net.phase == "TRAIN"
+    feed = dict(x=np.zeros((8, 5), np.float32), t=np.zeros((8, 3), np.float32))
+    losses = s.step(2, feed)
+    assert len(losses) == 2 and (tmp_path / "snap_iter_2.solverstate.pt").exists()
+    assert (tmp_path / "snap_iter_2.caffemodel").exists()
 
 
 def test_solver_rejects_other_types():

@@ -49,6 +49,15 @@ def test_caffemodel_round_trip_is_exact(tmp_path):
     assert layers["conv"].type == "Convolution" and not len(layers["relu"].blobs)
 
 
+def test_weights_at_construction(tmp_path):
+    src = _net(0)
+    save_caffemodel(src, tmp_path / "w.caffemodel")
+    torch.manual_seed(5)
+    net = CaffeNet(NET, weights=tmp_path / "w.caffemodel")
+    assert net.load_report.loaded == ["conv", "sc", "fc"]
+    _same_params(src, net)
+
+
 def test_param_dict_round_trip_and_file(tmp_path):
     src = _net(0)
     d = src.param_dict()
