@@ -1,5 +1,19 @@
-"""Caffe interop: the prototxt/caffemodel schema, a net builder running Caffe network
-definitions as PyTorch modules, weight conversion, and comparison against Caffe outputs."""
+"""Caffe interop: the prototxt/caffemodel schema, Caffe network definitions run as PyTorch
+modules, weight conversion, and comparison against recorded Caffe outputs.
+
+    net = CaffeNet("wsddn_train.prototxt", "TRAIN", weights="vgg16.caffemodel")
+    out = net(data=images, label_roi=label_roi)        # blobs by name -> output blobs
+    net.blobs["roi_pooling"], net.params["fc6"]        # every blob; params by layer name
+    obj = net.forward_backward(data=..., label_roi=...)  # sum of loss_weight * loss, then backward
+
+    load_caffemodel(net, path) / save_caffemodel(net, path)      # by layer name, shape-checked
+    caffemodel_to_param_dict(path) / load_param_dict(net, d)     # {'layer/i': tensor}
+
+    from mlic.solver import CaffeSGD, Solver                     # Caffe SGD semantics
+    opt = CaffeSGD(net.param_groups(), base_lr=5e-5, momentum=0.9, weight_decay=5e-4)
+
+    from mlic.caffe.compare import compare_case                  # tools/compare_caffe.py
+"""
 from mlic.caffe.errors import CaffeError, CaffemodelError, NetBuildError, PrototxtError  # noqa: F401
 from mlic.caffe.io import NetSpec, load_net_spec, read_caffemodel, read_solver  # noqa: F401
 from mlic.caffe.layers import supported_layer_types  # noqa: F401

@@ -14,7 +14,6 @@ in the blob's diff), zeros where Caffe computes none, the loss weight in loss to
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -394,6 +393,9 @@ class CaffeNet(nn.Module):
                 f"{self.input_names}"
             )
         device, dtype = self._device_dtype()
+        # drop the previous pass's blobs first, so they do not stay alive through this one
+        self.blobs, self._first, self._loss_terms, self.objective = OrderedDict(), {}, [], None
+        keep_first = self.retain_diffs and torch.is_grad_enabled()
         blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         first: Dict[str, torch.Tensor] = {}
         loss_terms = []
@@ -418,14 +420,14 @@ class CaffeNet(nn.Module):
                 pd = self._pd[idx]
                 bottoms = [b if pd[j] else b.detach() for j, b in enumerate(bottoms)]
                 tops = layer(*bottoms)
-            for j, (t, v) in enumerate(zip(lp.top, tops)):
+            for t, v in zip(lp.top, tops):
                 blobs[t] = v
-                if t not in first:
+                if keep_first and t not in first:
                     first[t] = v
             for t, w, v in zip(lp.top, self._loss_weights[idx], tops):
                 if w:
                     loss_terms.append((t, v, w))
-        if self.retain_diffs and torch.is_grad_enabled():
+        if keep_first:
             for v in first.values():
                 if v.requires_grad and not v.is_leaf:
                     v.retain_grad()
@@ -488,7 +490,7 @@ class CaffeNet(nn.Module):
         for name, _, w in self._loss_terms:
             loss_w[self._loss_blob.get(name, name)] = w
         for name, v in self.blobs.items():
-            f = self._first[name]
+            f = self._first.get(name, v)
             if name in loss_w:
                 out[name] = torch.full_like(v, loss_w[name]).detach()
             elif f.grad is not None:

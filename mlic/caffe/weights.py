@@ -15,16 +15,15 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
 
 from mlic.caffe import proto
 from mlic.caffe.errors import CaffemodelError
-from mlic.caffe.io import (StoredLayer, array_to_blob, blob_shape, blob_to_array, caffemodel_layers,
-                           is_legacy_blob, read_caffemodel, write_binary)
+from mlic.caffe.io import (StoredLayer, array_to_blob, blob_to_array, caffemodel_layers, is_legacy_blob,
+                           read_caffemodel, write_binary)
 
 
 @dataclass
@@ -133,17 +132,13 @@ def net_to_caffemodel(net) -> "proto.NetParameter":
     and their learnable blobs, as Caffe's Net::ToProto writes it."""
     out = proto.NetParameter()
     out.name = net.name
-    for lp in net.layer_params:
+    for lp, module in zip(net.layer_params, net.layers.values()):
         layer = out.layer.add()
         layer.CopyFrom(lp)
         del layer.blobs[:]
-        for p in net.params.get(lp.name, []) if _owns_params(net, lp) else []:
+        for p in module.caffe_blobs():
             array_to_blob(p.detach().cpu().numpy(), layer.blobs.add())
     return out
-
-
-def _owns_params(net, lp) -> bool:
-    return lp.name in net.params and bool(net.params[lp.name]) and lp.type not in ("Split", "Input")
 
 
 def save_caffemodel(net, path) -> None:

@@ -13,7 +13,7 @@ float32 in Caffe's order (scalars rounded to float32 as Caffe's float fields are
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from mlic.caffe.compare import compare_arrays, compare_case, main
 from tests.conftest import REPO

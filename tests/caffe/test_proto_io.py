@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import unknown_fields
 
 from mlic.caffe import proto
-from mlic.caffe.errors import CaffemodelError, NetBuildError, PrototxtError
+from mlic.caffe.errors import NetBuildError, PrototxtError
 from mlic.caffe.io import (blob_to_array, caffemodel_layers, load_net_spec, parse_caffemodel_bytes,
                            read_caffemodel, read_solver)
 from mlic.caffe.net import CaffeNet

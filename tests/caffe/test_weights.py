@@ -7,8 +7,8 @@ from mlic.caffe import CaffeNet, proto
 from mlic.caffe.convert import main as convert_main
 from mlic.caffe.errors import CaffemodelError
 from mlic.caffe.io import read_caffemodel
-from mlic.caffe.weights import (caffemodel_to_param_dict, load_caffemodel, load_param_dict, load_weights,
-                                net_to_caffemodel, read_param_dict, save_caffemodel, save_param_dict)
+from mlic.caffe.weights import (caffemodel_to_param_dict, load_caffemodel, load_weights, net_to_caffemodel,
+                                read_param_dict, save_caffemodel, save_param_dict)
 
 NET = """name: "w"
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }
