@@ -7,7 +7,9 @@ prefix (``<p>/prototxt``, ``<p>/input/...``, ``<p>/topdiff/<blob>`` seeding back
 data-layer cases hold ``<p>/batch<k>/<top>`` for consecutive batches of a HumanAttData
 net whose files lie in ``<case>_images/`` beside the npz.
 
-Tolerances (SPEC section 7), err = max |ours - caffe| / (1 + max |caffe|):
+The table shows per key the max absolute difference, the max relative difference
+(to max |caffe|) and err = max |ours - caffe| / (1 + max |caffe|), which is held to the
+tolerances of SPEC section 7:
   exact  — integer-valued outputs and pure copies of exact inputs (RoI rows, slices): err == 0
   tight  — forward blobs of layers computed from exact inputs without matrix products
            (custom layers: ROIPooling, Interp, Pooling, SPP, losses, ...): err <= 1e-5
@@ -44,6 +46,13 @@ class Row:
     def tol(self) -> float:
         return TOL[self.kind]
 
+    @property
+    def max_rel(self) -> float:
+        """max |ours - caffe| / max |caffe| (inf where Caffe's blob is all zeros and ours is not)."""
+        if self.max_ref and self.max_ref == self.max_ref:
+            return self.max_abs / self.max_ref
+        return 0.0 if self.max_abs == 0 else float("inf")
+
 
 @dataclass
 class CaseResult:
@@ -70,12 +79,14 @@ class CaseResult:
             out.write(f"  skipped: {self.skipped}\n")
             return out.getvalue()
         w = max([len(r.key) for r in self.rows] + [10])
-        out.write(f"  {'key':{w}s} {'kind':5s} {'max abs':>11s} {'max|caffe|':>11s} {'err':>10s} {'tol':>7s}  result\n")
+        out.write(f"  {'key':{w}s} {'kind':5s} {'max abs':>11s} {'max rel':>10s} {'max|caffe|':>11s} {'err':>10s} "
+                  f"{'tol':>7s}  result\n")
         for r in self.rows:
             res = "ok" if r.ok else "FAIL"
             note = f"  ({r.note})" if r.note else ""
             out.write(
-                f"  {r.key:{w}s} {r.kind:5s} {r.max_abs:11.4g} {r.max_ref:11.4g} {r.err:10.3g} {r.tol:7.0e}  {res}{note}\n"
+                f"  {r.key:{w}s} {r.kind:5s} {r.max_abs:11.4g} {r.max_rel:10.3g} {r.max_ref:11.4g} {r.err:10.3g} "
+                f"{r.tol:7.0e}  {res}{note}\n"
             )
         if self.error:
             out.write(f"  ERROR: {self.error}\n")

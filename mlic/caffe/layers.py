@@ -254,6 +254,9 @@ class HumanAttDataLayer(Layer):
             raise self.error("human_att_data_param is required")
         if hp.batch_size < 1:
             raise self.error("human_att_data_param.batch_size must be >= 1")
+        if hp.new_height < 1 or hp.new_width < 1:
+            raise self.error("human_att_data_param.new_height and new_width must be set (blob shapes are fixed "
+                             "when the net is built)")
         self.data_dir = ctx.data_dir
         self.data_seed = ctx.data_seed
         self._stream = None
