@@ -1,19 +1,9 @@
 #!/usr/bin/env python
-"""Kernels demo: runs each mlic op on the CPU (and CUDA when present), checks it against
-the pure-PyTorch reference, and prints timings of the WSDDN head at a small size."""
-import argparse
+"""The embedded demo: synthetic benchmark -> teacher -> KD stages -> student baseline ->
+tests -> results table and figures (see mlic/demo.py). --kernels checks only the ops."""
 import sys
 
-from mlic.demo import kernels_demo
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    return kernels_demo(device=args.device, seed=args.seed)
-
+from mlic.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())

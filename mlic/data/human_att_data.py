@@ -492,10 +492,14 @@ class HumanAttDataset(Dataset):
         return self.load_batch(spec.indices, spec.scale, spec.mirror, spec.step)
 
 
+# Workers start from a clean process: a forked child of a parent whose OpenMP / OpenCV
+# thread pools already ran can deadlock the first time it touches them.
+_DEFAULT_MP_CONTEXT = "forkserver" if "forkserver" in __import__("multiprocessing").get_all_start_methods() else "spawn"
+
+
 def _worker_init(_worker_id: int) -> None:
-    # W workers each running OpenCV's own thread pool would oversubscribe the cores.
-    # (The DataLoader already gives each worker one torch thread; calling
-    # torch.set_num_threads again in a forked child can deadlock in the OpenMP runtime.)
+    # W workers each running OpenCV's own thread pool would oversubscribe the cores
+    # (the DataLoader already gives each worker one torch thread).
     cv2.setNumThreads(1)
 
 
@@ -514,7 +518,8 @@ class HumanAttDataLoader:
         self.sampler = sampler
         self._kw = dict(num_workers=int(num_workers), pin_memory=pin_memory,
                         worker_init_fn=_worker_init if num_workers > 0 else None,
-                        multiprocessing_context=multiprocessing_context if num_workers > 0 else None)
+                        multiprocessing_context=(multiprocessing_context or _DEFAULT_MP_CONTEXT)
+                        if num_workers > 0 else None)
         if num_workers > 0:
             self._kw["persistent_workers"] = persistent_workers
             if prefetch_factor is not None:

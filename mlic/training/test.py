@@ -1,0 +1,155 @@
+"""Testing behind tools/test.py: per-image scores, SPEC section 6 metrics, pictures."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mlic.training.train import BGR_MEAN, RELEASED_SCALES
+
+log = logging.getLogger("mlic.test")
+
+
+def load_trained(weights: str, device: str = "cpu"):
+    """(task, meta) from a checkpoint or final.pt written by tools/train.py."""
+    from prototxt_ports import NetConfig
+    from mlic.training.tasks import Switches, build_task
+
+    path = Path(weights)
+    if not path.is_file():
+        raise SystemExit(f"--weights: {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "meta" not in state or "model" not in state:
+        raise SystemExit(f"--weights: {path} is not a checkpoint written by tools/train.py (no 'meta'/'model')")
+    meta = state["meta"]
+    net = dict(meta["net"])
+    for k in ("body",):
+        if k in net and isinstance(net[k], list):
+            net[k] = tuple(net[k])
+    cfg = NetConfig(**net)
+    task = build_task(meta["stage"], cfg, Switches(**meta.get("switches", {})), device)
+    task.model.load_state_dict(state["model"])
+    task.model.eval()
+    return task, meta
+
+
+def _fixed_batches(dataset, batch_size: int, scale: float, mirror: bool):
+    from mlic.data import BatchSpec
+
+    n = len(dataset)
+    for s in range(0, n, batch_size):
+        idx = tuple(range(s, min(n, s + batch_size)))
+        yield dataset[BatchSpec(idx, scale=scale, mirror=(mirror,) * len(idx))]
+
+
+def predict_dataset(task, dataset, batch_size: int, device: str, scales=(1.0,), mirror: bool = False):
+    """Image probabilities [I, C] averaged over the given scales (and their mirrored
+    copies when `mirror`), and the single-scale region scores [I, B, C] (teacher) or None."""
+    if task.predict is None:
+        raise SystemExit(f"stage {task.stage} has no classifier to test (test the stage-2 or student weights)")
+    views = [(s, False) for s in scales] + ([(s, True) for s in scales] if mirror else [])
+    total, regions, labels = None, None, None
+    with torch.no_grad():
+        for vi, (scale, flip) in enumerate(views):
+            outs, regs, labs = [], [], []
+            for batch in _fixed_batches(dataset, batch_size, scale, flip):
+                batch = batch.to(device)
+                s, r = task.predict(task.model, batch)
+                outs.append(s.float().cpu())
+                labs.append(batch.labels.float().cpu())
+                if r is not None and vi == 0:
+                    regs.append(r.float().cpu())
+            scores = torch.cat(outs)
+            total = scores if total is None else total + scores
+            if vi == 0:
+                labels = torch.cat(labs)
+                regions = torch.cat(regs) if regs else None
+    return (total / len(views)).numpy(), labels.numpy(), None if regions is None else regions.numpy()
+
+
+def gt_from_synthetic(path: str, num_images: int):
+    """Ground truth of a synthetic benchmark split (gt_<split>.json) in evaluate_detection's form."""
+    data = json.loads(Path(path).read_text())
+    classes = data["classes"]
+    out = []
+    for img in data["images"]:
+        boxes = [o["box"] for o in img["objects"]]
+        labs = [o["class"] if isinstance(o["class"], int) else classes.index(o["class"]) for o in img["objects"]]
+        out.append({"boxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4), "labels": np.asarray(labs)})
+    if len(out) != num_images:
+        raise SystemExit(f"--gt: {path} describes {len(out)} images, the datalist has {num_images}")
+    return out, classes
+
+
+def run_test(args) -> Dict[str, float]:
+    from mlic.data import HumanAttDataConfig, HumanAttDataset, read_datalist
+    from mlic.evaluation import evaluate_detection, evaluate_multilabel, save_scores
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    task, meta = load_trained(args.weights, device)
+    net = meta["net"]
+    dl = read_datalist(args.datalist, att_num=net["num_classes"], bbox_num=net["num_rois"],
+                       root_folder=args.root_folder)
+    size = net["input_size"]
+    cfg = HumanAttDataConfig(source=args.datalist, root_folder=args.root_folder, batch_size=args.batch_size,
+                             new_width=size, new_height=size, att_num=dl.att_num, bbox_num=dl.bbox_num,
+                             mean_values=BGR_MEAN)
+    dataset = HumanAttDataset(dl, cfg)
+    scales = RELEASED_SCALES if args.multiscale else (1.0,)
+    scores, labels, regions = predict_dataset(task, dataset, args.batch_size, device, scales, args.multiscale)
+    class_names = None
+    if args.class_names:
+        class_names = [l.strip() for l in Path(args.class_names).read_text().splitlines() if l.strip()]
+    rep = evaluate_multilabel(scores, labels, class_names=class_names)
+    result = {"stage": meta["stage"], "images": int(scores.shape[0]),
+              "test": "multi-scale + mirror" if args.multiscale else "single forward", **rep.to_dict()}
+    print(f"== {meta['stage']} on {args.datalist} ({result['test']}, {scores.shape[0]} images)")
+    print(rep.format_table(per_class=True))
+    if regions is not None and args.gt:
+        gt, gt_classes = gt_from_synthetic(args.gt, scores.shape[0])
+        boxes = [dl.boxes[i][:, :4] for i in range(len(dl))] if hasattr(dl, "boxes") else None
+        if boxes is None:
+            boxes = [np.asarray(dataset.load_batch([i]).boxes[0, :, :4]) for i in range(len(dl))]
+        det = evaluate_detection(list(regions), boxes, gt, class_names=class_names or gt_classes)
+        result.update(det.to_dict())
+        print(det.format_table(per_class=True))
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [dl.paths[i] for i in range(len(dl))] if hasattr(dl, "paths") else [str(i) for i in range(len(dl))]
+        save_scores(out / "scores.csv", paths, scores, labels, class_names)
+        (out / "metrics.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+        if args.figures:
+            from mlic.visualization import plot_pr_curves
+
+            plot_pr_curves(scores, labels, out / "pr_curves.png", class_names=class_names)
+        print(f"scores, metrics{' and figures' if args.figures else ''} written to {out}")
+    return result
+
+
+def add_test_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--weights", required=True, help="final.pt or a checkpoint written by tools/train.py")
+    p.add_argument("--datalist", required=True)
+    p.add_argument("--root-folder", default="")
+    p.add_argument("--out", help="folder for scores.csv, metrics.json and figures")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--multiscale", action="store_true",
+                   help="teacher: fuse the 5 training scales and their mirrors (default: one forward at 672)")
+    p.add_argument("--gt", help="ground-truth boxes (gt_<split>.json of the synthetic benchmark) for CorLoc/det AP")
+    p.add_argument("--class-names", help="text file, one class name per line")
+    p.add_argument("--figures", action="store_true", help="write precision-recall curves")
+    p.add_argument("--device", default=None)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = add_test_arguments(argparse.ArgumentParser(description="Test a trained stage.")).parse_args(argv)
+    run_test(args)
+    return 0
