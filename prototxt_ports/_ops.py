@@ -33,7 +33,8 @@ def max_pool_2x2(x: Tensor) -> Tensor:
     the same computation whenever the input has at least 2 rows and columns: both give
     ceil((H-2)/2)+1 windows starting at 2i, clipped to the input (with k = s and no pad
     the last window always starts inside), and both keep the first maximum of a window
-    in row-major order. A 1-pixel side is outside PyTorch's domain: Caffe's kernel then."""
+    in row-major order. A 1-pixel side is outside PyTorch's domain: mlic's Caffe pooling
+    then (which refuses an input smaller than the kernel, with a clear error)."""
     if x.shape[-1] >= 2 and x.shape[-2] >= 2:
         return F.max_pool2d(x, 2, 2, 0, ceil_mode=True)
     if compiled():
