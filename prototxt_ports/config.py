@@ -77,7 +77,7 @@ class NetConfig:
     student_head: str = "fc8_mscoco"
     conv_init: str = "xavier"
     multipliers: Dict[str, Tuple[Tuple[float, float], ...]] = field(
-        default_factory=lambda: dict(RELEASED_MULTIPLIERS))
+        default_factory=lambda: dict(RELEASED_MULTIPLIERS), hash=False)
 
     def __post_init__(self):
         def bad(what):

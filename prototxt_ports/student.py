@@ -11,7 +11,7 @@ when the input already has the student's size), like the released nets.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.nn.functional as F

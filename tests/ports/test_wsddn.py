@@ -7,7 +7,6 @@ import torch
 from mlic.caffe import CaffeNet
 from mlic.caffe.weights import load_caffemodel, load_param_dict
 from prototxt_ports import WSDDN, NetConfig, wsddn_to_kd_name
-from prototxt_ports.losses import cross_entropy_loss
 from tests.conftest import requires_shared
 from tests.ports.helpers import SMALL, close, make_inputs, randomize_, small_cfg, small_prototxt, spec_prototxt
 
