@@ -134,11 +134,12 @@ PoolArgs pool2d_args(int64_t H, int64_t W, at::IntArrayRef k, at::IntArrayRef s,
     TORCH_CHECK_VALUE(p[d] >= 0 && p[d] < k[d], op, ": `padding` must be in [0, kernel_size), got ", p[d],
                       " for kernel ", k[d]);
   }
-  TORCH_CHECK_VALUE(H + 2 * p[0] >= k[0] && W + 2 * p[1] >= k[1], op, ": input ", H, "x", W,
-                    " (padded by ", p[0], ", ", p[1], ") is smaller than the kernel ", k[0], "x", k[1]);
   PoolArgs a;
   a.mode = pool_mode(mode, op);
   add_level(a, H, W, k[0], k[1], s[0], s[1], p[0], p[1]);
+  // Caffe accepts an input smaller than the kernel (one clipped window) but not an empty output.
+  TORCH_CHECK_VALUE(a.lp[6] >= 1 && a.lp[7] >= 1, op, ": input ", H, "x", W, " with kernel ", k[0], "x", k[1],
+                    ", stride ", s[0], "x", s[1], " and padding ", p[0], "x", p[1], " gives an empty output");
   return a;
 }
 

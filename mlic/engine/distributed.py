@@ -52,6 +52,14 @@ def average_gradients(params) -> None:
         p.grad.div_(ws)
 
 
+def broadcast_parameters(model) -> None:
+    """Rank 0's parameters and buffers on every rank."""
+    if world_size() == 1:
+        return
+    for t in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

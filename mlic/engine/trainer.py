@@ -81,9 +81,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _next_batch(self):
-        if self._iter is None:
-            self._iter = iter(self._batches(self.iter * self.iter_size))
-        return next(self._iter)
+        # Fetching never touches the global RNG (a DataLoader draws a seed from it whenever
+        # it starts an iterator), so the model's random stream - dropout - is the same
+        # whether the run was resumed or not.
+        with torch.random.fork_rng(devices=[]):
+            if self._iter is None:
+                self._iter = iter(self._batches(self.iter * self.iter_size))
+            return next(self._iter)
 
     def run_step(self) -> None:
         self.model.train()

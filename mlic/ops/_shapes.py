@@ -67,11 +67,11 @@ def pool2d_level_params(H, W, kernel_size, stride, padding):
             raise ValueError(f"`kernel_size` and `stride` must be positive, got {k} and {s}")
         if not 0 <= p[d] < k[d]:
             raise ValueError(f"`padding` must be in [0, kernel_size), got {p} for kernel {k}")
-    if H + 2 * p[0] < k[0] or W + 2 * p[1] < k[1]:
-        raise ValueError(f"input {H}x{W} (padded by {p}) is smaller than the kernel {k}")
     any_pad = p[0] > 0 or p[1] > 0
-    return [(k[0], k[1], s[0], s[1], p[0], p[1], caffe_pooled(H, k[0], s[0], p[0], any_pad),
-             caffe_pooled(W, k[1], s[1], p[1], any_pad))]
+    oh, ow = caffe_pooled(H, k[0], s[0], p[0], any_pad), caffe_pooled(W, k[1], s[1], p[1], any_pad)
+    if oh < 1 or ow < 1:  # Caffe accepts an input smaller than the kernel, not an empty output
+        raise ValueError(f"input {H}x{W} with kernel {k}, stride {s} and padding {p} gives an empty output")
+    return [(k[0], k[1], s[0], s[1], p[0], p[1], oh, ow)]
 
 
 def pool_mode(mode: str) -> int:

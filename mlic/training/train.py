@@ -182,12 +182,30 @@ def run_training(args) -> Path:
     out = Path(args.out)
     if D.is_main():
         out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        handlers=[logging.StreamHandler(sys.stderr)] + (
-                            [logging.FileHandler(out / "train.log")] if D.is_main() else []))
-    torch.manual_seed(args.seed + D.rank())
-    np.random.seed(args.seed + D.rank())
-    random.seed(args.seed + D.rank())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("mlic").setLevel(logging.INFO)
+    file_log = None
+    if D.is_main():
+        file_log = logging.FileHandler(out / "train.log")
+        file_log.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        logging.getLogger("mlic").addHandler(file_log)
+    try:
+        return _run(args, device, out)
+    finally:
+        if file_log is not None:
+            logging.getLogger("mlic").removeHandler(file_log)
+            file_log.close()
+
+
+def _run(args, device: str, out: Path) -> Path:
+    from mlic.data import build_loader, read_datalist
+    from mlic.solver import CaffeSGD
+
+    # Same seed on every rank for the initial weights (also broadcast below); each rank
+    # then gets its own stream for dropout.
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -212,6 +230,9 @@ def run_training(args) -> Path:
             raise SystemExit(f"--stage {args.stage} needs --teacher (the trained WSDDN)")
         load_weights_into(model.teacher, args.teacher, "--teacher", rename=teacher_rename)
 
+    D.broadcast_parameters(model)
+    if D.rank() > 0:
+        torch.manual_seed(args.seed + 1000003 * D.rank())
     if args.solver:
         from mlic.caffe.io import read_solver
 

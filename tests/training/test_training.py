@@ -1,0 +1,131 @@
+"""End-to-end training on tiny synthetic data: resume, torchrun (gloo) equivalence,
+tools/test.py and the demo pipeline."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlic import _ext
+
+pytestmark = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C is not built")
+REPO = Path(__file__).resolve().parents[2]
+NET = ["--input-size", "64", "--student-size", "32", "--pooled-size", "1", "--width", "0.0625",
+       "--fc-dim", "16", "--scales", "released"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from mlic.data.synthetic import SyntheticConfig, generate_dataset
+
+    out = tmp_path_factory.mktemp("synthetic")
+    return generate_dataset(str(out), SyntheticConfig(num_train=12, num_test=6, bbox_num=6, image_size=64,
+                                                      num_classes=4, seed=3))
+
+
+def train_args(data, out, stage="wsddn", iters=4, batch=4, extra=()):
+    return ["--stage", stage, "--datalist", data["train"], "--root-folder", data["root_folder"], "--out", str(out),
+            "--max-iter", str(iters), "--batch-size", str(batch), "--base-lr", "0.01", "--seed", "5",
+            "--no-tensorboard", "--quiet", "--checkpoint-period", "2", *NET, *extra]
+
+
+def final_state(out):
+    return torch.load(Path(out) / "final.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def test_resume_continues_bit_identically(tiny_data, tmp_path):
+    from mlic.training.train import main
+
+    main(train_args(tiny_data, tmp_path / "straight", iters=4))
+    # An interrupted run: 2 iterations (checkpoint at 2), then --resume to 4.
+    main(train_args(tiny_data, tmp_path / "resumed", iters=2))
+    (tmp_path / "resumed" / "final.pt").unlink()
+    main(train_args(tiny_data, tmp_path / "resumed", iters=4, extra=["--resume"]))
+    a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == ["1", "2", "3", "4"]
+
+
+def test_training_moves_weights_and_logs_the_switches(tiny_data, tmp_path):
+    from mlic.training.train import main
+
+    main(train_args(tiny_data, tmp_path / "t", iters=3))
+    text = (tmp_path / "t" / "train.log").read_text()
+    assert "kd-loss=soft-ce stage1-train=convs+fc teacher=caffe-decay regions=all" in text
+    ck = torch.load(tmp_path / "t" / "final.pt", weights_only=False)
+    assert ck["meta"]["stage"] == "wsddn" and ck["meta"]["switches"]["teacher"] == "caffe-decay"
+
+
+def test_bad_arguments_name_the_problem(tiny_data, tmp_path):
+    from mlic.training.train import main
+
+    with pytest.raises(SystemExit, match="--teacher"):
+        main(train_args(tiny_data, tmp_path / "s1", stage="stage1"))
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(train_args(tiny_data, tmp_path / "w", extra=["--weights", str(tmp_path / "missing.caffemodel")]))
+    with pytest.raises(SystemExit, match="--scales"):
+        main(train_args(tiny_data, tmp_path / "x")[:-1] + ["1.0,abc"])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process_with_the_global_batch(tiny_data, tmp_path):
+    # 2 ranks x batch 2 (gloo, gradients averaged) == 1 process x batch 4: same images and
+    # scale per global step (the sampler shards each global batch), no dropout noise.
+    from mlic.training.train import main
+
+    extra = ["--dropout", "0", "--no-mirror"]
+    main(train_args(tiny_data, tmp_path / "single", iters=3, batch=4, extra=extra))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MLIC_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(REPO / "tools" / "train.py"),
+           *train_args(tiny_data, tmp_path / "ddp", iters=3, batch=2, extra=extra + ["--device", "cpu"])]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    a, b = final_state(tmp_path / "single"), final_state(tmp_path / "ddp")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_tools_test_reports_metrics(tiny_data, tmp_path):
+    from mlic.training.test import main as test_main
+    from mlic.training.train import main
+
+    main(train_args(tiny_data, tmp_path / "t", iters=2))
+    test_main(["--weights", str(tmp_path / "t" / "final.pt"), "--datalist", tiny_data["test"], "--root-folder",
+               tiny_data["root_folder"], "--out", str(tmp_path / "res"), "--gt", tiny_data["gt_test"],
+               "--class-names", tiny_data["classes"], "--multiscale", "--figures"])
+    m = json.loads((tmp_path / "res" / "metrics.json").read_text())
+    assert m["images"] == 6 and m["test"] == "multi-scale + mirror"
+    for k in ("mAP", "CF1", "OF1", "CF1_top3", "CorLoc", "det_mAP"):
+        assert 0.0 <= m[k] <= 1.0 or m[k] != m[k], k
+    assert (tmp_path / "res" / "scores.csv").read_text().startswith("image,")
+    assert (tmp_path / "res" / "pr_curves.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_demo_smoke_runs_end_to_end(tmp_path):
+    from mlic.demo import main
+
+    assert main(["--preset", "smoke", "--out", str(tmp_path), "--quiet"]) == 0
+    run = tmp_path / "seed0"
+    res = json.loads((run / "results.json").read_text())
+    assert set(res) >= {"teacher", "student_kd", "student_no_kd"}
+    assert "CorLoc" in res["teacher"]
+    table = (run / "results.md").read_text()
+    assert "student with KD" in table and "student without KD" in table
+    figs = sorted(p.name for p in (run / "figures").iterdir())
+    assert "qualitative_0.png" in figs and "training_wsddn.png" in figs
