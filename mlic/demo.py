@@ -17,17 +17,22 @@ import numpy as np
 import torch
 
 # Sizes: "full" is the README's demo (about 10 minutes on 2 CPU cores); "smoke" checks
-# the whole pipeline in well under a minute.
+# the whole pipeline in well under a minute. The nets are trained from scratch (no
+# ImageNet weights here), so the demo uses a 5-conv VGG-style body (the released layer
+# names, conv1_1 ... conv5_1) and inputs scaled to about [-2, 2].
 PRESETS = {
-    "full": dict(num_train=400, num_test=150, bbox_num=40, image_size=128, teacher_iters=600, stage1_iters=200,
-                 stage2_iters=400, student_iters=400, batch=8, eval_period=0),
-    "smoke": dict(num_train=16, num_test=8, bbox_num=12, image_size=128, teacher_iters=4, stage1_iters=2,
-                  stage2_iters=3, student_iters=3, batch=4, eval_period=0),
+    "full": dict(num_train=1200, num_test=300, num_classes=6, bbox_num=40, image_size=128, teacher_iters=1200,
+                 stage1_iters=300, stage2_iters=600, student_iters=600, batch=8, eval_period=0),
+    "smoke": dict(num_train=16, num_test=8, num_classes=6, bbox_num=12, image_size=128, teacher_iters=4,
+                  stage1_iters=2, stage2_iters=3, student_iters=3, batch=4, eval_period=0),
 }
-NET = ["--input-size", "128", "--student-size", "64", "--pooled-size", "2", "--width", "0.125", "--fc-dim", "128"]
+NET = ["--input-size", "128", "--student-size", "64", "--pooled-size", "2", "--width", "1", "--fc-dim", "128",
+       "--body", "conv1_1:16,pool1,conv2_1:32,pool2,conv3_1:64,pool3,conv4_1:64,pool4,conv5_1:128",
+       "--input-scale", "0.015625"]
 SOLVER = {  # base_lr per stage (Caffe SGD, momentum 0.9, weight decay 5e-4)
-    "wsddn": "0.01", "stage1": "0.001", "stage2": "0.01", "student": "0.01",
+    "wsddn": "0.003", "stage1": "0.001", "stage2": "0.003", "student": "0.003",
 }
+SYNTHETIC = dict(min_object_frac=0.15, max_object_frac=0.5, num_distractors=(1, 4))
 
 
 def kernels_demo(device: str = "cpu", seed: int = 0) -> int:
@@ -96,7 +101,7 @@ def run_demo(out: str = "demo_out", preset: str = "full", seed: int = 0, quiet: 
           f"{p['bbox_num']} proposals each) -> {run / 'data'}")
     data = generate_dataset(str(run / "data"), SyntheticConfig(
         num_train=p["num_train"], num_test=p["num_test"], bbox_num=p["bbox_num"], image_size=p["image_size"],
-        seed=seed))
+        num_classes=p["num_classes"], seed=seed, **SYNTHETIC), workers=2)
     torch.manual_seed(seed)
     ev = p["eval_period"]
     teacher = _train("wsddn", run, data, p["teacher_iters"], p["batch"], seed, [], ev, quiet)

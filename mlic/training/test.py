@@ -99,7 +99,7 @@ def run_test(args) -> Dict[str, float]:
     size = net["input_size"]
     cfg = HumanAttDataConfig(source=args.datalist, root_folder=args.root_folder, batch_size=args.batch_size,
                              new_width=size, new_height=size, att_num=dl.att_num, bbox_num=dl.bbox_num,
-                             mean_values=BGR_MEAN)
+                             mean_values=BGR_MEAN, scale=meta.get("input_scale", 1.0))
     dataset = HumanAttDataset(dl, cfg)
     scales = RELEASED_SCALES if args.multiscale else (1.0,)
     scores, labels, regions = predict_dataset(task, dataset, args.batch_size, device, scales, args.multiscale)

@@ -48,6 +48,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--test-batch-size", type=int, default=None)
     g.add_argument("--scales", default="released", help="'released' (5 scales), 'none', or comma-separated factors")
     g.add_argument("--no-mirror", action="store_true")
+    g.add_argument("--input-scale", type=float, default=1.0,
+                   help="transform_param scale: pixels (minus the BGR mean) times this (released: 1)")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     g = p.add_argument_group("solver (Caffe SGD)")
     g.add_argument("--solver", help="solver.prototxt (its net fields are ignored; its rates are used)")
@@ -116,7 +118,8 @@ def data_config(args, source: str, batch: int, train: bool, att_num: int, bbox_n
     return HumanAttDataConfig(source=source, root_folder=args.root_folder, batch_size=batch, shuffle=train,
                               new_width=args.input_size, new_height=args.input_size,
                               scale_factors=_scales(args.scales) if train else (), att_num=att_num,
-                              bbox_num=bbox_num, mirror=train and not args.no_mirror, mean_values=BGR_MEAN)
+                              bbox_num=bbox_num, mirror=train and not args.no_mirror, mean_values=BGR_MEAN,
+                              scale=args.input_scale)
 
 
 def load_weights_into(model, path: str, what: str, rename=None) -> None:
@@ -272,7 +275,7 @@ def _run(args, device: str, out: Path) -> Path:
         hooks.append(EvalHook(args.eval_period, eval_fn))
     hooks += [PeriodicCheckpointer(args.checkpoint_period),
               MetricsWriter(period=args.log_period, tensorboard=not args.no_tensorboard, progress=not args.quiet)]
-    meta = {"stage": args.stage, "net": asdict(cfg), "switches": asdict(switches), "args": vars(args),
+    meta = {"stage": args.stage, "net": asdict(cfg), "input_scale": args.input_scale, "switches": asdict(switches), "args": vars(args),
             "world_size": D.world_size()}
     trainer = Trainer(model, solver, batches, task.step, max_iter, str(out), iter_size=iter_size, hooks=hooks,
                       images_per_batch=batch, log=log.info, amp=args.amp, device=device, meta=meta)
