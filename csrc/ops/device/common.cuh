@@ -37,4 +37,22 @@ template <> MLIC_HD double lowest<double>() { return static_cast<double>(-3.4028
 MLIC_HD int imin(int a, int b) { return a < b ? a : b; }
 MLIC_HD int imax(int a, int b) { return a > b ? a : b; }
 
+// Max over [hs,he) x [ws,we) of one plane, as Caffe's MAX pooling and ROIPooling: strict
+// '>' from -FLT_MAX, so the first maximum in row-major order wins; index h*W+w, -1 if none.
+template <typename T, typename A>
+MLIC_HD void window_max(const T* plane, int W, int hs, int he, int ws, int we, A& val, int& idx) {
+  A m = lowest<A>();
+  int mi = -1;
+  for (int h = hs; h < he; ++h)
+    for (int w = ws; w < we; ++w) {
+      const A v = static_cast<A>(plane[h * W + w]);
+      if (v > m) {
+        m = v;
+        mi = h * W + w;
+      }
+    }
+  val = m;
+  idx = mi;
+}
+
 }  // namespace mlic

@@ -23,18 +23,7 @@ MLIC_HD void pool_cell(const T* plane, int H, int W, const int* p, int oy, int o
   he = imin(he, H);
   we = imin(we, W);
   if (mode == MLIC_POOL_MAX) {
-    A m = lowest<A>();
-    int mi = -1;
-    for (int h = hs; h < he; ++h)
-      for (int w = ws; w < we; ++w) {
-        const A v = static_cast<A>(plane[h * W + w]);
-        if (v > m) {
-          m = v;
-          mi = h * W + w;
-        }
-      }
-    val = m;
-    idx = mi;
+    window_max<T, A>(plane, W, hs, he, ws, we, val, idx);
   } else {
     A s = static_cast<A>(0);
     for (int h = hs; h < he; ++h)

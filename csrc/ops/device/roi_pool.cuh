@@ -42,8 +42,7 @@ MLIC_HD void roi_bin(int p, int pooled, int len, int start, int limit, int& lo, 
   hi = imin(imax(hi + start, 0), limit);
 }
 
-// Max over [hs,he) x [ws,we) of one plane: strict '>' from -FLT_MAX, so the first
-// maximum in row-major order wins; an empty bin gives 0 and index -1.
+// ROIPooling's bin: an empty bin gives 0 and index -1, otherwise the window maximum.
 template <typename T, typename A>
 MLIC_HD void bin_max(const T* plane, int W, int hs, int he, int ws, int we, A& val, int& idx) {
   if (he <= hs || we <= ws) {
@@ -51,18 +50,7 @@ MLIC_HD void bin_max(const T* plane, int W, int hs, int he, int ws, int we, A& v
     idx = -1;
     return;
   }
-  A m = lowest<A>();
-  int mi = -1;
-  for (int h = hs; h < he; ++h)
-    for (int w = ws; w < we; ++w) {
-      const A v = static_cast<A>(plane[h * W + w]);
-      if (v > m) {
-        m = v;
-        mi = h * W + w;
-      }
-    }
-  val = m;
-  idx = mi;
+  window_max<T, A>(plane, W, hs, he, ws, we, val, idx);
 }
 
 // Decodes j in [0, C*S) of one RoI's row into (level, channel, ph, pw).
