@@ -135,20 +135,20 @@ def _infer_layout(tokens: Sequence[str], att_num: Optional[int], bbox_num: Optio
     if n >= 1 and not is_number(tokens[1]):
         raise DatalistError(file, line, f"field 2 ({tokens[1]!r}) is not a number"
                             + _count_hint(tokens, 0))
-    # Labels are the leading 0/1 fields; the rest must split into 5-value boxes.
-    candidates = []
+    # Labels are the leading 0/1 fields and the rest must split into 5-value boxes. Several
+    # label counts can fit when the first box starts with 0/1 fields; the largest is taken
+    # (a box made only of 0/1 fields, i.e. a 1-2 pixel box, is the only way to be wrong).
+    best = None
     for c in range(0, n + 1):
         if c > 0 and tokens[c] not in ("0", "1"):
             break
         if (n - c) % 5 == 0:
-            candidates.append(c)
-    if len(candidates) != 1:
-        what = "no" if not candidates else f"several ({', '.join(map(str, candidates))})"
-        raise DatalistError(file, line, f"cannot infer att_num/bbox_num from the first line: {what} "
-                            "label counts fit (labels are the leading 0/1 fields, then 5 values per box); "
+            best = c
+    if best is None:
+        raise DatalistError(file, line, f"cannot infer att_num/bbox_num from the first line: its {n} "
+                            "numeric fields do not split into leading 0/1 labels and 5 values per box; "
                             "pass att_num or bbox_num explicitly")
-    c = candidates[0]
-    return c, (n - c) // 5
+    return best, (n - best) // 5
 
 
 def _bad_token(tokens: Sequence[str], first: int) -> Tuple[int, str]:
@@ -236,7 +236,8 @@ def read_datalist(source: PathLike, att_num: Optional[int] = None, bbox_num: Opt
     """Read a datalist file.
 
     ``att_num``/``bbox_num``: expected label and box counts; any one left as None is inferred
-    from the first line (and then checked on every line).
+    from the first line (and then checked on every line). With both unknown, att_num is the
+    largest number of leading 0/1 fields that leaves a multiple of 5 fields for the boxes.
     ``root_folder`` is prepended to every path as a plain string, as Caffe does.
     ``check_files``: ``"construct"`` checks that every image exists now; ``"read"`` defers
     the check to the first read of each image (for huge lists on slow file systems);

@@ -50,11 +50,15 @@ def test_inferred_counts_are_checked_on_every_line():
     assert str(e.value).startswith("l.txt:2:")
 
 
-def test_ambiguous_inference_asks_for_counts():
-    # "1 0 0 1 1" could be 5 labels and no box, or 0 labels and one box, ...
-    with pytest.raises(DatalistError, match="pass att_num or bbox_num"):
-        parse_datalist_text("i.png 1 0 0 1 1\n")
+def test_inference_takes_the_largest_label_count():
+    # "1 0 0 1 1" could be 5 labels and no box or 0 labels and one box: the labels win
+    assert (parse_datalist_text("i.png 1 0 0 1 1\n").att_num, parse_datalist_text("i.png 1 0 0 1 1\n").bbox_num) \
+        == (5, 0)
+    dl = parse_datalist_text("i.png 1 0 1 0 1 0 1 0 0 1 0 0 5 6 0.5\n")  # 10 labels, first box starts "0 0"
+    assert (dl.att_num, dl.bbox_num) == (10, 1)
     assert parse_datalist_text("i.png 1 0 0 1 1\n", att_num=0).bbox_num == 1
+    with pytest.raises(DatalistError, match="pass att_num or bbox_num"):
+        parse_datalist_text("i.png 2 3 4\n")
 
 
 def test_given_counts_that_do_not_fit():
