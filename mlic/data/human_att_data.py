@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mlic.data.datalist import Datalist, DatalistError, ImageReadError, read_datalist
 from mlic.data.transforms import (is_unit_scale, mirror_boxes, read_image_bgr, resize_linear,
-                                  scale_boxes, scaled_size, subtract_mean_chw)
+                                  scale_boxes, scaled_size)
 
 # Streams of the seeded generators (numpy SeedSequence entropy = [seed, stream, counter]).
 _PERM, _SCALE, _MIRROR = 0, 1, 2
@@ -362,12 +362,15 @@ class HumanAttBatchSampler(Sampler):
 class HumanAttBatch:
     """The blobs of one batch, laid out exactly as Caffe's layer outputs them.
 
-    ``data``: N x 3 x H x W float32 (BGR, mean-subtracted); ``label_roi``: N x (C + 5B)
-    float32. Views: ``labels`` [N, C], ``boxes`` [N, B, 5], ``rois`` [N*B, 6] in WsdRoigen
-    form (i, x1, y1, x2, y2, s). ``indices`` are datalist indices, ``mirrored`` the flags.
+    ``data``: N x 3 x H x W float32 (BGR, ``(pixel - mean[c]) * scale``), computed on first
+    access from ``pixels`` (N x H x W x 3 uint8, BGR, resized and mirrored) on the device
+    the batch lives on: workers ship 4x fewer bytes and ``to(device)`` moves uint8.
+    ``label_roi``: N x (C + 5B) float32. Views: ``labels`` [N, C], ``boxes`` [N, B, 5],
+    ``rois`` [N*B, 6] in WsdRoigen form (i, x1, y1, x2, y2, s). ``indices`` are datalist
+    indices, ``mirrored`` the per-image flags, ``scale`` the batch's scale factor.
     """
 
-    data: torch.Tensor
+    pixels: torch.Tensor
     label_roi: torch.Tensor
     att_num: int
     bbox_num: int
@@ -375,6 +378,15 @@ class HumanAttBatch:
     mirrored: torch.Tensor
     scale: float = 1.0
     step: int = -1
+    mean_values: Tuple[float, ...] = ()
+    pixel_scale: float = 1.0
+    _data: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
+
+    @property
+    def data(self) -> torch.Tensor:
+        if self._data is None:
+            self._data = pixels_to_data(self.pixels, self.mean_values, self.pixel_scale)
+        return self._data
 
     @property
     def labels(self) -> torch.Tensor:
@@ -396,14 +408,52 @@ class HumanAttBatch:
         return torch.cat([i[:, None], b], dim=1)
 
     def __len__(self) -> int:
-        return self.data.shape[0]
+        return self.pixels.shape[0]
 
-    def pin_memory(self) -> "HumanAttBatch":
-        return replace(self, data=self.data.pin_memory(), label_roi=self.label_roi.pin_memory())
+    def __getstate__(self):  # ship only the uint8 pixels between processes
+        state = dict(self.__dict__)
+        state["_data"] = None
+        return state
+
+    def pin_memory(self, device=None) -> "HumanAttBatch":
+        return replace(self, pixels=self.pixels.pin_memory(), label_roi=self.label_roi.pin_memory(), _data=None)
 
     def to(self, device, non_blocking: bool = False) -> "HumanAttBatch":
-        return replace(self, data=self.data.to(device, non_blocking=non_blocking),
-                       label_roi=self.label_roi.to(device, non_blocking=non_blocking))
+        return replace(self, pixels=self.pixels.to(device, non_blocking=non_blocking),
+                       label_roi=self.label_roi.to(device, non_blocking=non_blocking), _data=None)
+
+
+def pixels_to_data(pixels: torch.Tensor, mean_values: Sequence[float] = (), scale: float = 1.0,
+                   use_numpy: Optional[bool] = None) -> torch.Tensor:
+    """N x H x W x 3 uint8 -> N x 3 x H x W float32 ``(x - mean[c]) * scale``, each step one
+    float32 rounding as in Caffe's transformer (bit-exact on CPU and CUDA).
+    ``use_numpy`` (default: on CPU tensors) picks the numpy path over the torch one."""
+    n, h, w, c = pixels.shape
+    means = [float(v) for v in mean_values] if mean_values else [0.0]
+    if len(means) == 1:
+        means = means * c
+    if len(means) != c:
+        raise ValueError(f"{len(mean_values)} mean values for {c} channels")
+    s32 = np.float32(scale)
+    if use_numpy is None:
+        use_numpy = pixels.device.type == "cpu"
+    if use_numpy:
+        # numpy per channel plane: several times faster on CPU than a strided torch kernel
+        src = pixels.numpy()
+        out = np.empty((n, c, h, w), np.float32)
+        m32 = np.asarray(means, np.float32)
+        for i in range(n):
+            for k in range(c):
+                np.subtract(src[i, :, :, k], m32[k], out=out[i, k], dtype=np.float32)
+                if s32 != np.float32(1.0):
+                    np.multiply(out[i, k], s32, out=out[i, k])
+        return torch.from_numpy(out)
+    out = torch.empty((n, c, h, w), dtype=torch.float32, device=pixels.device)
+    m = torch.tensor(means, dtype=torch.float32, device=pixels.device).view(1, c, 1, 1)
+    torch.sub(pixels.permute(0, 3, 1, 2), m, out=out)
+    if s32 != np.float32(1.0):
+        out.mul_(torch.tensor(float(scale), dtype=torch.float32, device=pixels.device))
+    return out
 
 
 class HumanAttDataset(Dataset):
@@ -453,7 +503,7 @@ class HumanAttDataset(Dataset):
         n = len(indices)
         mirror = tuple(mirror) if mirror else (False,) * n
         unit = is_unit_scale(scale)
-        data = None
+        pix = None
         lab = np.empty((n, self.datalist.att_num + 5 * self.datalist.bbox_num), np.float32)
         for j, i in enumerate(indices):
             i = int(i)
@@ -466,12 +516,15 @@ class HumanAttDataset(Dataset):
                     raise self.datalist.error(i, f"scale factor {scale} turns the {img.shape[1]}x"
                                               f"{img.shape[0]} image into {w}x{h}")
                 img = resize_linear(img, w, h)
-            if data is None:
-                data = np.empty((n, 3, img.shape[0], img.shape[1]), np.float32)
-            elif img.shape[:2] != data.shape[2:]:
+            if pix is None:
+                pix = np.empty((n,) + img.shape, np.uint8)
+            elif img.shape != pix.shape[1:]:
                 raise self.datalist.error(i, f"image size {img.shape[1]}x{img.shape[0]} differs from the "
-                                          f"batch's {data.shape[3]}x{data.shape[2]} (set new_width/new_height)")
-            subtract_mean_chw(img, cfg.mean_values, cfg.scale, data[j], mirror=mirror[j])
+                                          f"batch's {pix.shape[2]}x{pix.shape[1]} (set new_width/new_height)")
+            if mirror[j]:
+                cv2.flip(img, 1, dst=pix[j])
+            else:
+                pix[j] = img
             boxes = self.datalist.boxes[i]
             if not unit:
                 boxes = scale_boxes(boxes, scale)
@@ -480,10 +533,11 @@ class HumanAttDataset(Dataset):
             lab[j, : self.datalist.att_num] = self.datalist.labels[i]
             lab[j, self.datalist.att_num:] = boxes.reshape(-1)
         return HumanAttBatch(
-            data=torch.from_numpy(data), label_roi=torch.from_numpy(lab),
+            pixels=torch.from_numpy(pix), label_roi=torch.from_numpy(lab),
             att_num=self.datalist.att_num, bbox_num=self.datalist.bbox_num,
             indices=torch.tensor([int(i) for i in indices], dtype=torch.int64),
-            mirrored=torch.tensor(mirror, dtype=torch.bool), scale=float(scale), step=step)
+            mirrored=torch.tensor(mirror, dtype=torch.bool), scale=float(scale), step=step,
+            mean_values=tuple(cfg.mean_values), pixel_scale=float(cfg.scale))
 
     def __getitem__(self, spec: BatchSpec) -> HumanAttBatch:
         if not isinstance(spec, BatchSpec):

@@ -63,22 +63,3 @@ def mirror_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
     out[..., 0] = w - x2 - np.float32(1)
     out[..., 2] = w - x1 - np.float32(1)
     return out
-
-
-def subtract_mean_chw(img: np.ndarray, mean_values: Sequence[float], scale: float,
-                      out: np.ndarray, mirror: bool = False) -> np.ndarray:
-    """Write ``(img - mean[c]) * scale`` of an HxWx3 uint8 image into ``out`` (3xHxW float32).
-
-    mean_values: empty (no subtraction), one value for all channels, or one per channel.
-    """
-    channels = img.shape[2]
-    if len(mean_values) not in (0, 1, channels):
-        raise ValueError(f"mean_values has {len(mean_values)} values; expected 0, 1 or {channels}")
-    src = img[:, ::-1] if mirror else img
-    s = np.float32(scale)
-    for c in range(channels):
-        m = np.float32(mean_values[c] if len(mean_values) > 1 else (mean_values[0] if mean_values else 0.0))
-        np.subtract(src[:, :, c], m, out=out[c], dtype=np.float32)
-        if s != np.float32(1.0):
-            np.multiply(out[c], s, out=out[c])
-    return out

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlic.data import (BatchSpec, HumanAttBatchSampler, HumanAttDataConfig, HumanAttDataset,
+from mlic.data import (BatchSpec, HumanAttBatch, HumanAttBatchSampler, HumanAttDataConfig, HumanAttDataset,
                        build_loader, build_loader_from_layer, read_datalist)
+from mlic.data.human_att_data import pixels_to_data
+from tests.conftest import DEVICES
 from mlic.data.transforms import mirror_boxes, scale_boxes, scaled_size
 
 MEAN = (103.52, 116.28, 123.675)
@@ -329,3 +331,23 @@ def test_config_from_protobuf_message():
     assert (cfg.source, cfg.batch_size, cfg.new_width, cfg.new_height) == ("s.txt", 4, 8, 6)
     assert cfg.scale_factors == (0.5, 1.0) and cfg.mirror and cfg.mean_values == (1.0, 2.0, 3.0)
     assert cfg.att_num is None and cfg.scale == 1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale", [1.0, 0.017])
+def test_pixels_to_data_exact_on_every_path(device, scale):
+    g = torch.Generator().manual_seed(0)
+    pix = torch.randint(0, 256, (3, 7, 9, 3), dtype=torch.uint8, generator=g)
+    want = (pix.numpy().astype(np.float32) - np.float32(MEAN)) * np.float32(scale)
+    want = want.transpose(0, 3, 1, 2)
+    for use_numpy in ([True, False] if device == "cpu" else [False]):
+        got = pixels_to_data(pix.to(device), MEAN, scale, use_numpy=use_numpy)
+        assert got.shape == (3, 3, 7, 9) and got.is_contiguous()
+        assert np.array_equal(got.cpu().numpy(), want), (device, use_numpy)
+    # a batch moved to the device computes its blob there
+    b = HumanAttBatch(pixels=pix, label_roi=torch.zeros(3, 5), att_num=0, bbox_num=1, indices=torch.arange(3),
+                      mirrored=torch.zeros(3, dtype=torch.bool), mean_values=MEAN, pixel_scale=scale)
+    moved = b.to(device)
+    assert moved.data.device.type == device and np.array_equal(moved.data.cpu().numpy(), want)
+    if torch.cuda.is_available():  # pinning needs a CUDA runtime
+        assert np.array_equal(b.pin_memory().data.numpy(), want)
