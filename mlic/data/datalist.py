@@ -96,6 +96,38 @@ class Datalist:
         """Row i of the untransformed ``label_roi`` blob: C labels then 5B box values (float32)."""
         return np.concatenate([self.labels[i].astype(np.float32), self.boxes[i].reshape(-1)])
 
+    # Loader workers receive the dataset by pickling (forkserver/spawn). Large arrays go as
+    # torch tensors in shared memory, which torch's multiprocessing pickler sends as handles:
+    # no copy per worker. Ordinary pickling still writes the values.
+    _SHARE_MIN_BYTES = 1 << 20
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_shm", None)
+        for k in ("labels", "boxes"):
+            arr = state[k]
+            if isinstance(arr, np.ndarray) and arr.nbytes >= self._SHARE_MIN_BYTES:
+                state[k] = self._shared(k)
+        return state
+
+    def __setstate__(self, state):
+        for k in ("labels", "boxes"):
+            v = state[k]
+            if not isinstance(v, np.ndarray):  # a shared torch tensor
+                state[k] = v.numpy()
+        self.__dict__.update(state)
+
+    def _shared(self, key: str):
+        import torch
+
+        cache = self.__dict__.setdefault("_shm", {})
+        t = cache.get(key)
+        if t is None or not np.shares_memory(t.numpy(), self.__dict__[key]):
+            t = torch.from_numpy(np.ascontiguousarray(self.__dict__[key])).share_memory_()
+            cache[key] = t
+            object.__setattr__(self, key, t.numpy())  # keep using the shared copy from now on
+        return t
+
     def error(self, i: int, reason: str, cls=DatalistError) -> DatalistError:
         return cls(self.source, int(self.line_numbers[i]), reason)
 

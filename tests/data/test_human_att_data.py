@@ -221,7 +221,12 @@ def _tiny_config(tmp_path, n=10, **kw):
     return HumanAttDataConfig(**base)
 
 
-def test_workers_give_identical_batches(tmp_path):
+@pytest.mark.parametrize("share_min_bytes", [1 << 20, 0])
+def test_workers_give_identical_batches(tmp_path, monkeypatch, share_min_bytes):
+    # share_min_bytes 0: the datalist's arrays travel to the workers in shared memory
+    from mlic.data.datalist import Datalist
+
+    monkeypatch.setattr(Datalist, "_SHARE_MIN_BYTES", share_min_bytes)
     cfg = _tiny_config(tmp_path)
     ref = build_loader(cfg, seed=11, num_workers=0)
     par = build_loader(cfg, seed=11, num_workers=2)
@@ -233,6 +238,29 @@ def test_workers_give_identical_batches(tmp_path):
         for x, y in zip(a, b):
             assert torch.equal(x.data, y.data) and torch.equal(x.label_roi, y.label_roi)
             assert x.indices.tolist() == y.indices.tolist() and x.scale == y.scale
+
+
+def test_datalist_pickles_with_and_without_shared_memory(tmp_path, monkeypatch):
+    import io
+    import pickle
+
+    import torch.multiprocessing  # noqa: F401  (registers the tensor reductions)
+    from multiprocessing.reduction import ForkingPickler
+
+    from mlic.data.datalist import Datalist
+
+    src = _make_images(tmp_path, [(20, 20)] * 4, box=3)
+    dl = read_datalist(src, check_files="none")
+    monkeypatch.setattr(Datalist, "_SHARE_MIN_BYTES", 0)
+    buf = io.BytesIO()
+    ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump(dl)
+    back = pickle.loads(buf.getvalue())
+    plain = pickle.loads(pickle.dumps(dl))
+    for other in (back, plain):
+        assert isinstance(other.boxes, np.ndarray) and other.paths == dl.paths
+        np.testing.assert_array_equal(other.boxes, dl.boxes)
+        np.testing.assert_array_equal(other.labels, dl.labels)
+    assert "_shm" not in plain.__dict__
 
 
 def test_sharded_ranks_are_disjoint_and_cover_the_global_batch(tmp_path):
