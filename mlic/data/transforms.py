@@ -6,7 +6,7 @@ All arithmetic that Caffe does in ``float`` is done in float32 here so that trun
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
