@@ -273,15 +273,21 @@ def _run_data(z, prefix: str, case_path: Path, res: CaseResult, data_dir):
 
 
 class _FullFloat32:
-    """No TF32 in CUDA convolutions and matmuls while comparing (Caffe computes in float32)."""
+    """Caffe's arithmetic while comparing: no TF32 in CUDA convolutions and matmuls, and on
+    the CPU plain BLAS GEMMs rather than oneDNN's, whose AVX-512 blocking sums long
+    reductions (weight gradients over N*R rows) in an order several times less accurate,
+    enough to leave 1e-4 on ill-conditioned cases (a saturated CrossEntropyLoss)."""
 
     def __enter__(self):
-        self.saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        self.saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                      torch.backends.mkldnn.enabled)
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.mkldnn.enabled = False
 
     def __exit__(self, *exc):
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.mkldnn.enabled) = self.saved
 
 
 def compare_case(path, *, prototxt=None, caffemodel=None, phase=None, device=None, data_dir=None) -> CaseResult:
