@@ -43,6 +43,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--body", default=None, help="conv body, e.g. 'conv1_1:16,pool1,conv2_1:32,pool2' (default VGG16)")
     g.add_argument("--pooled-size", type=int, default=7, help="RoI pooling grid (= student_size / 32)")
     g.add_argument("--dropout", type=float, default=0.5)
+    g.add_argument("--lr-mult", action="append", default=[], metavar="KIND=LR[,DECAY]",
+                   help="override the released lr_mult/decay_mult of a layer kind (conv, fc, head, temperature, "
+                        "soft_scale); a bias keeps 2x the weight's lr_mult and no decay. Repeatable. "
+                        "Training from scratch wants head=1 (the released 10x suits fine-tuning)")
     g = p.add_argument_group("data")
     g.add_argument("--batch-size", type=int, default=None, help="per process (released: 32 teacher, 28 stage 2)")
     g.add_argument("--test-batch-size", type=int, default=None)
@@ -109,7 +113,32 @@ def net_config(args, att_num: int, bbox_num: int):
               width=args.width, fc_dim=args.fc_dim, dropout=args.dropout, pooled_size=args.pooled_size)
     if args.body:
         kw["body"] = tuple(s.strip() for s in args.body.split(",") if s.strip())
+    if args.lr_mult:
+        kw["multipliers"] = parse_lr_mults(args.lr_mult)
     return NetConfig(**kw)
+
+
+def parse_lr_mults(items: Sequence[str]) -> Dict[str, tuple]:
+    """--lr-mult KIND=LR[,DECAY] items -> NetConfig.multipliers (released values elsewhere)."""
+    from prototxt_ports.config import RELEASED_MULTIPLIERS
+
+    mults = dict(RELEASED_MULTIPLIERS)
+    for item in items:
+        kind, eq, value = item.partition("=")
+        kind = kind.strip()
+        if not eq or kind not in mults or kind == "region_sum":
+            raise SystemExit(f"--lr-mult {item!r}: expected KIND=LR[,DECAY] with KIND one of "
+                             f"{', '.join(k for k in mults if k != 'region_sum')}")
+        try:
+            nums = [float(v) for v in value.split(",")]
+        except ValueError:
+            nums = []
+        if not 1 <= len(nums) <= 2 or not all(np.isfinite(nums)) or min(nums) < 0:
+            raise SystemExit(f"--lr-mult {item!r}: LR and DECAY must be non-negative numbers")
+        lr, decay = nums[0], nums[1] if len(nums) == 2 else nums[0]
+        old = mults[kind]
+        mults[kind] = ((lr, decay), (2.0 * lr, 0.0)) if len(old) == 2 else ((lr, decay),)
+    return mults
 
 
 def data_config(args, source: str, batch: int, train: bool, att_num: int, bbox_num: int):
@@ -136,7 +165,14 @@ def load_weights_into(model, path: str, what: str, rename=None) -> None:
         state = state["model"]
     if rename is not None:
         state = {rename(k): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    target = model
+    student = getattr(model, "student", None)
+    own = set(model.state_dict())
+    if isinstance(student, torch.nn.Module) and not own.intersection(state) and \
+            set(student.state_dict()).intersection(state):
+        # a classifier's weights (the student or its initialisation) for a KD stage
+        target, what = student, f"{what} (into the student)"
+    missing, unexpected = target.load_state_dict(state, strict=False)
     loaded = len(state) - len(unexpected)
     if loaded == 0:
         raise SystemExit(f"{what}: no parameter of {path} matches the model (unexpected: {unexpected[:5]} ...)")
@@ -214,6 +250,10 @@ def _run(args, device: str, out: Path) -> Path:
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
+    for flag, value in (("--max-iter", args.max_iter), ("--batch-size", args.batch_size),
+                        ("--test-batch-size", args.test_batch_size)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag} must be at least 1, got {value}")
     train_list = read_datalist(args.datalist, root_folder=args.root_folder)
     att_num, bbox_num = train_list.att_num, train_list.bbox_num
     batch_default, lr_default, iters_default = STAGE_DEFAULTS[args.stage]

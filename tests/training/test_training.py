@@ -129,3 +129,55 @@ def test_demo_smoke_runs_end_to_end(tmp_path):
     assert "student with KD" in table and "student without KD" in table
     figs = sorted(p.name for p in (run / "figures").iterdir())
     assert "qualitative_0.png" in figs and "training_wsddn.png" in figs
+
+
+def test_lr_mult_overrides_the_released_multipliers():
+    from prototxt_ports.config import RELEASED_MULTIPLIERS
+    from mlic.training.train import parse_lr_mults
+
+    m = parse_lr_mults(["head=1", "fc=0.5,0", "temperature=0"])
+    assert m["head"] == ((1.0, 1.0), (2.0, 0.0))  # bias: twice the weight's lr, no decay (as released)
+    assert m["fc"] == ((0.5, 0.0), (1.0, 0.0))
+    assert m["temperature"] == ((0.0, 0.0),)
+    assert m["conv"] == RELEASED_MULTIPLIERS["conv"] and RELEASED_MULTIPLIERS["head"][0] == (10.0, 10.0)
+    for bad in ("head", "nope=1", "head=x", "head=-1", "head=1,2,3", "region_sum=1", "head=nan"):
+        with pytest.raises(SystemExit, match="--lr-mult"):
+            parse_lr_mults([bad])
+
+
+def test_lr_mult_reaches_the_solver(tiny_data, tmp_path):
+    """With head=0 the classifier heads never move; the body does."""
+    from mlic.training.train import main
+
+    main(train_args(tiny_data, tmp_path / "t", iters=2, extra=["--lr-mult", "head=0,0", "--checkpoint-period", "1"]))
+    load = lambda it: torch.load(tmp_path / "t" / "checkpoints" / f"iter_{it:08d}.pt", map_location="cpu",
+                                 weights_only=False)["model"]
+    first, second = load(1), load(2)
+    for k in ("fc8_c.weight", "fc8_c.bias", "fc8_d.weight", "fc8_d.bias"):
+        assert torch.equal(first[k], second[k]), k
+    assert not torch.equal(first["conv1_1.weight"], second["conv1_1.weight"])
+
+
+def test_max_iter_zero_is_refused(tiny_data, tmp_path):
+    from mlic.training.train import main
+
+    with pytest.raises(SystemExit, match="--max-iter must be at least 1"):
+        main(train_args(tiny_data, tmp_path / "t", iters=0))
+
+
+def test_kd_stage_takes_classifier_weights_into_the_student(tiny_data, tmp_path):
+    """--weights of a plain classifier (no 'student.' prefix) initialise a KD stage's student."""
+    from mlic.training.train import main
+
+    main(train_args(tiny_data, tmp_path / "cls", stage="student", iters=1))
+    main(train_args(tiny_data, tmp_path / "t", iters=1))
+    cls = final_state(tmp_path / "cls")
+    # base_lr 0: the loaded weights come out unchanged
+    main(train_args(tiny_data, tmp_path / "s1", stage="stage1", iters=1,
+                    extra=["--teacher", str(tmp_path / "t" / "final.pt"), "--weights",
+                           str(tmp_path / "cls" / "final.pt"), "--base-lr", "0"]))
+    s1 = final_state(tmp_path / "s1")
+    assert torch.equal(s1["student.conv1_1.weight"], cls["conv1_1.weight"])
+    assert torch.equal(s1["student.fc6.weight"], cls["fc6.weight"])
+    log = (tmp_path / "s1" / "train.log").read_text()
+    assert "(into the student)" in log
