@@ -36,7 +36,7 @@ NET = ["--input-size", "128", "--student-size", "64", "--pooled-size", "2", "--w
        "--body", "conv1_1:16,pool1,conv2_1:32,pool2,conv3_1:64,pool3,conv4_1:64,pool4,conv5_1:128",
        "--input-scale", "0.015625", "--dropout", "0", "--lr-mult", "head=1"]
 SOLVER = {  # base_lr per stage (Caffe SGD, momentum 0.9, weight decay 5e-4)
-    "pretrain": "0.01", "wsddn": "0.01", "stage1": "0.0001", "stage2": "0.01", "student": "0.01",
+    "pretrain": "0.01", "wsddn": "0.01", "stage1": "0.0001", "stage2": "0.01", "stage2_l2": "0.01", "student": "0.01",
 }
 # The benchmark: 4 shape classes, 1-3 objects of 15-50 % of the image, a few distractors.
 SYNTHETIC = dict(max_objects=3, min_object_frac=0.15, max_object_frac=0.5, num_distractors=(0, 2))
@@ -127,11 +127,15 @@ def run_demo(out: str = "demo_out", preset: str = "full", seed: int = 0, quiet: 
                 quiet)
     s2 = _train("stage2", run, data, p["stage2_iters"], p["batch"], seed,
                 ["--teacher", str(teacher), "--weights", str(s1)], ev, quiet)
+    # the paper's prediction-level loss (SPEC section 8) from the same stage-1 student
+    s2_l2 = _train("stage2", run, data, p["stage2_iters"], p["batch"], seed,
+                   ["--teacher", str(teacher), "--weights", str(s1), "--kd-loss", "l2"], ev, quiet, name="stage2_l2")
     base = _train("student", run, data, p["student_iters"], p["batch"], seed, init, ev, quiet)
 
     results = {
         "teacher": _test(teacher, data, run / "test_teacher", gt=data["gt_test"]),
         "student_kd": _test(s2, data, run / "test_student_kd"),
+        "student_kd_l2": _test(s2_l2, data, run / "test_student_kd_l2"),
         "student_no_kd": _test(base, data, run / "test_student_no_kd"),
     }
     _figures(run, data, results)
@@ -146,7 +150,7 @@ def run_demo(out: str = "demo_out", preset: str = "full", seed: int = 0, quiet: 
 
 
 def format_table(results: dict) -> str:
-    t, kd, no = results["teacher"], results["student_kd"], results["student_no_kd"]
+    t, kd, kd2, no = results["teacher"], results["student_kd"], results["student_kd_l2"], results["student_no_kd"]
 
     def f(r, k):
         v = r.get(k)
@@ -155,8 +159,10 @@ def format_table(results: dict) -> str:
     rows = ["| model | mAP | CF1 | OF1 | CF1 top-3 | OF1 top-3 | CorLoc |", "|---|---|---|---|---|---|---|",
             f"| teacher (WSDDN) | {f(t, 'mAP')} | {f(t, 'CF1')} | {f(t, 'OF1')} | {f(t, 'CF1_top3')} | "
             f"{f(t, 'OF1_top3')} | {f(t, 'CorLoc')} |",
-            f"| student with KD | {f(kd, 'mAP')} | {f(kd, 'CF1')} | {f(kd, 'OF1')} | {f(kd, 'CF1_top3')} | "
-            f"{f(kd, 'OF1_top3')} | |",
+            f"| student with KD (released: soft CE) | {f(kd, 'mAP')} | {f(kd, 'CF1')} | {f(kd, 'OF1')} | "
+            f"{f(kd, 'CF1_top3')} | {f(kd, 'OF1_top3')} | |",
+            f"| student with KD (paper: L2) | {f(kd2, 'mAP')} | {f(kd2, 'CF1')} | {f(kd2, 'OF1')} | "
+            f"{f(kd2, 'CF1_top3')} | {f(kd2, 'OF1_top3')} | |",
             f"| student without KD | {f(no, 'mAP')} | {f(no, 'CF1')} | {f(no, 'OF1')} | {f(no, 'CF1_top3')} | "
             f"{f(no, 'OF1_top3')} | |"]
     return "\n".join(rows)
@@ -171,7 +177,7 @@ def _figures(run: Path, data: Dict[str, str], results: dict, count: int = 4) -> 
 
     figs = run / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    for stage in ("wsddn", "stage1", "stage2", "student"):
+    for stage in ("pretrain", "wsddn", "stage1", "stage2", "stage2_l2", "student"):
         log = run / stage / "log.csv"
         if log.exists():
             plot_training_curves([log], figs / f"training_{stage}.png")
@@ -219,8 +225,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def format_seeds(summaries: Dict[int, dict]) -> str:
-    keys = [("teacher", "mAP"), ("teacher", "CorLoc"), ("student_kd", "mAP"), ("student_no_kd", "mAP"),
-            ("student_kd", "CF1"), ("student_no_kd", "CF1"), ("student_kd", "OF1"), ("student_no_kd", "OF1")]
+    students = ("student_kd", "student_kd_l2", "student_no_kd")
+    keys = [("teacher", "mAP"), ("teacher", "CorLoc")] + [(m, k) for k in ("mAP", "CF1", "OF1") for m in students]
     lines = ["| seed | " + " | ".join(f"{m} {k}" for m, k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for s, r in summaries.items():
         lines.append(f"| {s} | " + " | ".join(f"{100 * r[m].get(k, float('nan')):.1f}" for m, k in keys) + " |")

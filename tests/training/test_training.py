@@ -123,7 +123,7 @@ def test_demo_smoke_runs_end_to_end(tmp_path):
     assert main(["--preset", "smoke", "--out", str(tmp_path), "--quiet"]) == 0
     run = tmp_path / "seed0"
     res = json.loads((run / "results.json").read_text())
-    assert set(res) >= {"teacher", "student_kd", "student_no_kd"}
+    assert set(res) >= {"teacher", "student_kd", "student_kd_l2", "student_no_kd"}
     assert "CorLoc" in res["teacher"]
     table = (run / "results.md").read_text()
     assert "student with KD" in table and "student without KD" in table
