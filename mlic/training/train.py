@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -29,6 +29,9 @@ BGR_MEAN = (103.52, 116.28, 123.675)
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("what to train")
     g.add_argument("--stage", choices=STAGES, help="wsddn (teacher), stage1, stage2 (KD), student (no-KD baseline)")
+    g.add_argument("--prototxt", help="instead of --stage: train this Caffe net (phase TRAIN, run by mlic.caffe."
+                   "CaffeNet) on its HumanAttData layer's settings; --datalist/--root-folder/--batch-size override "
+                   "the layer's source/root_folder/batch_size")
     g.add_argument("--datalist", help="training datalist (image labels... x1 y1 x2 y2 s ...)")
     g.add_argument("--test-datalist", help="datalist evaluated every --eval-period iterations")
     g.add_argument("--root-folder", default="", help="prefix of the image paths (Caffe's root_folder)")
@@ -157,7 +160,12 @@ def load_weights_into(model, path: str, what: str, rename=None) -> None:
     if not os.path.isfile(path):
         raise SystemExit(f"{what}: {path} does not exist")
     if path.endswith(".caffemodel"):
-        report = model.load_caffe_weights(path, rename=rename)
+        if hasattr(model, "load_caffe_weights"):
+            report = model.load_caffe_weights(path, rename=rename)
+        else:  # a CaffeNet (--prototxt)
+            from mlic.caffe.weights import load_caffemodel
+
+            report = load_caffemodel(model, path, rename=rename)
         log.info("%s: loaded %s (%s)", what, path, report)
         return
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -178,6 +186,54 @@ def load_weights_into(model, path: str, what: str, rename=None) -> None:
         raise SystemExit(f"{what}: no parameter of {path} matches the model (unexpected: {unexpected[:5]} ...)")
     log.info("%s: loaded %d tensors from %s; missing %d, unexpected %d", what, loaded, path, len(missing),
              len(unexpected))
+
+
+def build_prototxt_task(args, device: str):
+    """(Task, HumanAttDataConfig) for --prototxt: a CaffeNet in phase TRAIN whose objective
+    (sum of loss_weight x loss tops) is minimised, fed by its HumanAttData layer's settings."""
+    from mlic.caffe import CaffeNet
+    from mlic.data import HumanAttDataConfig
+    from mlic.training.tasks import Task
+
+    path = args.prototxt
+    if not os.path.isfile(path):
+        raise SystemExit(f"--prototxt: {path} does not exist")
+    try:
+        net = CaffeNet(path, "TRAIN")
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"--prototxt: {e}")
+    data_layers = [lp for lp in net.layer_params if lp.type == "HumanAttData"]
+    if len(data_layers) != 1 or len(data_layers[0].top) != 2:
+        raise SystemExit(f"--prototxt {path}: training needs exactly one HumanAttData layer (tops: data, label_roi) "
+                         f"in phase TRAIN; found {len(data_layers)}")
+    if not net.loss_tops:
+        raise SystemExit(f"--prototxt {path}: the net has no loss (no top with a loss_weight) in phase TRAIN")
+    lp = data_layers[0]
+    overrides = {}
+    if args.datalist:
+        overrides["source"] = args.datalist
+    if args.root_folder:
+        overrides["root_folder"] = args.root_folder
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    try:
+        data = HumanAttDataConfig.from_layer(lp, **overrides)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"--prototxt {path}: layer '{lp.name}': {e}")
+    if not data.source:
+        raise SystemExit(f"--prototxt {path}: layer '{lp.name}' names no source; give --datalist")
+    if not os.path.isabs(data.source) and not os.path.isfile(data.source):
+        near = os.path.join(os.path.dirname(os.path.abspath(path)), data.source)
+        if os.path.isfile(near):
+            data = replace(data, source=near)
+    top_data, top_label = lp.top
+
+    def step(m, b):
+        m(**{top_data: b.data, top_label: b.label_roi})
+        return {"loss": m.objective}
+
+    describe = f"{path} (net '{net.name}', losses {dict(net.loss_tops)})"
+    return Task("prototxt", net.to(device), step, None, describe), data
 
 
 def teacher_rename(key: str) -> str:
@@ -213,7 +269,12 @@ def run_training(args) -> Path:
     from mlic.data import build_loader, read_datalist
     from mlic.solver import CaffeSGD
 
-    if not args.stage or not args.datalist or not args.out:
+    if args.prototxt and args.stage:
+        raise SystemExit("--stage and --prototxt exclude each other: a stage trains our port, --prototxt a Caffe net")
+    if args.prototxt:
+        if not args.out:
+            raise SystemExit("--prototxt needs --out")
+    elif not args.stage or not args.datalist or not args.out:
         raise SystemExit("--stage, --datalist and --out are required (run tools/demo.py for the embedded demo)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if D.init_distributed(device) and device == "cuda":
@@ -254,18 +315,28 @@ def _run(args, device: str, out: Path) -> Path:
                         ("--test-batch-size", args.test_batch_size)):
         if value is not None and value < 1:
             raise SystemExit(f"{flag} must be at least 1, got {value}")
-    train_list = read_datalist(args.datalist, root_folder=args.root_folder)
-    att_num, bbox_num = train_list.att_num, train_list.bbox_num
-    batch_default, lr_default, iters_default = STAGE_DEFAULTS[args.stage]
-    batch = args.batch_size or batch_default
-    cfg = net_config(args, att_num, bbox_num)
-    switches = Switches(kd_loss=args.kd_loss, stage1_train=args.stage1_train, teacher=args.teacher_mode,
-                        regions=args.regions, topk=args.topk)
-    task = build_task(args.stage, cfg, switches, device)
+    cfg, switches, layer_data = None, None, None
+    if args.prototxt:
+        task, layer_data = build_prototxt_task(args, device)
+        train_list = read_datalist(layer_data.source, att_num=layer_data.att_num, bbox_num=layer_data.bbox_num,
+                                   root_folder=layer_data.root_folder)
+        att_num, bbox_num = train_list.att_num, train_list.bbox_num
+        layer_data = replace(layer_data, att_num=att_num, bbox_num=bbox_num)
+        batch_default, lr_default, iters_default = STAGE_DEFAULTS["wsddn"]
+        batch = layer_data.batch_size
+    else:
+        train_list = read_datalist(args.datalist, root_folder=args.root_folder)
+        att_num, bbox_num = train_list.att_num, train_list.bbox_num
+        batch_default, lr_default, iters_default = STAGE_DEFAULTS[args.stage]
+        batch = args.batch_size or batch_default
+        cfg = net_config(args, att_num, bbox_num)
+        switches = Switches(kd_loss=args.kd_loss, stage1_train=args.stage1_train, teacher=args.teacher_mode,
+                            regions=args.regions, topk=args.topk)
+        task = build_task(args.stage, cfg, switches, device)
+        log.info("switches: %s", switches.describe())
+        log.info("net: %s", cfg)
     model = task.model
-    log.info("stage %s: %s", args.stage, task.describe)
-    log.info("switches: %s", switches.describe())
-    log.info("net: %s", cfg)
+    log.info("stage %s: %s", task.stage, task.describe)
     if args.weights:
         load_weights_into(model, args.weights, "--weights")
     if args.stage in ("stage1", "stage2"):
@@ -291,7 +362,9 @@ def _run(args, device: str, out: Path) -> Path:
         max_iter = args.max_iter or iters_default
     iter_size = solver.iter_size
 
-    train_loader = build_loader(data_config(args, args.datalist, batch, True, att_num, bbox_num), seed=args.seed,
+    train_data = layer_data if layer_data is not None else data_config(args, args.datalist, batch, True, att_num,
+                                                                        bbox_num)
+    train_loader = build_loader(train_data, seed=args.seed,
                                 num_workers=args.workers, num_replicas=D.world_size(), rank=D.rank(),
                                 datalist=train_list, pin_memory=device.startswith("cuda"))
 
@@ -315,8 +388,11 @@ def _run(args, device: str, out: Path) -> Path:
         hooks.append(EvalHook(args.eval_period, eval_fn))
     hooks += [PeriodicCheckpointer(args.checkpoint_period),
               MetricsWriter(period=args.log_period, tensorboard=not args.no_tensorboard, progress=not args.quiet)]
-    meta = {"stage": args.stage, "net": asdict(cfg), "input_scale": args.input_scale, "switches": asdict(switches), "args": vars(args),
+    meta = {"stage": task.stage, "net": asdict(cfg) if cfg is not None else None, "input_scale": args.input_scale,
+            "switches": asdict(switches) if switches is not None else None, "args": vars(args),
             "world_size": D.world_size()}
+    if args.prototxt:
+        meta["prototxt"] = str(Path(args.prototxt).resolve())
     trainer = Trainer(model, solver, batches, task.step, max_iter, str(out), iter_size=iter_size, hooks=hooks,
                       images_per_batch=batch, log=log.info, amp=args.amp, device=device, meta=meta)
     if args.resume:

@@ -181,3 +181,63 @@ def test_kd_stage_takes_classifier_weights_into_the_student(tiny_data, tmp_path)
     assert torch.equal(s1["student.fc6.weight"], cls["fc6.weight"])
     log = (tmp_path / "s1" / "train.log").read_text()
     assert "(into the student)" in log
+
+
+TINY_PROTOTXT = """name: "tiny_cls"
+layer { name: "data" type: "HumanAttData" top: "data" top: "label_roi" include { phase: TRAIN }
+  transform_param { mirror: true mean_value: 104 mean_value: 117 mean_value: 124 scale: 0.02 }
+  human_att_data_param { source: "SOURCE" root_folder: "ROOT" batch_size: 3 shuffle: true
+    new_width: 64 new_height: 64 att_num: 4 bbox_num: 6 } }
+layer { name: "slice_label_roi" type: "Slice" bottom: "label_roi" top: "labels" top: "list_roi"
+  slice_param { axis: 1 slice_point: 4 } }
+layer { name: "silence" type: "Silence" bottom: "list_roi" }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2
+    weight_filler { type: "xavier" } bias_filler { type: "constant" } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc"
+  param { lr_mult: 0 decay_mult: 0 } param { lr_mult: 0 decay_mult: 0 }
+  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "fc" bottom: "labels" top: "loss" loss_weight: 1 }
+"""
+
+
+def test_prototxt_training_runs_a_caffe_net(tiny_data, tmp_path):
+    """--prototxt trains a CaffeNet on its data layer's settings, with its lr_mults; the
+    objective goes down on repeated data."""
+    from mlic.training.train import main
+
+    proto = tmp_path / "tiny.prototxt"
+    proto.write_text(TINY_PROTOTXT.replace("SOURCE", tiny_data["train"]).replace("ROOT", tiny_data["root_folder"]))
+    out = tmp_path / "run"
+    main(["--prototxt", str(proto), "--out", str(out), "--max-iter", "30", "--base-lr", "0.05", "--seed", "1",
+          "--no-tensorboard", "--quiet", "--checkpoint-period", "10"])
+    state = torch.load(out / "final.pt", map_location="cpu", weights_only=False)
+    assert state["meta"]["stage"] == "prototxt" and state["meta"]["prototxt"].endswith("tiny.prototxt")
+    early = torch.load(out / "checkpoints" / "iter_00000010.pt", map_location="cpu", weights_only=False)["model"]
+    trained = state["model"]
+    fc = [k for k in trained if "fc" in k]
+    conv = [k for k in trained if "conv1" in k]
+    assert fc and conv, sorted(trained)
+    for k in fc:  # lr_mult 0 and decay_mult 0: never moves
+        assert torch.equal(trained[k], early[k]), k
+    assert all(not torch.equal(trained[k], early[k]) for k in conv)
+    rows = (out / "log.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows]
+    assert len(losses) == 30 and sum(losses[-10:]) < sum(losses[:10])
+    assert "tiny.prototxt" in (out / "train.log").read_text()
+
+
+def test_prototxt_errors_name_the_problem(tiny_data, tmp_path):
+    from mlic.training.train import main
+
+    with pytest.raises(SystemExit, match="exclude each other"):
+        main(["--prototxt", "x.prototxt", "--stage", "wsddn", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--prototxt", str(tmp_path / "nope.prototxt"), "--out", str(tmp_path)])
+    proto = tmp_path / "noloss.prototxt"
+    proto.write_text(TINY_PROTOTXT.replace("SOURCE", tiny_data["train"]).replace("ROOT", tiny_data["root_folder"])
+                     .replace(" loss_weight: 1", " loss_weight: 0"))
+    with pytest.raises(SystemExit, match="no loss"):
+        main(["--prototxt", str(proto), "--out", str(tmp_path / "o")])
