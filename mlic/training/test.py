@@ -28,6 +28,9 @@ def load_trained(weights: str, device: str = "cpu"):
     if not isinstance(state, dict) or "meta" not in state or "model" not in state:
         raise SystemExit(f"--weights: {path} is not a checkpoint written by tools/train.py (no 'meta'/'model')")
     meta = state["meta"]
+    if meta.get("prototxt") or not meta.get("net"):
+        raise SystemExit(f"--weights: {path} was trained with --prototxt {meta.get('prototxt')}; this tool tests the "
+                         "method's stages (--stage); load its 'model' state dict into mlic.caffe.CaffeNet instead")
     net = dict(meta["net"])
     for k in ("body",):
         if k in net and isinstance(net[k], list):
