@@ -41,7 +41,8 @@ SOLVER = {  # base_lr per stage (Caffe SGD, momentum 0.9, weight decay 5e-4)
 # The benchmark: 4 shape classes, 1-3 objects of 15-50 % of the image, a few distractors.
 SYNTHETIC = dict(max_objects=3, min_object_frac=0.15, max_object_frac=0.5, num_distractors=(0, 2))
 # The ImageNet stand-in: one larger object per image, read at the student's 64 x 64.
-PRETRAIN = dict(max_objects=1, min_object_frac=0.3, max_object_frac=0.7, num_distractors=(0, 2), bbox_num=4)
+PRETRAIN = dict(max_objects=1, min_object_frac=0.3, max_object_frac=0.7, num_distractors=(0, 2), bbox_num=4,
+                frame_width=64, frame_height=64)
 
 
 def kernels_demo(device: str = "cpu", seed: int = 0) -> int:
@@ -112,15 +113,13 @@ def run_demo(out: str = "demo_out", preset: str = "full", seed: int = 0, quiet: 
     data = generate_dataset(str(run / "data"), SyntheticConfig(
         num_train=p["num_train"], num_test=p["num_test"], bbox_num=p["bbox_num"], image_size=p["image_size"],
         num_classes=p["num_classes"], seed=seed, **SYNTHETIC), workers=2)
-    pre_cfg = dict(PRETRAIN)
     pre_data = generate_dataset(str(run / "pretrain_data"), SyntheticConfig(
-        num_train=p["pretrain_images"], num_test=max(8, p["pretrain_images"] // 10), bbox_num=pre_cfg.pop("bbox_num"),
-        image_size=p["image_size"], frame_width=64, frame_height=64, num_classes=p["num_classes"], seed=seed + 7919,
-        **pre_cfg), workers=2)
+        num_train=p["pretrain_images"], num_test=max(8, p["pretrain_images"] // 10), image_size=p["image_size"],
+        num_classes=p["num_classes"], seed=seed + 7919, **PRETRAIN), workers=2)
     torch.manual_seed(seed)
     ev = p["eval_period"]
-    pre = _train("student", run, pre_data, p["pretrain_iters"], p["batch"], seed, ["--input-size", "64"], ev, quiet,
-                 name="pretrain")
+    pre = _train("student", run, pre_data, p["pretrain_iters"], p["batch"], seed,
+                 ["--input-size", str(PRETRAIN["frame_width"])], ev, quiet, name="pretrain")
     init = ["--weights", str(pre)]
     teacher = _train("wsddn", run, data, p["teacher_iters"], p["batch"], seed, init, ev, quiet)
     s1 = _train("stage1", run, data, p["stage1_iters"], p["batch"], seed, ["--teacher", str(teacher), *init], ev,

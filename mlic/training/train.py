@@ -322,7 +322,7 @@ def _run(args, device: str, out: Path) -> Path:
                                    root_folder=layer_data.root_folder)
         att_num, bbox_num = train_list.att_num, train_list.bbox_num
         layer_data = replace(layer_data, att_num=att_num, bbox_num=bbox_num)
-        batch_default, lr_default, iters_default = STAGE_DEFAULTS["wsddn"]
+        _, lr_default, iters_default = STAGE_DEFAULTS["wsddn"]  # the teacher's rates unless given
         batch = layer_data.batch_size
     else:
         train_list = read_datalist(args.datalist, root_folder=args.root_folder)
