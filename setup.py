@@ -71,8 +71,8 @@ def _extensions():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0+PTX"
     print(f"mlic: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels ({why})")
-    sources = ["csrc/mlic.cpp", "csrc/ops/cpu/ops_cpu.cpp"]
-    cxx = ["-O3", "-fopenmp"]  # torch picks the C++ standard it needs
+    sources = ["csrc/mlic.cpp", "csrc/ops/cpu/ops_cpu.cpp", "csrc/ops/cpu/two_stream_cpu.cpp"]
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off"]  # no FMA contraction: the same bits on every ISA
     define = []
     nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
     if with_cuda:

@@ -312,6 +312,46 @@ std::tuple<Tensor, Tensor> two_stream_backward_op(const std::optional<Tensor>& g
   return two_stream_backward_cpu(gi, gr, pc, pd);
 }
 
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class TwoStreamFunction : public torch::autograd::Function<TwoStreamFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& cls, const Tensor& det) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("mlic::wsddn_two_stream", "")
+                               .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&)>();
+    auto [image, region, pc, pd] = op.call(cls, det);
+    ctx->save_for_backward({pc, pd});
+    ctx->mark_non_differentiable({pc, pd});
+    ctx->set_materialize_grads(false);  // an unused output costs no zero-filled gradient
+    return {image, region, pc, pd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined() && !grads[1].defined()) return {Tensor(), Tensor()};
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("mlic::wsddn_two_stream_backward", "")
+            .typed<std::tuple<Tensor, Tensor>(const std::optional<Tensor>&, const std::optional<Tensor>&,
+                                              const Tensor&, const Tensor&)>();
+    const auto saved = ctx->get_saved_variables();
+    auto opt = [](const Tensor& g) { return g.defined() ? std::optional<Tensor>(g) : std::nullopt; };
+    auto [d_cls, d_det] = op.call(opt(grads[0]), opt(grads[1]), saved[0], saved[1]);
+    return {d_cls, d_det};
+  }
+};
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_autograd(const Tensor& cls, const Tensor& det) {
+  const auto out = TwoStreamFunction::apply(cls, det);
+  return {out[0], out[1], out[2], out[3]};
+}
+
 }  // namespace mlic
 
 TORCH_LIBRARY(mlic, m) {
@@ -354,12 +394,20 @@ TORCH_LIBRARY(mlic, m) {
 
 TORCH_LIBRARY_IMPL(mlic, CPU, m) { MLIC_REGISTER_IMPLS(m) }
 
+// The two-stream head is small next to the layers around it, so its autograd lives in
+// C++: a Python autograd function would cost more than its kernels at the released size.
+// (The RoI and pooling ops register theirs from Python, mlic/ops/_registration.py.)
+TORCH_LIBRARY_IMPL(mlic, Autograd, m) { m.impl("wsddn_two_stream", &mlic::two_stream_autograd); }
+
 #ifdef MLIC_WITH_CUDA
 TORCH_LIBRARY_IMPL(mlic, CUDA, m) { MLIC_REGISTER_IMPLS(m) }
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mlic compiled kernels (ops are registered under torch.ops.mlic)";
+  m.def("cpu_simd_level", &mlic::cpu_simd_level, "x86-64 level of the CPU kernels' hot loops (4, 3 or 1)");
+  m.def("set_cpu_simd_level_cap", &mlic::set_cpu_simd_level_cap,
+        "cap the level (1, 3 or 4) the CPU kernels run at; returns the level now in force");
   m.def("compiled_with_cuda", []() {
 #ifdef MLIC_WITH_CUDA
     return true;

@@ -37,6 +37,10 @@ Tensor pool_backward_cpu(const Tensor& grad, const Tensor& argmax, const PoolArg
 std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_forward_cpu(const Tensor& cls, const Tensor& det);
 std::tuple<Tensor, Tensor> two_stream_backward_cpu(const Tensor& g_image, const Tensor& g_region, const Tensor& pc,
                                                    const Tensor& pd);
+// x86-64 level (4: AVX-512, 3: AVX2 + FMA, 1: baseline) of the CPU loops that have one copy
+// per level; the cap (for tests and comparisons) lowers it.
+int cpu_simd_level();
+int set_cpu_simd_level_cap(int64_t cap);
 
 // Op front ends (mlic.cpp): validation, then the back end of the tensors' device.
 std::tuple<Tensor, Tensor> roi_spp_op(const Tensor& features, const Tensor& rois, at::IntArrayRef levels_h,
@@ -60,6 +64,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_op(const Tensor& cls, cons
 std::tuple<Tensor, Tensor> two_stream_backward_op(const std::optional<Tensor>& g_image,
                                                   const std::optional<Tensor>& g_region, const Tensor& pc,
                                                   const Tensor& pd);
+// Autograd kernel of wsddn_two_stream (calls the op below autograd, then its backward op).
+std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_autograd(const Tensor& cls, const Tensor& det);
 
 }  // namespace mlic
 

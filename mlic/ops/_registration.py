@@ -140,19 +140,4 @@ def _caffe_pool2d_backward(ctx, grad, _grad_argmax):
 lib.register_autograd("mlic::spp", _spp_backward, setup_context=_pool_setup)
 lib.register_autograd("mlic::caffe_pool2d", _caffe_pool2d_backward, setup_context=_pool_setup)
 
-
-def _two_stream_setup(ctx, inputs, output):
-    _, _, pc, pd = output
-    ctx.save_for_backward(pc, pd)
-    ctx.mark_non_differentiable(pc, pd)
-    ctx.set_materialize_grads(False)  # an unused output costs no zero-filled gradient
-
-
-def _two_stream_backward(ctx, grad_image, grad_region, _gpc, _gpd):
-    pc, pd = ctx.saved_tensors
-    if grad_image is None and grad_region is None:
-        return None, None
-    return torch.ops.mlic.wsddn_two_stream_backward(grad_image, grad_region, pc, pd)
-
-
-lib.register_autograd("mlic::wsddn_two_stream", _two_stream_backward, setup_context=_two_stream_setup)
+# wsddn_two_stream has its autograd kernel in C++ (csrc/mlic.cpp): its fixed cost matters.
