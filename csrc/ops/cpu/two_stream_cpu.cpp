@@ -113,49 +113,35 @@ using ForwardF32 = void (*)(const float*, const float*, int, int, float*, float*
 using BackwardF32 = void (*)(const float*, const float*, const float*, const float*, int, int, float*, float*,
                              float*);
 
-void forward_f32_v1(const float* x, const float* d, int R, int C, float* p, float* q, float* region, float* image,
-                    float* ws) {
-  forward_image<float, float, false>(x, d, R, C, p, q, region, image, ws);
-}
-void backward_f32_v1(const float* gi, const float* gr, const float* p, const float* q, int R, int C, float* dc,
-                     float* dd, float* ws) {
-  backward_image_dispatch<float, float>(gi, gr, p, q, R, C, dc, dd, ws);
-}
-#ifdef MLIC_X86_LEVELS
-MLIC_TARGET_V3 void forward_f32_v3(const float* x, const float* d, int R, int C, float* p, float* q, float* region,
-                                   float* image, float* ws) {
-  forward_image<float, float, true>(x, d, R, C, p, q, region, image, ws);
-}
-MLIC_TARGET_V3 void backward_f32_v3(const float* gi, const float* gr, const float* p, const float* q, int R, int C,
-                                    float* dc, float* dd, float* ws) {
-  backward_image_dispatch<float, float>(gi, gr, p, q, R, C, dc, dd, ws);
-}
-MLIC_TARGET_V4 void forward_f32_v4(const float* x, const float* d, int R, int C, float* p, float* q, float* region,
-                                   float* image, float* ws) {
-  forward_image<float, float, true>(x, d, R, C, p, q, region, image, ws);
-}
-MLIC_TARGET_V4 void backward_f32_v4(const float* gi, const float* gr, const float* p, const float* q, int R, int C,
-                                    float* dc, float* dd, float* ws) {
-  backward_image_dispatch<float, float>(gi, gr, p, q, R, C, dc, dd, ws);
-}
-#endif
+#define MLIC_F32_LOOPS(LEVEL, TARGET, FMA)                                                                    \
+  TARGET void forward_f32_##LEVEL(const float* x, const float* d, int R, int C, float* p, float* q, float* region, \
+                                  float* image, float* ws) {                                                     \
+    forward_image<float, float, FMA>(x, d, R, C, p, q, region, image, ws);                                       \
+  }                                                                                                              \
+  TARGET void backward_f32_##LEVEL(const float* gi, const float* gr, const float* p, const float* q, int R,       \
+                                   int C, float* dc, float* dd, float* ws) {                                     \
+    backward_image_dispatch<float, float>(gi, gr, p, q, R, C, dc, dd, ws);                                       \
+  }
 
-ForwardF32 forward_f32() {
+MLIC_F32_LOOPS(v1, , false)
+#ifdef MLIC_X86_LEVELS
+MLIC_F32_LOOPS(v3, MLIC_TARGET_V3, true)
+MLIC_F32_LOOPS(v4, MLIC_TARGET_V4, true)
+#endif
+#undef MLIC_F32_LOOPS
+
+struct F32Loops {
+  ForwardF32 forward;
+  BackwardF32 backward;
+};
+
+F32Loops f32_loops() {
 #ifdef MLIC_X86_LEVELS
   const int level = vec::cpu_level();
-  if (level >= 4) return forward_f32_v4;
-  if (level >= 3) return forward_f32_v3;
+  if (level >= 4) return {forward_f32_v4, backward_f32_v4};
+  if (level >= 3) return {forward_f32_v3, backward_f32_v3};
 #endif
-  return forward_f32_v1;
-}
-
-BackwardF32 backward_f32() {
-#ifdef MLIC_X86_LEVELS
-  const int level = vec::cpu_level();
-  if (level >= 4) return backward_f32_v4;
-  if (level >= 3) return backward_f32_v3;
-#endif
-  return backward_f32_v1;
+  return {forward_f32_v1, backward_f32_v1};
 }
 
 // Images [n0, n1) on the calling thread.
@@ -165,7 +151,7 @@ void forward_images(const T* x, const T* d, int64_t n0, int64_t n1, int R, int C
   constexpr bool same = std::is_same<T, A>::value;
   const int64_t RC = static_cast<int64_t>(R) * C;
   std::vector<A> ws(3 * C + (same ? 0 : 2 * RC));
-  const ForwardF32 f32 = forward_f32();
+  const ForwardF32 f32 = f32_loops().forward;
   for (int64_t n = n0; n < n1; ++n) {
     const int64_t o = n * RC;
     if constexpr (std::is_same<T, float>::value) {
@@ -187,7 +173,7 @@ void backward_images(const T* g1, const T* g2, const T* a, const T* b, int64_t n
   using A = typename Acc<T>::type;
   const int64_t RC = static_cast<int64_t>(R) * C;
   std::vector<A> ws(2 * C);
-  const BackwardF32 f32 = backward_f32();
+  const BackwardF32 f32 = f32_loops().backward;
   for (int64_t n = n0; n < n1; ++n) {
     const int64_t o = n * RC;
     const T* gin = g1 ? g1 + n * C : nullptr;

@@ -15,6 +15,11 @@
 #define MLIC_TARGET_V4 __attribute__((target("arch=x86-64-v4")))
 #endif
 
+#if defined(__GNUC__) && !defined(__clang__)
+// The vector-typed helpers below are always inlined: no call passes a vector by value.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 #if defined(__GNUC__)
 #define MLIC_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
