@@ -71,7 +71,8 @@ def _extensions():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0+PTX"
     print(f"mlic: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels ({why})")
-    sources = ["csrc/mlic.cpp", "csrc/ops/cpu/ops_cpu.cpp", "csrc/ops/cpu/two_stream_cpu.cpp"]
+    sources = ["csrc/mlic.cpp", "csrc/ops/cpu/ops_cpu.cpp", "csrc/ops/cpu/two_stream_cpu.cpp",
+               "csrc/ops/emulation/ops_emulated.cpp"]
     cxx = ["-O3", "-fopenmp", "-ffp-contract=off"]  # no FMA contraction: the same bits on every ISA
     define = []
     nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]

@@ -2,12 +2,21 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <sstream>
 
 #include "ops/ops.h"
 
 namespace mlic {
+
+namespace {
+std::atomic<bool> emulate_cuda{false};
+}  // namespace
+
+bool cuda_emulation() { return emulate_cuda.load(std::memory_order_relaxed); }
+bool set_cuda_emulation(bool on) { return emulate_cuda.exchange(on); }
+
 namespace {
 
 std::string shape_str(const Tensor& t) {
@@ -158,6 +167,7 @@ std::tuple<Tensor, Tensor> pool_forward(const Tensor& x, const PoolArgs& a) {
 #ifdef MLIC_WITH_CUDA
   if (x.is_cuda()) return pool_forward_cuda(x, a);
 #endif
+  if (cuda_emulation()) return pool_forward_emu(x, a);
   return pool_forward_cpu(x, a);
 }
 
@@ -171,6 +181,7 @@ Tensor pool_backward(const Tensor& grad, const Tensor& argmax, const PoolArgs& a
 #ifdef MLIC_WITH_CUDA
   if (grad.is_cuda()) return pool_backward_cuda(grad, argmax, a, shape);
 #endif
+  if (cuda_emulation()) return pool_backward_emu(grad, argmax, a, shape);
   return pool_backward_cpu(grad, argmax, a, shape);
 }
 
@@ -199,6 +210,7 @@ std::tuple<Tensor, Tensor> roi_spp_op(const Tensor& features, const Tensor& rois
 #ifdef MLIC_WITH_CUDA
   if (features.is_cuda()) return roi_forward_cuda(features, rois, a);
 #endif
+  if (cuda_emulation()) return roi_forward_emu(features, rois, a);
   return roi_forward_cpu(features, rois, a);
 }
 
@@ -218,7 +230,7 @@ std::tuple<Tensor, Tensor> roi_pool_op(const Tensor& features, const Tensor& roi
     std::tie(out, argmax) = roi_forward_cuda(features, rois, a);
   } else
 #endif
-    std::tie(out, argmax) = roi_forward_cpu(features, rois, a);
+    std::tie(out, argmax) = cuda_emulation() ? roi_forward_emu(features, rois, a) : roi_forward_cpu(features, rois, a);
   const std::vector<int64_t> shape{rois.size(0), features.size(1), pooled_h, pooled_w};
   return {out.view(shape), argmax.view(shape)};
 }
@@ -243,6 +255,7 @@ Tensor roi_spp_backward_op(const Tensor& grad, const Tensor& rois, const Tensor&
 #ifdef MLIC_WITH_CUDA
   if (grad.is_cuda()) return roi_backward_cuda(g, rois, am, a, shape, det);
 #endif
+  if (cuda_emulation()) return roi_backward_emu(g, rois, am, a, shape, det);
   return roi_backward_cpu(g, rois, am, a, shape);
 }
 
@@ -286,6 +299,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_op(const Tensor& cls, cons
 #ifdef MLIC_WITH_CUDA
   if (cls.is_cuda()) return two_stream_forward_cuda(cls, det);
 #endif
+  if (cuda_emulation()) return two_stream_forward_emu(cls, det);
   return two_stream_forward_cpu(cls, det);
 }
 
@@ -309,6 +323,7 @@ std::tuple<Tensor, Tensor> two_stream_backward_op(const std::optional<Tensor>& g
 #ifdef MLIC_WITH_CUDA
   if (pc.is_cuda()) return two_stream_backward_cuda(gi, gr, pc, pd);
 #endif
+  if (cuda_emulation()) return two_stream_backward_emu(gi, gr, pc, pd);
   return two_stream_backward_cpu(gi, gr, pc, pd);
 }
 
@@ -408,6 +423,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_simd_level", &mlic::cpu_simd_level, "x86-64 level of the CPU kernels' hot loops (4, 3 or 1)");
   m.def("set_cpu_simd_level_cap", &mlic::set_cpu_simd_level_cap,
         "cap the level (1, 3 or 4) the CPU kernels run at; returns the level now in force");
+  m.def("set_cuda_emulation", &mlic::set_cuda_emulation,
+        "run the CUDA back end's host side and kernels on the host for CPU tensors (tests without a GPU); "
+        "returns the previous setting");
+  m.def("cuda_emulation", &mlic::cuda_emulation, "whether CPU tensors go through the emulated CUDA back end");
   m.def("compiled_with_cuda", []() {
 #ifdef MLIC_WITH_CUDA
     return true;

@@ -8,6 +8,7 @@ import torch
 
 import mlic
 from mlic import _ext
+from tests.conftest import DEVICES
 
 EXT = _ext.extension_available()
 requires_ext = pytest.mark.skipif(
@@ -21,7 +22,16 @@ def ops():
     return importlib.import_module("mlic.ops")
 
 
+# The CUDA back end run on the host (mlic._C.set_cuda_emulation): its kernels and launch
+# code tested on CPU tensors where no GPU is present. tests/ops/conftest.py turns the
+# emulation on for a test whose `device` parameter is this one.
+EMULATED_CUDA = "emulated-cuda"
+KERNEL_DEVICES = DEVICES + [EMULATED_CUDA]
+
+
 def device_or_skip(device: str) -> torch.device:
+    if device == EMULATED_CUDA:
+        return torch.device("cpu")
     if device == "cuda":
         if not torch.cuda.is_available():
             pytest.skip("no CUDA device on this machine")
@@ -100,6 +110,6 @@ def assert_equal_int(actual: torch.Tensor, expected: torch.Tensor, what: str = "
 
 
 __all__ = [
-    "EXT", "requires_ext", "ops", "device_or_skip", "FLOAT_DTYPES", "HALF_DTYPES", "distinct_features",
+    "EMULATED_CUDA", "KERNEL_DEVICES", "EXT", "requires_ext", "ops", "device_or_skip", "FLOAT_DTYPES", "HALF_DTYPES", "distinct_features",
     "random_rois", "tol", "grad_tol", "assert_same", "assert_equal_int", "mlic",
 ]

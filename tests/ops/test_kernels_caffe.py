@@ -3,14 +3,13 @@ import pytest
 import torch
 
 from mlic.ops.reference import wsd_roigen_ref
-from tests.conftest import DEVICES
 from tests.ops.caffe_cases import assert_forward_close, assert_grad_close, layer_text, load_case, param, t
-from tests.ops.kernel_utils import device_or_skip, ops, requires_ext
+from tests.ops.kernel_utils import KERNEL_DEVICES, device_or_skip, ops, requires_ext
 
 pytestmark = requires_ext
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_roi_pool_matches_caffe(caffe_ref, device):
     dev = device_or_skip(device)
     case = load_case(caffe_ref / "roi_pool.npz")
@@ -25,7 +24,7 @@ def test_roi_pool_matches_caffe(caffe_ref, device):
 
 
 @pytest.mark.parametrize("mode", ["max", "ave"])
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_spp_only_matches_caffe(caffe_ref, device, mode):
     dev = device_or_skip(device)
     case = load_case(caffe_ref / "spp_only.npz")
@@ -38,7 +37,7 @@ def test_spp_only_matches_caffe(caffe_ref, device, mode):
 
 
 @pytest.mark.parametrize("top,split", [("pmax", 2), ("pave", 3), ("pceil", 4), ("spp_max", 5), ("spp_ave", 6)])
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_pool_and_spp_match_caffe(caffe_ref, device, top, split):
     dev = device_or_skip(device)
     case = load_case(caffe_ref / "interp_pool_spp.npz")
@@ -55,7 +54,7 @@ def test_pool_and_spp_match_caffe(caffe_ref, device, top, split):
     assert_grad_close(x.grad.cpu(), t(case, f"diff/x_x_0_split_{split}"), f"{top} backward")
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_two_stream_matches_caffe(caffe_ref, device):
     dev = device_or_skip(device)
     case = load_case(caffe_ref / "wsddn_head.npz")

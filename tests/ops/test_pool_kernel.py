@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from mlic.ops.reference import caffe_pool2d_ref, spp_ref
-from tests.conftest import DEVICES, requires_cuda
+from tests.conftest import requires_cuda
 from tests.ops.kernel_utils import (
+    EMULATED_CUDA,
     FLOAT_DTYPES,
     HALF_DTYPES,
+    KERNEL_DEVICES,
     assert_same,
     device_or_skip,
     distinct_features,
@@ -61,7 +63,7 @@ POOL_CASES = [
 @pytest.mark.parametrize("case", POOL_CASES, ids=[str(c) for c in POOL_CASES])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_caffe_pool2d(device, dtype, mode, case):
     dev = device_or_skip(device)
     h, w, k, s, p = case
@@ -71,7 +73,7 @@ def test_caffe_pool2d(device, dtype, mode, case):
              f"pool {case} {mode}")
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_pad_correction_applies_to_both_dims(device):
     # Caffe: `if (pad_h_ || pad_w_)` drops a last window starting in the padding along BOTH
     # dimensions; along h (k=1, s=3, no pad) 5 -> ceil(4/3)+1 = 3 windows, the last at row 6 -> 2
@@ -82,7 +84,7 @@ def test_pad_correction_applies_to_both_dims(device):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_caffe_pool2d_random(device, seed):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(seed)
@@ -104,7 +106,7 @@ SPP_CASES = [(26, 30, 4), (13, 17, 3), (8, 19, 3), (7, 7, 1), (1, 1, 1), (16, 16
 @pytest.mark.parametrize("case", SPP_CASES, ids=[str(c) for c in SPP_CASES])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_spp(device, dtype, mode, case):
     dev = device_or_skip(device)
     h, w, levels = case
@@ -114,7 +116,7 @@ def test_spp(device, dtype, mode, case):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_noncontiguous(device, mode):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(1)
@@ -132,7 +134,7 @@ def test_noncontiguous(device, mode):
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("device", [pytest.param("cuda", marks=requires_cuda)])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=requires_cuda), EMULATED_CUDA])
 def test_half_precision(device, mode, dtype):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(3)
@@ -143,7 +145,7 @@ def test_half_precision(device, mode, dtype):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_gradcheck(device, mode):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(5)
@@ -172,7 +174,7 @@ def test_cpu_and_cuda_agree(mode):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_windows_where_nothing_beats_minus_flt_max(device, dtype):
     dev = device_or_skip(device)
     x = torch.full((1, 1, 4, 4), -math.inf, dtype=dtype, device=dev)
@@ -184,7 +186,7 @@ def test_windows_where_nothing_beats_minus_flt_max(device, dtype):
         assert (out == -3.4028234663852886e38).sum() == (ref == -3.4028234663852886e38).sum() > 0
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_bad_inputs(device):
     dev = device_or_skip(device)
     x = torch.randn(1, 2, 8, 19, device=dev)

@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from mlic.ops.reference import roi_pool_ref, roi_spp_ref
-from tests.conftest import DEVICES, requires_cuda
+from tests.conftest import requires_cuda
 from tests.ops.kernel_utils import (
+    EMULATED_CUDA,
     FLOAT_DTYPES,
     HALF_DTYPES,
+    KERNEL_DEVICES,
     assert_equal_int,
     assert_same,
     device_or_skip,
@@ -45,7 +47,7 @@ def check(features, rois, ph, pw, scale=1.0, ss=1.0, sb=0.0, what=""):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_forward_random(device, dtype, seed):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(seed)
@@ -111,14 +113,14 @@ EDGE = _edge_cases()
 
 @pytest.mark.parametrize("case", EDGE, ids=[c[0] for c in EDGE])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_forward_edge_cases(device, dtype, case):
     dev = device_or_skip(device)
     name, f, rois, ph, pw, scale, ss, sb = case
     check(f.to(dev, dtype), rois.to(dev, dtype), ph, pw, scale, ss, sb, what=name)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_coordinates_use_the_features_precision(device):
     # 7.99999999 / 16 is just below 0.5 in float64 but exactly 0.5 in float32
     dev = device_or_skip(device)
@@ -130,7 +132,7 @@ def test_coordinates_use_the_features_precision(device):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_bins_where_nothing_beats_minus_flt_max_and_nan(device, dtype):
     # Caffe starts from -FLT_MAX (the float constant, also for double): such a bin keeps it, argmax -1
     dev = device_or_skip(device)
@@ -141,7 +143,7 @@ def test_bins_where_nothing_beats_minus_flt_max_and_nan(device, dtype):
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
-@pytest.mark.parametrize("device", [pytest.param("cuda", marks=requires_cuda)])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=requires_cuda), EMULATED_CUDA])
 def test_forward_half_precision(device, dtype):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(5)
@@ -156,7 +158,7 @@ def test_forward_half_precision(device, dtype):
     assert_same(out, ref_out, dtype=dtype, what="out")
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_noncontiguous_inputs(device):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(3)
@@ -181,7 +183,7 @@ def test_noncontiguous_inputs(device):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_empty_rois(device, dtype):
     dev = device_or_skip(device)
     f = torch.randn(2, 3, 5, 5, dtype=dtype, device=dev, requires_grad=True)
@@ -239,7 +241,7 @@ def _collision_rois(n, h, w, k, g, device, dtype):
 
 @pytest.mark.parametrize("mode", BACKWARDS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_backward_matches_reference(device, dtype, mode):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(21)
@@ -254,7 +256,7 @@ def test_backward_matches_reference(device, dtype, mode):
     assert_same(ours, want, what=f"{mode} backward", grad=True)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_deterministic_backward_is_bitwise_reproducible(device):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(8)
@@ -271,7 +273,7 @@ def test_deterministic_backward_is_bitwise_reproducible(device):
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_roi_pool_gradcheck(device, deterministic):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(4)
@@ -283,7 +285,7 @@ def test_roi_pool_gradcheck(device, deterministic):
     assert torch.autograd.gradcheck(fn, (f,), eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_no_gradient_to_rois(device):
     dev = device_or_skip(device)
     f = torch.randn(1, 2, 5, 5, device=dev, requires_grad=True)
@@ -318,13 +320,13 @@ def test_cpu_and_cuda_agree(dtype):
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_roi_spp_forward_backward(device, dtype, seed):
     _roi_spp_case(device, dtype, seed, None)
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_roi_spp_backward_modes(device, deterministic):
     _roi_spp_case(device, torch.float32, 0, deterministic)
 
@@ -348,7 +350,7 @@ def _roi_spp_case(device, dtype, seed, deterministic):
     assert_same(fk.grad, fr.grad, what="grad", grad=True)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_roi_spp_gradcheck(device):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(9)
@@ -361,7 +363,7 @@ def test_roi_spp_gradcheck(device):
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_bad_inputs(device):
     dev = device_or_skip(device)
     f = torch.randn(2, 3, 6, 6, device=dev)
@@ -389,7 +391,7 @@ def test_bad_inputs(device):
             call()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_rois_of_another_dtype(device):
     """float64 rois with float32 features: either refused naming rois, or used as float32 values."""
     dev = device_or_skip(device)

@@ -9,6 +9,9 @@
 #define MLIC_HD inline
 #include <cmath>
 #include <cstdint>
+#ifdef MLIC_EMULATED_DEVICE_CODE  // the kernels too, run on the host (emulation/cuda_on_host.h)
+#define MLIC_DEVICE_CODE 1
+#endif
 #endif
 
 #ifdef __CUDACC_RTC__

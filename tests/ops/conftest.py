@@ -1,0 +1,21 @@
+"""Kernel tests: the `emulated-cuda` device runs the CUDA back end on the host."""
+import pytest
+
+from tests.ops.kernel_utils import EMULATED_CUDA, EXT
+
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda(request):
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("device") != EMULATED_CUDA:
+        yield
+        return
+    if not EXT:
+        pytest.skip("the compiled extension mlic._C is not built")
+    from mlic import _C
+
+    previous = _C.set_cuda_emulation(True)
+    try:
+        yield
+    finally:
+        _C.set_cuda_emulation(previous)
