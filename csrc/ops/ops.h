@@ -69,31 +69,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_autograd(const Tensor& cls
 
 }  // namespace mlic
 
+// The CUDA back end (cuda/host_side.h over ops_cuda.cu: x_cuda) and the same code run on
+// the host for CPU tensors while set_cuda_emulation(true) (emulation/ops_emulated.cpp:
+// x_emu); same contracts as the CPU back end.
+#define MLIC_DECLARE_CUDA_BACKEND(S)                                                                              \
+  std::tuple<Tensor, Tensor> roi_forward_##S(const Tensor& feat, const Tensor& rois, const RoiArgs& a);         \
+  Tensor roi_backward_##S(const Tensor& grad, const Tensor& rois, const Tensor& argmax, const RoiArgs& a,        \
+                          at::IntArrayRef in_shape, bool deterministic);                                      \
+  std::tuple<Tensor, Tensor> pool_forward_##S(const Tensor& x, const PoolArgs& a);                              \
+  Tensor pool_backward_##S(const Tensor& grad, const Tensor& argmax, const PoolArgs& a, at::IntArrayRef in_shape); \
+  std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_forward_##S(const Tensor& cls, const Tensor& det);      \
+  std::tuple<Tensor, Tensor> two_stream_backward_##S(const Tensor& g_image, const Tensor& g_region,             \
+                                                     const Tensor& pc, const Tensor& pd);
+
 namespace mlic {
-// The CUDA back end's host side and kernels run on the host (emulation/ops_emulated.cpp),
-// for CPU tensors while set_cuda_emulation(true): tests the CUDA code without a GPU.
-std::tuple<Tensor, Tensor> roi_forward_emu(const Tensor& feat, const Tensor& rois, const RoiArgs& a);
-Tensor roi_backward_emu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, const RoiArgs& a,
-                        at::IntArrayRef in_shape, bool deterministic);
-std::tuple<Tensor, Tensor> pool_forward_emu(const Tensor& x, const PoolArgs& a);
-Tensor pool_backward_emu(const Tensor& grad, const Tensor& argmax, const PoolArgs& a, at::IntArrayRef in_shape);
-std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_forward_emu(const Tensor& cls, const Tensor& det);
-std::tuple<Tensor, Tensor> two_stream_backward_emu(const Tensor& g_image, const Tensor& g_region, const Tensor& pc,
-                                                   const Tensor& pd);
+MLIC_DECLARE_CUDA_BACKEND(emu)
+#ifdef MLIC_WITH_CUDA
+MLIC_DECLARE_CUDA_BACKEND(cuda)
+#endif
 bool cuda_emulation();
 bool set_cuda_emulation(bool on);
 }  // namespace mlic
-
-#ifdef MLIC_WITH_CUDA
-namespace mlic {
-// CUDA back end (ops_cuda.cu); same contracts as the CPU one.
-std::tuple<Tensor, Tensor> roi_forward_cuda(const Tensor& feat, const Tensor& rois, const RoiArgs& a);
-Tensor roi_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, const RoiArgs& a,
-                         at::IntArrayRef in_shape, bool deterministic);
-std::tuple<Tensor, Tensor> pool_forward_cuda(const Tensor& x, const PoolArgs& a);
-Tensor pool_backward_cuda(const Tensor& grad, const Tensor& argmax, const PoolArgs& a, at::IntArrayRef in_shape);
-std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_forward_cuda(const Tensor& cls, const Tensor& det);
-std::tuple<Tensor, Tensor> two_stream_backward_cuda(const Tensor& g_image, const Tensor& g_region, const Tensor& pc,
-                                                    const Tensor& pd);
-}  // namespace mlic
-#endif
+#undef MLIC_DECLARE_CUDA_BACKEND
