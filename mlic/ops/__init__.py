@@ -3,9 +3,11 @@
 All ops are registered under ``torch.ops.mlic`` (schemas in C++), differentiable, and
 traceable by torch.compile. On CUDA tensors they run the compiled CUDA kernels, or the
 same device code compiled at run time through CuPy/NVRTC when the extension was built
-without CUDA; :func:`backend_for` says which.
+without CUDA; :func:`backend_for` says which. Inside :func:`emulated_cuda`, CPU tensors
+go through the CUDA back end run on the host (to check the CUDA code without a GPU).
 """
-from typing import Optional, Sequence, Tuple, Union
+import contextlib
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,12 +29,15 @@ if _ext.extension_available():
 
 
 def backend_for(device: Union[str, torch.device]) -> str:
-    """'cpu', 'cuda-extension', 'cuda-nvrtc', or 'unavailable: <reason>' for ops on `device`."""
+    """'cpu', 'emulated-cuda' (CPU inside :func:`emulated_cuda`), 'cuda-extension',
+    'cuda-nvrtc', or 'unavailable: <reason>' for ops on `device`."""
     device = torch.device(device)
     if not _ext.extension_available():
         return f"unavailable: {_ext.extension_error()}"
     if device.type == "cpu":
-        return "cpu"
+        from mlic import _C
+
+        return "emulated-cuda" if _C.cuda_emulation() else "cpu"
     if device.type == "cuda":
         if _ext.extension_has_cuda():
             return "cuda-extension"
@@ -138,6 +143,21 @@ class CaffePool2d(nn.Module):
         return caffe_pool2d(x, self.kernel_size, self.stride, self.pad, self.mode)
 
 
+@contextlib.contextmanager
+def emulated_cuda() -> Iterator[None]:
+    """Within the block, ops on CPU tensors run the CUDA back end's host code and kernels
+    on the host (blocks and threads emulated; slow). For checking the CUDA code on a
+    machine without a GPU; results should match the CPU kernels within float tolerance."""
+    _ext.require_extension("mlic.ops.emulated_cuda")
+    from mlic import _C
+
+    previous = _C.set_cuda_emulation(True)
+    try:
+        yield
+    finally:
+        _C.set_cuda_emulation(previous)
+
+
 class WSDDNTwoStream(nn.Module):
     def forward(self, cls_logits: Tensor, det_logits: Tensor) -> Tuple[Tensor, Tensor]:
         return wsddn_two_stream(cls_logits, det_logits)
@@ -145,5 +165,5 @@ class WSDDNTwoStream(nn.Module):
 
 __all__ = [
     "roi_pool", "roi_spp", "spp", "caffe_pool2d", "wsddn_two_stream", "RoIPool", "RoISPP", "SPP", "CaffePool2d",
-    "WSDDNTwoStream", "backend_for", "OP_NAMES",
+    "WSDDNTwoStream", "backend_for", "emulated_cuda", "OP_NAMES",
 ]

@@ -12,10 +12,8 @@ def _emulated_cuda(request):
         return
     if not EXT:
         pytest.skip("the compiled extension mlic._C is not built")
-    from mlic import _C
+    import mlic.ops
 
-    previous = _C.set_cuda_emulation(True)
-    try:
+    with mlic.ops.emulated_cuda():
+        assert mlic.ops.backend_for("cpu") == EMULATED_CUDA
         yield
-    finally:
-        _C.set_cuda_emulation(previous)

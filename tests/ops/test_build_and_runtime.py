@@ -86,6 +86,26 @@ def test_backend_names():
         assert cuda == "cuda-extension"
 
 
+@needs_ext
+def test_emulated_cuda_switch_is_scoped():
+    from mlic import ops
+
+    x = torch.randn(1, 3, 2)
+    assert ops.backend_for("cpu") == "cpu"
+    with pytest.raises(KeyError):
+        with ops.emulated_cuda():
+            assert ops.backend_for("cpu") == "emulated-cuda"
+            with ops.emulated_cuda():  # nested: still on after the inner block
+                pass
+            assert ops.backend_for("cpu") == "emulated-cuda"
+            emulated = ops.wsddn_two_stream(x, x)
+            raise KeyError("leaves the block by an exception")
+    assert ops.backend_for("cpu") == "cpu"
+    native = ops.wsddn_two_stream(x, x)
+    for a, b in zip(emulated, native):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
 def test_cpu_only_build_registers_runtime_cuda_path(tmp_path):
