@@ -10,8 +10,9 @@ from tests.ops.kernel_utils import (
 
 pytestmark = requires_ext
 ERRORS = (ValueError, RuntimeError, TypeError)
-# (2, 7, 37): two whole 16-lane blocks and a tail per row of the CPU reductions
-SHAPES = [(2, 10, 5), (1, 1, 1), (3, 1, 7), (2, 9, 1), (2, 500, 80), (1, 37, 3), (2, 7, 37)]
+# (2, 7, 37): two whole 16-lane blocks and a tail per row of the CPU reductions; on CUDA,
+# C = 80 splits each column over 6 thread groups, C = 300 and R = 1 use one thread a column
+SHAPES = [(2, 10, 5), (1, 1, 1), (3, 1, 7), (2, 9, 1), (2, 500, 80), (1, 37, 3), (2, 7, 37), (1, 6, 300)]
 
 
 def _run(cls, det, g, which="both"):

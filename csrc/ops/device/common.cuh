@@ -4,9 +4,11 @@
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define MLIC_HD __host__ __device__ __forceinline__
+#define MLIC_D __device__ __forceinline__  // device only: uses the block (__syncthreads, blockDim)
 #define MLIC_DEVICE_CODE 1
 #else
 #define MLIC_HD inline
+#define MLIC_D inline
 #include <cmath>
 #include <cstdint>
 #ifdef MLIC_EMULATED_DEVICE_CODE  // the kernels too, run on the host (emulation/cuda_on_host.h)

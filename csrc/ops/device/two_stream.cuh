@@ -63,42 +63,126 @@ MLIC_HD void two_stream_grad_element(const T* g_image, const T* g_region, const 
 
 #ifdef MLIC_DEVICE_CODE
 
+#define MLIC_TS_MAX_THREADS 512
+
+// Per-column reductions over the R rows of one image use the whole block: with
+// P = blockDim/C groups (when C <= blockDim/2), thread (g, c) reduces rows g, g+P, ...
+// of column c into part[g*C + c]; the P partials are then combined in group order, so
+// the result does not depend on scheduling. Otherwise one thread per column.
+MLIC_HD int column_groups(int R, int C, int threads) {
+  if (threads > MLIC_TS_MAX_THREADS || 2 * C > threads) return 1;
+  const int p = threads / C;
+  return p < R ? p : R;
+}
+
+// Column max and sum of exp(v - max) of det into w[2c], w[2c+1] (as softmax_stats).
+template <typename T, typename A>
+MLIC_D void column_softmax_stats(const T* det, int R, int C, A* w, A* part) {
+  const int P = column_groups(R, C, blockDim.x);
+  const int t = threadIdx.x, g = t / C, c = t - g * C;
+  if (P == 1) {
+    for (int cc = t; cc < C; cc += blockDim.x) softmax_stats<T, A>(det + cc, R, C, w[2 * cc], w[2 * cc + 1]);
+    __syncthreads();
+    return;
+  }
+  if (g < P) {
+    A m = static_cast<A>(det[g * C + c]);
+    for (int r = g + P; r < R; r += P) {
+      const A x = static_cast<A>(det[r * C + c]);
+      if (x > m) m = x;
+    }
+    part[t] = m;
+  }
+  __syncthreads();
+  if (t < C) {
+    A m = part[t];
+    for (int q = 1; q < P; ++q)
+      if (part[q * C + t] > m) m = part[q * C + t];
+    w[2 * t] = m;
+  }
+  __syncthreads();
+  if (g < P) {
+    const A m = w[2 * c];
+    A s = static_cast<A>(0);
+    for (int r = g; r < R; r += P) s += c_exp(static_cast<A>(det[r * C + c]) - m);
+    part[t] = s;
+  }
+  __syncthreads();
+  if (t < C) {
+    A s = part[t];
+    for (int q = 1; q < P; ++q) s += part[q * C + t];
+    w[2 * t + 1] = s;
+  }
+  __syncthreads();
+}
+
+// out[c] = sum over rows of f(r * C + c), the block's threads in column groups as above.
+template <typename A, typename F>
+MLIC_D void column_sums(int R, int C, A* part, F f, A* out) {
+  const int P = column_groups(R, C, blockDim.x);
+  const int t = threadIdx.x, g = t / C, c = t - g * C;
+  if (P == 1) {
+    for (int cc = t; cc < C; cc += blockDim.x) {
+      A s = static_cast<A>(0);
+      for (int r = 0; r < R; ++r) s += f(r * C + cc);
+      out[cc] = s;
+    }
+    __syncthreads();
+    return;
+  }
+  if (g < P) {
+    A s = static_cast<A>(0);
+    for (int r = g; r < R; r += P) s += f(r * C + c);
+    part[t] = s;
+  }
+  __syncthreads();
+  if (t < C) {
+    A s = part[t];
+    for (int q = 1; q < P; ++q) s += part[q * C + t];
+    out[t] = s;
+  }
+  __syncthreads();
+}
+
 // One block per image.
 template <typename T, typename A>
 __global__ void two_stream_forward_kernel(const T* __restrict__ cls, const T* __restrict__ det, int R, int C,
                                           A* __restrict__ ws, T* __restrict__ image, T* __restrict__ region,
                                           T* __restrict__ cls_prob, T* __restrict__ det_prob) {
+  __shared__ A part[MLIC_TS_MAX_THREADS];
   const mlic_int64 n = blockIdx.x;
   const mlic_int64 o = n * R * C;
   A* w = ws + n * (2 * R + 2 * C);
   for (int r = threadIdx.x; r < R; r += blockDim.x) softmax_stats<T, A>(cls + o + r * C, C, 1, w[2 * r], w[2 * r + 1]);
-  for (int c = threadIdx.x; c < C; c += blockDim.x)
-    softmax_stats<T, A>(det + o + c, R, C, w[2 * R + 2 * c], w[2 * R + 2 * c + 1]);
-  __syncthreads();
+  column_softmax_stats<T, A>(det + o, R, C, w + 2 * R, part);  // ends with a barrier
   for (int e = threadIdx.x; e < R * C; e += blockDim.x)
     two_stream_element<T, A>(cls + o, det + o, w, R, C, e, cls_prob + o, det_prob + o, region + o);
   __syncthreads();
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    A s = static_cast<A>(0);
-    for (int r = 0; r < R; ++r) s += static_cast<A>(region[o + r * C + c]);
-    image[n * C + c] = static_cast<T>(s);
-  }
+  // Image scores go through w[2R..2R+C) (the column stats are no longer needed).
+  const T* reg = region + o;
+  A* sums = w + 2 * R;
+  column_sums<A>(R, C, part, [reg](int e) { return static_cast<A>(reg[e]); }, sums);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) image[n * C + c] = static_cast<T>(sums[c]);
 }
 
 template <typename T, typename A>
 __global__ void two_stream_backward_kernel(const T* __restrict__ g_image, const T* __restrict__ g_region,
                                            const T* __restrict__ pc, const T* __restrict__ pd, int R, int C,
                                            A* __restrict__ ws, T* __restrict__ d_cls, T* __restrict__ d_det) {
+  __shared__ A part[MLIC_TS_MAX_THREADS];
   const mlic_int64 n = blockIdx.x;
   const mlic_int64 o = n * R * C;
   A* w = ws + n * (R + C);
   const T* gi = g_image ? g_image + n * C : g_image;
   const T* gr = g_region ? g_region + o : g_region;
-  for (int r = threadIdx.x; r < R; r += blockDim.x) w[r] = two_stream_dot<T, A>(gi, gr, pc + o, pd + o, r * C, C, 1, C);
-  for (int c = threadIdx.x; c < C; c += blockDim.x) w[R + c] = two_stream_dot<T, A>(gi, gr, pc + o, pd + o, c, R, C, C);
-  __syncthreads();
+  const T* a = pc + o;
+  const T* b = pd + o;
+  for (int r = threadIdx.x; r < R; r += blockDim.x) w[r] = two_stream_dot<T, A>(gi, gr, a, b, r * C, C, 1, C);
+  column_sums<A>(R, C, part, [gi, gr, a, b, C](int e) {
+    return two_stream_upstream<T, A>(gi, gr, C, e) * static_cast<A>(b[e]) * static_cast<A>(a[e]);
+  }, w + R);  // ends with a barrier
   for (int e = threadIdx.x; e < R * C; e += blockDim.x)
-    two_stream_grad_element<T, A>(gi, gr, pc + o, pd + o, w, R, C, e, d_cls + o, d_det + o);
+    two_stream_grad_element<T, A>(gi, gr, a, b, w, R, C, e, d_cls + o, d_det + o);
 }
 
 #endif  // MLIC_DEVICE_CODE
