@@ -116,6 +116,28 @@ def test_spp(device, dtype, mode, case):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_spp_cpu_plane_groups_give_single_plane_bits(mode):
+    """The CPU forward reduces several planes at once (interleaved); each plane must get
+    exactly the bits it gets alone (one plane per call), and match the reference."""
+    g = torch.Generator().manual_seed(21)
+    x = _features((3, 7, 26, 30), g, torch.float32, mode)
+    whole = ops().spp(x, 4, mode)
+    torch.testing.assert_close(whole, spp_ref(x, 4, mode), rtol=1e-6, atol=1e-6)
+    cells = [1, 4, 16, 64]  # 26x30 in 1, 2, 4, 8 bins a side
+    n_planes, channels = 0, x.shape[1]
+    for n in range(x.shape[0]):
+        for c in range(channels):
+            alone = ops().spp(x[n:n + 1, c:c + 1].contiguous(), 4, mode)[0]
+            parts, start = [], 0
+            for k in cells:
+                parts.append(whole[n, channels * start + c * k: channels * start + (c + 1) * k])
+                start += k
+            assert torch.equal(torch.cat(parts), alone), f"plane ({n}, {c})"
+            n_planes += 1
+    assert n_planes == 21
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_noncontiguous(device, mode):
     dev = device_or_skip(device)

@@ -109,6 +109,45 @@ Tensor roi_backward_cpu(const Tensor& grad_, const Tensor& rois_, const Tensor& 
   return result;
 }
 
+namespace {
+
+// kGroup planes of one level at a time: each plane's window is reduced in pool_cell's
+// order (so the results are the same bits), the planes interleaved so that their
+// independent chains of adds or compares overlap instead of waiting on each other.
+constexpr int kGroup = 4;
+
+template <typename T, typename A>
+void pool_level_group(const T* const* planes, int H, int W, const int* lp, int mode, T* const* outs,
+                      int* const* ams) {
+  const int oh = lp[6], ow = lp[7];
+  for (int oy = 0; oy < oh; ++oy)
+    for (int ox = 0; ox < ow; ++ox) {
+      int hs, he, ws, we;
+      const int pool_size = pool_window(H, W, lp, oy, ox, hs, he, ws, we);
+      const int cell = oy * ow + ox;
+      if (mode == MLIC_POOL_MAX) {
+        A m[kGroup];
+        int mi[kGroup];
+        for (int k = 0; k < kGroup; ++k) m[k] = lowest<A>(), mi[k] = -1;
+        for (int h = hs; h < he; ++h)
+          for (int w = ws; w < we; ++w)
+            for (int k = 0; k < kGroup; ++k) {
+              const A v = static_cast<A>(planes[k][h * W + w]);
+              if (v > m[k]) m[k] = v, mi[k] = h * W + w;
+            }
+        for (int k = 0; k < kGroup; ++k) outs[k][cell] = static_cast<T>(m[k]), ams[k][cell] = mi[k];
+      } else {
+        A s[kGroup] = {};
+        for (int h = hs; h < he; ++h)
+          for (int w = ws; w < we; ++w)
+            for (int k = 0; k < kGroup; ++k) s[k] += static_cast<A>(planes[k][h * W + w]);
+        for (int k = 0; k < kGroup; ++k) outs[k][cell] = static_cast<T>(s[k] / static_cast<A>(pool_size));
+      }
+    }
+}
+
+}  // namespace
+
 std::tuple<Tensor, Tensor> pool_forward_cpu(const Tensor& x_, const PoolArgs& a) {
   const Tensor x = x_.contiguous();
   const int64_t N = x.size(0);
@@ -121,22 +160,42 @@ std::tuple<Tensor, Tensor> pool_forward_cpu(const Tensor& x_, const PoolArgs& a)
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     int* am = a.mode == 0 ? argmax.data_ptr<int>() : nullptr;
-    at::parallel_for(0, N * C, 4, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t n = p / C;
-        const int c = p - n * C;
+    // Offset of plane p's cells of level l in `out` (and `argmax`).
+    auto cells_at = [&](int64_t p, const int* lp) {
+      const int64_t n = p / C;
+      const int c = static_cast<int>(p - n * C);
+      return n * C * a.S + static_cast<int64_t>(C) * lp[8] + static_cast<int64_t>(c) * lp[6] * lp[7];
+    };
+    at::parallel_for(0, N * C, kGroup, [&](int64_t p0, int64_t p1) {
+      int dummy[1];
+      int64_t p = p0;
+      for (; p + kGroup <= p1; p += kGroup) {
+        const scalar_t* planes[kGroup];
+        for (int k = 0; k < kGroup; ++k) planes[k] = xp + (p + k) * H * W;
+        for (int l = 0; l < nlev; ++l) {
+          const int* lp = a.lp.data() + MLIC_LP * l;
+          scalar_t* outs[kGroup];
+          int* ams[kGroup];
+          for (int k = 0; k < kGroup; ++k) {
+            const int64_t off = cells_at(p + k, lp);
+            outs[k] = o + off;
+            ams[k] = am ? am + off : dummy;
+          }
+          pool_level_group<scalar_t, A>(planes, H, W, lp, a.mode, outs, ams);
+        }
+      }
+      for (; p < p1; ++p) {  // the last planes of the chunk, one at a time
         const scalar_t* plane = xp + p * H * W;
         for (int l = 0; l < nlev; ++l) {
           const int* lp = a.lp.data() + MLIC_LP * l;
-          const int oh = lp[6], ow = lp[7];
-          const int64_t base = n * C * a.S + static_cast<int64_t>(C) * lp[8] + c * oh * ow;
-          for (int oy = 0; oy < oh; ++oy)
-            for (int ox = 0; ox < ow; ++ox) {
+          const int64_t base = cells_at(p, lp);
+          for (int oy = 0; oy < lp[6]; ++oy)
+            for (int ox = 0; ox < lp[7]; ++ox) {
               A val;
               int idx;
               pool_cell<scalar_t, A>(plane, H, W, lp, oy, ox, a.mode, val, idx);
-              o[base + oy * ow + ox] = static_cast<scalar_t>(val);
-              if (am) am[base + oy * ow + ox] = idx;
+              o[base + oy * lp[7] + ox] = static_cast<scalar_t>(val);
+              if (am) am[base + oy * lp[7] + ox] = idx;
             }
         }
       }

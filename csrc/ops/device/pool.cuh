@@ -13,15 +13,25 @@ namespace mlic {
 #define MLIC_POOL_AVE 1
 #define MLIC_LP 9
 
-template <typename T, typename A>
-MLIC_HD void pool_cell(const T* plane, int H, int W, const int* p, int oy, int ox, int mode, A& val, int& idx) {
-  int hs = oy * p[2] - p[4], ws = ox * p[3] - p[5];
-  int he = imin(hs + p[0], H + p[4]), we = imin(ws + p[1], W + p[5]);
-  const int pool_size = (he - hs) * (we - ws);  // padding counts, as Caffe's AVE
+// Window [hs,he) x [ws,we) of output cell (oy, ox), clipped to the input; returns the AVE
+// divisor, which counts the padding as Caffe's does.
+MLIC_HD int pool_window(int H, int W, const int* p, int oy, int ox, int& hs, int& he, int& ws, int& we) {
+  hs = oy * p[2] - p[4];
+  ws = ox * p[3] - p[5];
+  he = imin(hs + p[0], H + p[4]);
+  we = imin(ws + p[1], W + p[5]);
+  const int pool_size = (he - hs) * (we - ws);
   hs = imax(hs, 0);
   ws = imax(ws, 0);
   he = imin(he, H);
   we = imin(we, W);
+  return pool_size;
+}
+
+template <typename T, typename A>
+MLIC_HD void pool_cell(const T* plane, int H, int W, const int* p, int oy, int ox, int mode, A& val, int& idx) {
+  int hs, he, ws, we;
+  const int pool_size = pool_window(H, W, p, oy, ox, hs, he, ws, we);
   if (mode == MLIC_POOL_MAX) {
     window_max<T, A>(plane, W, hs, he, ws, we, val, idx);
   } else {
