@@ -6,8 +6,9 @@
 
 Workloads: GPU as released (features 32x512x42x42 fp32, 16,000 RoIs pooled 7x7 at 1/16; WSDDN
 head 32x500x80; SPP with 3 levels on the features); CPU a smaller one (2 images, 1,000 RoIs)
-except the WSDDN head, which is cheap: the released 32x500x80, and 2x500x80 besides. Variants
-of the head are timed interleaved (measure_interleaved), so a drifting machine favours none.
+except the WSDDN head, which is cheap: the released 32x500x80, and 2x500x80 besides. The
+variants of roi_pool and of the head are timed interleaved (measure_interleaved), so a
+drifting machine favours none.
 Prints a table of medians and the target checks (PASS/FAIL), and writes everything as JSON
 (device, torch version, command, timings, for GPU the achieved bandwidth against the device's
 measured copy bandwidth). The exit status is 0 whatever the checks say: it is a report.
@@ -249,23 +250,28 @@ def run(args):
     bwd_bytes = fwd_bytes + 2 * out_bytes + nbytes(feats)  # + grad_out, argmax read, grad_features
     print("roi_pool", out_shape, flush=True)
     with torch.no_grad():
-        bench.fwd("roi_pool", "mlic", lambda: mops.roi_pool(feats, rois5, pooled, pooled, scale), fwd_bytes)
-        bench.fwd("roi_pool", "torchvision", lambda: torchvision.ops.roi_pool(feats, rois5, pooled, scale), fwd_bytes)
+        bench.compare("roi_pool", "fwd", {
+            "mlic": lambda: mops.roi_pool(feats, rois5, pooled, pooled, scale),
+            "torchvision": lambda: torchvision.ops.roi_pool(feats, rois5, pooled, scale)}, fwd_bytes)
     fg = feats.clone().requires_grad_()
-    bench.fwd_bwd("roi_pool", "mlic", lambda f: mops.roi_pool(f, rois5, pooled, pooled, scale, deterministic=False),
-                  [fg], bwd_bytes)
-    bench.fwd_bwd("roi_pool", "mlic deterministic",
-                  lambda f: mops.roi_pool(f, rois5, pooled, pooled, scale, deterministic=True), [fg], bwd_bytes)
-    bench.fwd_bwd("roi_pool", "torchvision", lambda f: torchvision.ops.roi_pool(f, rois5, pooled, scale), [fg],
-                  bwd_bytes)
+    ours = fwd_bwd_step(lambda f: mops.roi_pool(f, rois5, pooled, pooled, scale, deterministic=False), [fg])
+    variants = {
+        "mlic": ours,
+        "mlic deterministic": fwd_bwd_step(
+            lambda f: mops.roi_pool(f, rois5, pooled, pooled, scale, deterministic=True), [fg]),
+        "torchvision": fwd_bwd_step(lambda f: torchvision.ops.roi_pool(f, rois5, pooled, scale), [fg]),
+    }
     threads = torch.get_num_threads()
     if device.type == "cpu" and threads > 1:
-        torch.set_num_threads(1)
-        try:
-            bench.fwd_bwd("roi_pool", "mlic 1 thread",
-                          lambda f: mops.roi_pool(f, rois5, pooled, pooled, scale, deterministic=False), [fg])
-        finally:
-            torch.set_num_threads(threads)
+        def one_thread():
+            torch.set_num_threads(1)
+            try:
+                ours()
+            finally:
+                torch.set_num_threads(threads)
+
+        variants["mlic 1 thread"] = one_thread
+    bench.compare("roi_pool", "fwd+bwd", variants, bwd_bytes)
     del fg
 
     # --- WSDDN two-stream head: the released size everywhere (cheap on a CPU too); on a CPU
