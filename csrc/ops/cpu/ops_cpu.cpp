@@ -223,26 +223,25 @@ Tensor pool_backward_cpu(const Tensor& grad_, const Tensor& argmax_, const PoolA
         const int64_t n = p / C;
         const int c = p - n * C;
         std::fill(buf.begin(), buf.end(), static_cast<A>(0));
+        A* __restrict__ b = buf.data();
         for (int l = 0; l < nlev; ++l) {
           const int* lp = a.lp.data() + MLIC_LP * l;
-          const int kh = lp[0], kw = lp[1], sh = lp[2], sw = lp[3], ph = lp[4], pw = lp[5], oh = lp[6], ow = lp[7];
+          const int oh = lp[6], ow = lp[7];
           const int64_t base = n * row + static_cast<int64_t>(C) * lp[8] + static_cast<int64_t>(c) * oh * ow;
+          if (a.mode == 0) {
+            for (int q = 0; q < oh * ow; ++q)
+              if (am[base + q] >= 0) b[am[base + q]] += static_cast<A>(g[base + q]);
+            continue;
+          }
           for (int oy = 0; oy < oh; ++oy)
             for (int ox = 0; ox < ow; ++ox) {
-              const int64_t i = base + oy * ow + ox;
-              if (a.mode == 0) {
-                if (am[i] >= 0) buf[am[i]] += static_cast<A>(g[i]);
-                continue;
+              int hs, he, ws, we;
+              const int pool_size = pool_window(H, W, lp, oy, ox, hs, he, ws, we);
+              const A v = static_cast<A>(g[base + oy * ow + ox]) / static_cast<A>(pool_size);
+              for (int y = hs; y < he; ++y) {
+                A* __restrict__ r = b + static_cast<int64_t>(y) * W;
+                for (int x = ws; x < we; ++x) r[x] += v;
               }
-              int hs = oy * sh - ph, ws = ox * sw - pw;
-              int he = std::min(hs + kh, H + ph), we = std::min(ws + kw, W + pw);
-              const A v = static_cast<A>(g[i]) / static_cast<A>((he - hs) * (we - ws));
-              hs = std::max(hs, 0);
-              ws = std::max(ws, 0);
-              he = std::min(he, H);
-              we = std::min(we, W);
-              for (int y = hs; y < he; ++y)
-                for (int x = ws; x < we; ++x) buf[y * W + x] += v;
             }
         }
         scalar_t* out = o + p * H * W;
