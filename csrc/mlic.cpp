@@ -163,6 +163,14 @@ void check_grad(const Tensor& grad, at::IntArrayRef shape, const char* op) {
   TORCH_CHECK_VALUE(grad.sizes().equals(shape), op, ": `grad` must have shape ", shape, ", got ", shape_str(grad));
 }
 
+std::tuple<Tensor, Tensor> roi_forward(const Tensor& features, const Tensor& rois, const RoiArgs& a) {
+#ifdef MLIC_WITH_CUDA
+  if (features.is_cuda()) return roi_forward_cuda(features, rois, a);
+#endif
+  if (cuda_emulation()) return roi_forward_emu(features, rois, a);
+  return roi_forward_cpu(features, rois, a);
+}
+
 std::tuple<Tensor, Tensor> pool_forward(const Tensor& x, const PoolArgs& a) {
 #ifdef MLIC_WITH_CUDA
   if (x.is_cuda()) return pool_forward_cuda(x, a);
@@ -207,11 +215,7 @@ std::tuple<Tensor, Tensor> roi_spp_op(const Tensor& features, const Tensor& rois
   check_roi_inputs(features, rois, op);
   RoiArgs a = roi_args(levels_h, levels_w, spatial_scale, score_scale, score_bias, op, "levels_h", "levels_w");
   check_roi_values(rois, features.size(0), spatial_scale, op);
-#ifdef MLIC_WITH_CUDA
-  if (features.is_cuda()) return roi_forward_cuda(features, rois, a);
-#endif
-  if (cuda_emulation()) return roi_forward_emu(features, rois, a);
-  return roi_forward_cpu(features, rois, a);
+  return roi_forward(features, rois, a);
 }
 
 std::tuple<Tensor, Tensor> roi_pool_op(const Tensor& features, const Tensor& rois, int64_t pooled_h, int64_t pooled_w,
@@ -224,13 +228,7 @@ std::tuple<Tensor, Tensor> roi_pool_op(const Tensor& features, const Tensor& roi
   RoiArgs a = roi_args({pooled_h}, {pooled_w}, spatial_scale, score_scale, score_bias, op, "pooled_h", "pooled_w");
   check_roi_values(rois, features.size(0), spatial_scale, op);
   (void)deterministic;
-  Tensor out, argmax;
-#ifdef MLIC_WITH_CUDA
-  if (features.is_cuda()) {
-    std::tie(out, argmax) = roi_forward_cuda(features, rois, a);
-  } else
-#endif
-    std::tie(out, argmax) = cuda_emulation() ? roi_forward_emu(features, rois, a) : roi_forward_cpu(features, rois, a);
+  auto [out, argmax] = roi_forward(features, rois, a);
   const std::vector<int64_t> shape{rois.size(0), features.size(1), pooled_h, pooled_w};
   return {out.view(shape), argmax.view(shape)};
 }

@@ -9,7 +9,6 @@
 
 #include "../device/pool.cuh"
 #include "../device/roi_pool.cuh"
-#include <type_traits>
 #include "../ops.h"
 
 namespace mlic {

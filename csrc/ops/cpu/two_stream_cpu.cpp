@@ -76,26 +76,24 @@ MLIC_ALWAYS_INLINE void backward_image(const T* __restrict__ gi, const T* __rest
                                        T* __restrict__ dd, A* __restrict__ ws) {
   A* __restrict__ colws = ws;  // C values
   A* __restrict__ t = ws + C;  // one row
+  auto upstream = [&](int64_t o, int c) {
+    return (HI ? static_cast<A>(gi[c]) : A(0)) + (HR ? static_cast<A>(gr[o + c]) : A(0));
+  };
   for (int c = 0; c < C; ++c) colws[c] = A(0);
   for (int r = 0; r < R; ++r) {  // row sums, d cls while the row is at hand, column sums
     const int64_t o = static_cast<int64_t>(r) * C;
     for (int c = 0; c < C; ++c) {
-      const A g = (HI ? static_cast<A>(gi[c]) : A(0)) + (HR ? static_cast<A>(gr[o + c]) : A(0));
-      t[c] = g * static_cast<A>(q[o + c]) * static_cast<A>(p[o + c]);
+      t[c] = upstream(o, c) * static_cast<A>(q[o + c]) * static_cast<A>(p[o + c]);
       colws[c] += t[c];
     }
     const A rw = vec::lane_sum(t, C);
-    for (int c = 0; c < C; ++c) {
-      const A g = (HI ? static_cast<A>(gi[c]) : A(0)) + (HR ? static_cast<A>(gr[o + c]) : A(0));
-      dc[o + c] = static_cast<T>(static_cast<A>(p[o + c]) * (g * static_cast<A>(q[o + c]) - rw));
-    }
+    for (int c = 0; c < C; ++c)
+      dc[o + c] = static_cast<T>(static_cast<A>(p[o + c]) * (upstream(o, c) * static_cast<A>(q[o + c]) - rw));
   }
   for (int r = 0; r < R; ++r) {
     const int64_t o = static_cast<int64_t>(r) * C;
-    for (int c = 0; c < C; ++c) {
-      const A g = (HI ? static_cast<A>(gi[c]) : A(0)) + (HR ? static_cast<A>(gr[o + c]) : A(0));
-      dd[o + c] = static_cast<T>(static_cast<A>(q[o + c]) * (g * static_cast<A>(p[o + c]) - colws[c]));
-    }
+    for (int c = 0; c < C; ++c)
+      dd[o + c] = static_cast<T>(static_cast<A>(q[o + c]) * (upstream(o, c) * static_cast<A>(p[o + c]) - colws[c]));
   }
 }
 

@@ -75,73 +75,71 @@ MLIC_HD int column_groups(int R, int C, int threads) {
   return p < R ? p : R;
 }
 
-// Column max and sum of exp(v - max) of det into w[2c], w[2c+1] (as softmax_stats).
-template <typename T, typename A>
-MLIC_D void column_softmax_stats(const T* det, int R, int C, A* w, A* part) {
-  const int P = column_groups(R, C, blockDim.x);
-  const int t = threadIdx.x, g = t / C, c = t - g * C;
-  if (P == 1) {
-    for (int cc = t; cc < C; cc += blockDim.x) softmax_stats<T, A>(det + cc, R, C, w[2 * cc], w[2 * cc + 1]);
-    __syncthreads();
-    return;
-  }
-  if (g < P) {
-    A m = static_cast<A>(det[g * C + c]);
-    for (int r = g + P; r < R; r += P) {
-      const A x = static_cast<A>(det[r * C + c]);
-      if (x > m) m = x;
-    }
-    part[t] = m;
-  }
-  __syncthreads();
-  if (t < C) {
-    A m = part[t];
-    for (int q = 1; q < P; ++q)
-      if (part[q * C + t] > m) m = part[q * C + t];
-    w[2 * t] = m;
-  }
-  __syncthreads();
-  if (g < P) {
-    const A m = w[2 * c];
-    A s = static_cast<A>(0);
-    for (int r = g; r < R; r += P) s += c_exp(static_cast<A>(det[r * C + c]) - m);
-    part[t] = s;
-  }
-  __syncthreads();
-  if (t < C) {
-    A s = part[t];
-    for (int q = 1; q < P; ++q) s += part[q * C + t];
-    w[2 * t + 1] = s;
-  }
-  __syncthreads();
-}
-
-// out[c] = sum over rows of f(r * C + c), the block's threads in column groups as above.
+// out[c * stride] = sum over rows r of f(r, c), the block's threads in column groups as
+// above (one thread a column: rows in order). Ends with a barrier.
 template <typename A, typename F>
-MLIC_D void column_sums(int R, int C, A* part, F f, A* out) {
+MLIC_D void column_sums(int R, int C, A* part, F f, A* out, int stride) {
   const int P = column_groups(R, C, blockDim.x);
   const int t = threadIdx.x, g = t / C, c = t - g * C;
   if (P == 1) {
     for (int cc = t; cc < C; cc += blockDim.x) {
       A s = static_cast<A>(0);
-      for (int r = 0; r < R; ++r) s += f(r * C + cc);
-      out[cc] = s;
+      for (int r = 0; r < R; ++r) s += f(r, cc);
+      out[cc * stride] = s;
     }
     __syncthreads();
     return;
   }
   if (g < P) {
     A s = static_cast<A>(0);
-    for (int r = g; r < R; r += P) s += f(r * C + c);
+    for (int r = g; r < R; r += P) s += f(r, c);
     part[t] = s;
   }
   __syncthreads();
   if (t < C) {
     A s = part[t];
     for (int q = 1; q < P; ++q) s += part[q * C + t];
-    out[t] = s;
+    out[t * stride] = s;
   }
   __syncthreads();
+}
+
+// Column max and sum of exp(v - max) of det into w[2c], w[2c+1] (as softmax_stats: the
+// max by '>' from the first row). Ends with a barrier.
+template <typename T, typename A>
+MLIC_D void column_softmax_stats(const T* det, int R, int C, A* w, A* part) {
+  const int P = column_groups(R, C, blockDim.x);
+  const int t = threadIdx.x, g = t / C, c = t - g * C;
+  if (P == 1) {
+    for (int cc = t; cc < C; cc += blockDim.x) {
+      A m = static_cast<A>(det[cc]);
+      for (int r = 1; r < R; ++r) {
+        const A x = static_cast<A>(det[r * C + cc]);
+        if (x > m) m = x;
+      }
+      w[2 * cc] = m;
+    }
+  } else {
+    if (g < P) {
+      A m = static_cast<A>(det[g * C + c]);
+      for (int r = g + P; r < R; r += P) {
+        const A x = static_cast<A>(det[r * C + c]);
+        if (x > m) m = x;
+      }
+      part[t] = m;
+    }
+    __syncthreads();
+    if (t < C) {
+      A m = part[t];
+      for (int q = 1; q < P; ++q)
+        if (part[q * C + t] > m) m = part[q * C + t];
+      w[2 * t] = m;
+    }
+  }
+  __syncthreads();
+  column_sums<A>(R, C, part, [det, w, C](int r, int cc) {
+    return c_exp(static_cast<A>(det[r * C + cc]) - w[2 * cc]);
+  }, w + 1, 2);
 }
 
 // One block per image.
@@ -161,7 +159,7 @@ __global__ void two_stream_forward_kernel(const T* __restrict__ cls, const T* __
   // Image scores go through w[2R..2R+C) (the column stats are no longer needed).
   const T* reg = region + o;
   A* sums = w + 2 * R;
-  column_sums<A>(R, C, part, [reg](int e) { return static_cast<A>(reg[e]); }, sums);
+  column_sums<A>(R, C, part, [reg, C](int r, int c) { return static_cast<A>(reg[r * C + c]); }, sums, 1);
   for (int c = threadIdx.x; c < C; c += blockDim.x) image[n * C + c] = static_cast<T>(sums[c]);
 }
 
@@ -178,9 +176,10 @@ __global__ void two_stream_backward_kernel(const T* __restrict__ g_image, const 
   const T* a = pc + o;
   const T* b = pd + o;
   for (int r = threadIdx.x; r < R; r += blockDim.x) w[r] = two_stream_dot<T, A>(gi, gr, a, b, r * C, C, 1, C);
-  column_sums<A>(R, C, part, [gi, gr, a, b, C](int e) {
+  column_sums<A>(R, C, part, [gi, gr, a, b, C](int r, int c) {
+    const int e = r * C + c;
     return two_stream_upstream<T, A>(gi, gr, C, e) * static_cast<A>(b[e]) * static_cast<A>(a[e]);
-  }, w + R);  // ends with a barrier
+  }, w + R, 1);
   for (int e = threadIdx.x; e < R * C; e += blockDim.x)
     two_stream_grad_element<T, A>(gi, gr, a, b, w, R, C, e, d_cls + o, d_det + o);
 }
