@@ -85,7 +85,8 @@ def _train(stage: str, run: Path, data: Dict[str, str], iters: int, batch: int, 
             "--checkpoint-period", str(max(iters, 1)), "--eval-period", str(eval_period), "--no-tensorboard",
             *NET, *extra] + (["--quiet"] if quiet else [])
     t0 = time.perf_counter()
-    train_main(argv)
+    if train_main(argv) != 0:
+        raise RuntimeError(f"[demo] {name}: training stopped (see the message above)")
     print(f"[demo] {name}: {iters} iterations in {time.perf_counter() - t0:.0f} s")
     return run / name / "final.pt"
 
@@ -96,7 +97,8 @@ def _test(weights: Path, data: Dict[str, str], out: Path, gt: Optional[str] = No
     argv = ["--weights", str(weights), "--datalist", data["test"], "--root-folder", data["root_folder"], "--out",
             str(out), "--class-names", data["classes"], "--batch-size", "16"] + (["--gt", gt] if gt else []) + (
         ["--figures"] if figures else [])
-    test_main(argv)
+    if test_main(argv) != 0:
+        raise RuntimeError(f"[demo] testing {weights} stopped (see the message above)")
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -104,7 +106,7 @@ def run_demo(out: str = "demo_out", preset: str = "full", seed: int = 0, quiet: 
     from mlic.data.synthetic import SyntheticConfig, generate_dataset
 
     if preset not in PRESETS:
-        raise SystemExit(f"--preset must be one of {', '.join(PRESETS)}")
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     p = PRESETS[preset]
     run = Path(out) / f"seed{seed}"
     t0 = time.perf_counter()

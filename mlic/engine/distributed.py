@@ -27,6 +27,10 @@ def init_distributed(device: str) -> bool:
     return True
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -3,7 +3,7 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 from mlic.engine import distributed as D
 from mlic.engine.checkpoint import atomic_save, checkpoint_path

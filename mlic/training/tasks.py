@@ -2,11 +2,13 @@
 predictions, over batches of the HumanAttData pipeline."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
+
+from mlic.errors import UserInputError
 
 STAGES = ("wsddn", "stage1", "stage2", "student")
 
@@ -34,6 +36,7 @@ class Task:
     # (image probabilities [N, C], region-class scores [N, B, C] or None); None: no classifier
     predict: Optional[Callable[[nn.Module, object], Tuple[Tensor, Optional[Tensor]]]]
     describe: str = ""
+    net: Optional[object] = None  # the NetConfig of a stage's port
 
 
 def _loss_sum(out: Dict[str, Tensor], names) -> Dict[str, Tensor]:
@@ -50,7 +53,7 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
 
     switches = switches or Switches()
     if stage not in STAGES:
-        raise ValueError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        raise UserInputError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
     if stage == "wsddn":
         model = WSDDN(cfg)
@@ -61,7 +64,7 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
         def predict(m, b):
             return m.predict(b.data, b.rois)
 
-        return Task(stage, model.to(device), step, predict, "WSDDN teacher (CrossEntropyLoss on image scores)")
+        return Task(stage, model.to(device), step, predict, "WSDDN teacher (CrossEntropyLoss on image scores)", cfg)
 
     if stage == "student":
         model = Student(cfg)
@@ -73,7 +76,7 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
         def predict(m, b):
             return m.predict(b.data), None
 
-        return Task(stage, model.to(device), step, predict, "student without KD (SigmoidCrossEntropyLoss)")
+        return Task(stage, model.to(device), step, predict, "student without KD (SigmoidCrossEntropyLoss)", cfg)
 
     if stage == "stage1":
         extra = {"topk": switches.topk} if switches.regions == "topk" else {}
@@ -83,7 +86,7 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
         def step(m, b):
             return _loss_sum(m(b.data, label_roi=b.label_roi), ["loss_euclid"])
 
-        return Task(stage, model.to(device), step, None, "KD stage 1 (feature-level) " + switches.describe())
+        return Task(stage, model.to(device), step, None, "KD stage 1 (feature-level) " + switches.describe(), cfg)
 
     model = KDStage2(cfg, kd_loss=switches.kd_loss, teacher=switches.teacher)
 
@@ -93,4 +96,53 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
     def predict(m, b):
         return m.student.predict(b.data), None
 
-    return Task(stage, model.to(device), step, predict, "KD stage 2 (prediction-level) " + switches.describe())
+    return Task(stage, model.to(device), step, predict, "KD stage 2 (prediction-level) " + switches.describe(),
+                cfg)
+
+
+def build_prototxt_task(path: str, device: str, source: Optional[str] = None, root_folder: str = "",
+                        batch_size: Optional[int] = None):
+    """(Task, HumanAttDataConfig) for a Caffe net: a CaffeNet in phase TRAIN whose objective
+    (sum of loss_weight x loss tops) is minimised, fed by its HumanAttData layer's settings;
+    source / root_folder / batch_size override the layer's."""
+    from mlic.caffe import CaffeNet
+    from mlic.data import HumanAttDataConfig
+
+    if not os.path.isfile(path):
+        raise UserInputError(f"--prototxt: {path} does not exist")
+    try:
+        net = CaffeNet(path, "TRAIN")
+    except (ValueError, RuntimeError) as e:
+        raise UserInputError(f"--prototxt: {e}") from None
+    data_layers = [lp for lp in net.layer_params if lp.type == "HumanAttData"]
+    if len(data_layers) != 1 or len(data_layers[0].top) != 2:
+        raise UserInputError(f"--prototxt {path}: training needs exactly one HumanAttData layer (tops: data, "
+                             f"label_roi) in phase TRAIN; found {len(data_layers)}")
+    if not net.loss_tops:
+        raise UserInputError(f"--prototxt {path}: the net has no loss (no top with a loss_weight) in phase TRAIN")
+    lp = data_layers[0]
+    overrides = {}
+    if source:
+        overrides["source"] = source
+    if root_folder:
+        overrides["root_folder"] = root_folder
+    if batch_size:
+        overrides["batch_size"] = batch_size
+    try:
+        data = HumanAttDataConfig.from_layer(lp, **overrides)
+    except (ValueError, TypeError) as e:
+        raise UserInputError(f"--prototxt {path}: layer '{lp.name}': {e}") from None
+    if not data.source:
+        raise UserInputError(f"--prototxt {path}: layer '{lp.name}' names no source; give --datalist")
+    if not os.path.isabs(data.source) and not os.path.isfile(data.source):
+        near = os.path.join(os.path.dirname(os.path.abspath(path)), data.source)
+        if os.path.isfile(near):
+            data = replace(data, source=near)
+    top_data, top_label = lp.top
+
+    def step(m, b):
+        m(**{top_data: b.data, top_label: b.label_roi})
+        return {"loss": m.objective}
+
+    describe = f"{path} (net '{net.name}', losses {dict(net.loss_tops)})"
+    return Task("prototxt", net.to(device), step, None, describe), data

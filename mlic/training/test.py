@@ -1,17 +1,19 @@
-"""Testing behind tools/test.py: per-image scores, SPEC section 6 metrics, pictures."""
+"""Testing: `evaluate(cfg)` (per-image scores, SPEC section 6 metrics, pictures) and
+tools/test.py's command line, which maps its flags onto an EvalConfig."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
-from mlic.training.train import BGR_MEAN, RELEASED_SCALES
+from mlic.errors import UserInputError
+from mlic.training.cli import run_tool
+from mlic.training.config import BGR_MEAN, RELEASED_SCALES, EvalConfig
 
 log = logging.getLogger("mlic.test")
 
@@ -23,14 +25,14 @@ def load_trained(weights: str, device: str = "cpu"):
 
     path = Path(weights)
     if not path.is_file():
-        raise SystemExit(f"--weights: {path} does not exist")
+        raise UserInputError(f"--weights: {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "meta" not in state or "model" not in state:
-        raise SystemExit(f"--weights: {path} is not a checkpoint written by tools/train.py (no 'meta'/'model')")
+        raise UserInputError(f"--weights: {path} is not a checkpoint written by tools/train.py (no 'meta'/'model')")
     meta = state["meta"]
     if meta.get("prototxt") or not meta.get("net"):
-        raise SystemExit(f"--weights: {path} was trained with --prototxt {meta.get('prototxt')}; this tool tests the "
-                         "method's stages (--stage); load its 'model' state dict into mlic.caffe.CaffeNet instead")
+        raise UserInputError(f"--weights: {path} was trained with --prototxt {meta.get('prototxt')}; this tool "
+                             "tests the method's stages (--stage); load its 'model' state dict into mlic.caffe.CaffeNet instead")
     net = dict(meta["net"])
     for k in ("body",):
         if k in net and isinstance(net[k], list):
@@ -55,7 +57,7 @@ def predict_dataset(task, dataset, batch_size: int, device: str, scales=(1.0,), 
     """Image probabilities [I, C] averaged over the given scales (and their mirrored
     copies when `mirror`), and the single-scale region scores [I, B, C] (teacher) or None."""
     if task.predict is None:
-        raise SystemExit(f"stage {task.stage} has no classifier to test (test the stage-2 or student weights)")
+        raise UserInputError(f"stage {task.stage} has no classifier to test (test the stage-2 or student weights)")
     views = [(s, False) for s in scales] + ([(s, True) for s in scales] if mirror else [])
     total, regions, labels = None, None, None
     with torch.no_grad():
@@ -86,73 +88,90 @@ def gt_from_synthetic(path: str, num_images: int):
         labs = [o["class"] if isinstance(o["class"], int) else classes.index(o["class"]) for o in img["objects"]]
         out.append({"boxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4), "labels": np.asarray(labs)})
     if len(out) != num_images:
-        raise SystemExit(f"--gt: {path} describes {len(out)} images, the datalist has {num_images}")
+        raise UserInputError(f"--gt: {path} describes {len(out)} images, the datalist has {num_images}")
     return out, classes
 
 
-def run_test(args) -> Dict[str, float]:
+def evaluate(cfg: EvalConfig) -> Dict[str, float]:
+    """Test trained weights on a datalist; returns the metrics (also written to
+    <out>/metrics.json with the per-image scores when cfg.out is set)."""
     from mlic.data import HumanAttDataConfig, HumanAttDataset, read_datalist
     from mlic.evaluation import evaluate_detection, evaluate_multilabel, save_scores
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    task, meta = load_trained(args.weights, device)
+    cfg.validate()
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    task, meta = load_trained(cfg.weights, device)
     net = meta["net"]
-    dl = read_datalist(args.datalist, att_num=net["num_classes"], bbox_num=net["num_rois"],
-                       root_folder=args.root_folder)
+    class_names = read_class_names(cfg.class_names) if cfg.class_names else None
+    dl = read_datalist(cfg.datalist, att_num=net["num_classes"], bbox_num=net["num_rois"],
+                       root_folder=cfg.root_folder)
     size = net["input_size"]
-    cfg = HumanAttDataConfig(source=args.datalist, root_folder=args.root_folder, batch_size=args.batch_size,
-                             new_width=size, new_height=size, att_num=dl.att_num, bbox_num=dl.bbox_num,
-                             mean_values=BGR_MEAN, scale=meta.get("input_scale", 1.0))
-    dataset = HumanAttDataset(dl, cfg)
-    scales = RELEASED_SCALES if args.multiscale else (1.0,)
-    scores, labels, regions = predict_dataset(task, dataset, args.batch_size, device, scales, args.multiscale)
-    class_names = None
-    if args.class_names:
-        class_names = [l.strip() for l in Path(args.class_names).read_text().splitlines() if l.strip()]
+    data_cfg = HumanAttDataConfig(source=cfg.datalist, root_folder=cfg.root_folder, batch_size=cfg.batch_size,
+                                  new_width=size, new_height=size, att_num=dl.att_num, bbox_num=dl.bbox_num,
+                                  mean_values=BGR_MEAN, scale=meta.get("input_scale", 1.0))
+    dataset = HumanAttDataset(dl, data_cfg)
+    scales = RELEASED_SCALES if cfg.multiscale else (1.0,)
+    scores, labels, regions = predict_dataset(task, dataset, cfg.batch_size, device, scales, cfg.multiscale)
     rep = evaluate_multilabel(scores, labels, class_names=class_names)
     result = {"stage": meta["stage"], "images": int(scores.shape[0]),
-              "test": "multi-scale + mirror" if args.multiscale else "single forward", **rep.to_dict()}
-    print(f"== {meta['stage']} on {args.datalist} ({result['test']}, {scores.shape[0]} images)")
+              "test": "multi-scale + mirror" if cfg.multiscale else "single forward", **rep.to_dict()}
+    print(f"== {meta['stage']} on {cfg.datalist} ({result['test']}, {scores.shape[0]} images)")
     print(rep.format_table(per_class=True))
-    if regions is not None and args.gt:
-        gt, gt_classes = gt_from_synthetic(args.gt, scores.shape[0])
+    if regions is not None and cfg.gt:
+        gt, gt_classes = gt_from_synthetic(cfg.gt, scores.shape[0])
         boxes = [dl.boxes[i][:, :4] for i in range(len(dl))] if hasattr(dl, "boxes") else None
         if boxes is None:
             boxes = [np.asarray(dataset.load_batch([i]).boxes[0, :, :4]) for i in range(len(dl))]
         det = evaluate_detection(list(regions), boxes, gt, class_names=class_names or gt_classes)
         result.update(det.to_dict())
         print(det.format_table(per_class=True))
-    out = Path(args.out) if args.out else None
-    if out:
+    if cfg.out:
+        out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         paths = [dl.paths[i] for i in range(len(dl))] if hasattr(dl, "paths") else [str(i) for i in range(len(dl))]
         save_scores(out / "scores.csv", paths, scores, labels, class_names)
         (out / "metrics.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-        if args.figures:
+        if cfg.figures:
             from mlic.visualization import plot_pr_curves
 
             plot_pr_curves(scores, labels, out / "pr_curves.png", class_names=class_names)
-        print(f"scores, metrics{' and figures' if args.figures else ''} written to {out}")
+        print(f"scores, metrics{' and figures' if cfg.figures else ''} written to {out}")
     return result
 
 
+def read_class_names(path: str):
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"--class-names: cannot read {path} ({getattr(exc, 'strerror', None) or exc})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def add_test_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--weights", required=True, help="final.pt or a checkpoint written by tools/train.py")
-    p.add_argument("--datalist", required=True)
-    p.add_argument("--root-folder", default="")
+    p.add_argument("--weights", help="final.pt or a checkpoint written by tools/train.py (required)")
+    p.add_argument("--datalist", help="test datalist (image labels... x1 y1 x2 y2 s ...; required)")
+    p.add_argument("--root-folder", default="", help="prefix of the image paths (Caffe's root_folder)")
     p.add_argument("--out", help="folder for scores.csv, metrics.json and figures")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward")
     p.add_argument("--multiscale", action="store_true",
                    help="teacher: fuse the 5 training scales and their mirrors (default: one forward at 672)")
     p.add_argument("--gt", help="ground-truth boxes (gt_<split>.json of the synthetic benchmark) for CorLoc/det AP")
     p.add_argument("--class-names", help="text file, one class name per line")
     p.add_argument("--figures", action="store_true", help="write precision-recall curves")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     return p
 
 
+def config_from_args(args) -> EvalConfig:
+    return EvalConfig(weights=args.weights, datalist=args.datalist, root_folder=args.root_folder, out=args.out,
+                      batch_size=args.batch_size, multiscale=args.multiscale, gt=args.gt,
+                      class_names=args.class_names, figures=args.figures, device=args.device,
+                      progress=not args.quiet)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    """tools/test.py: 0 on success, 2 for bad input (one sentence on stderr)."""
     args = add_test_arguments(argparse.ArgumentParser(description="Test a trained stage.")).parse_args(argv)
-    run_test(args)
-    return 0
+    return run_tool("test.py", lambda: evaluate(config_from_args(args)), debug=args.debug)

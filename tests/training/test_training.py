@@ -2,7 +2,6 @@
 tools/test.py and the demo pipeline."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -64,15 +63,72 @@ def test_training_moves_weights_and_logs_the_switches(tiny_data, tmp_path):
     assert ck["meta"]["stage"] == "wsddn" and ck["meta"]["switches"]["teacher"] == "caffe-decay"
 
 
-def test_bad_arguments_name_the_problem(tiny_data, tmp_path):
+def run_main(main, argv, capsys):
+    """(exit status, stderr) of a tool's main()."""
+    capsys.readouterr()
+    rc = main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_bad_arguments_name_the_problem(tiny_data, tmp_path, capsys):
     from mlic.training.train import main
 
-    with pytest.raises(SystemExit, match="--teacher"):
-        main(train_args(tiny_data, tmp_path / "s1", stage="stage1"))
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(train_args(tiny_data, tmp_path / "w", extra=["--weights", str(tmp_path / "missing.caffemodel")]))
-    with pytest.raises(SystemExit, match="--scales"):
-        main(train_args(tiny_data, tmp_path / "x")[:-1] + ["1.0,abc"])
+    rc, err = run_main(main, train_args(tiny_data, tmp_path / "s1", stage="stage1"), capsys)
+    assert rc == 2 and "train.py: error: --stage stage1 needs --teacher" in err and "Traceback" not in err
+    rc, err = run_main(main, train_args(tiny_data, tmp_path / "w", extra=["--weights",
+                                                                        str(tmp_path / "missing.caffemodel")]), capsys)
+    assert rc == 2 and "missing.caffemodel does not exist" in err
+    rc, err = run_main(main, train_args(tiny_data, tmp_path / "x")[:-1] + ["1.0,abc"], capsys)
+    assert rc == 2 and "--scales" in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_keeps_the_traceback(tiny_data, tmp_path, capsys):
+    from mlic.training.train import main
+
+    rc, err = run_main(main, train_args(tiny_data, tmp_path / "s1", stage="stage1") + ["--debug"], capsys)
+    assert rc == 2 and "Traceback" in err and "UserInputError" in err and "needs --teacher" in err.splitlines()[-1]
+
+
+def test_library_api_trains_and_evaluates_like_the_tools(tiny_data, tmp_path):
+    """train(cfg) / evaluate(cfg) return the final weights' path and the metrics, and give
+    the same weights and metrics as the command line with the matching flags."""
+    from prototxt_ports import NetConfig
+    from mlic.training import DataConfig, EvalConfig, RunConfig, SolverConfig, TrainConfig, evaluate, train
+    from mlic.training.test import main as test_main
+    from mlic.training.train import main
+
+    assert main(train_args(tiny_data, tmp_path / "cli", iters=3)) == 0
+    cfg = TrainConfig(
+        stage="wsddn", out=str(tmp_path / "api"),
+        net=NetConfig(input_size=64, student_size=32, pooled_size=1, width=0.0625, fc_dim=16),
+        data=DataConfig(train=tiny_data["train"], root_folder=tiny_data["root_folder"], batch_size=4),
+        solver=SolverConfig(base_lr=0.01, max_iter=3),
+        run=RunConfig(seed=5, checkpoint_period=2, tensorboard=False, progress=False))
+    final = train(cfg)
+    assert final == tmp_path / "api" / "final.pt"
+    a, b = final_state(tmp_path / "cli"), final_state(tmp_path / "api")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = evaluate(EvalConfig(weights=str(final), datalist=tiny_data["test"],
+                                  root_folder=tiny_data["root_folder"], progress=False))
+    assert metrics["images"] == 6 and 0.0 <= metrics["mAP"] <= 1.0
+    assert test_main(["--weights", str(tmp_path / "cli" / "final.pt"), "--datalist", tiny_data["test"],
+                      "--root-folder", tiny_data["root_folder"], "--out", str(tmp_path / "res"), "--quiet"]) == 0
+    cli_metrics = json.loads((tmp_path / "res" / "metrics.json").read_text())
+    assert cli_metrics["mAP"] == pytest.approx(metrics["mAP"], abs=0, rel=0)
+
+
+def test_library_api_raises_instead_of_exiting(tiny_data, tmp_path):
+    from mlic.training import DataConfig, TrainConfig, UserInputError, train
+
+    with pytest.raises(UserInputError, match="needs --teacher"):
+        train(TrainConfig(stage="stage2", out=str(tmp_path), data=DataConfig(train=tiny_data["train"])))
+    with pytest.raises(UserInputError, match="--out is required"):
+        train(TrainConfig(stage="wsddn", data=DataConfig(train=tiny_data["train"])))
+    with pytest.raises(UserInputError, match="num_classes is 7 but the datalist"):
+        from prototxt_ports import NetConfig
+
+        train(TrainConfig(stage="wsddn", out=str(tmp_path), net=NetConfig(num_classes=7),
+                          data=DataConfig(train=tiny_data["train"], root_folder=tiny_data["root_folder"])))
 
 
 def _free_port():
@@ -133,6 +189,7 @@ def test_demo_smoke_runs_end_to_end(tmp_path):
 
 def test_lr_mult_overrides_the_released_multipliers():
     from prototxt_ports.config import RELEASED_MULTIPLIERS
+    from mlic.errors import UserInputError
     from mlic.training.train import parse_lr_mults
 
     m = parse_lr_mults(["head=1", "fc=0.5,0", "temperature=0"])
@@ -141,7 +198,7 @@ def test_lr_mult_overrides_the_released_multipliers():
     assert m["temperature"] == ((0.0, 0.0),)
     assert m["conv"] == RELEASED_MULTIPLIERS["conv"] and RELEASED_MULTIPLIERS["head"][0] == (10.0, 10.0)
     for bad in ("head", "nope=1", "head=x", "head=-1", "head=1,2,3", "region_sum=1", "head=nan"):
-        with pytest.raises(SystemExit, match="--lr-mult"):
+        with pytest.raises(UserInputError, match="--lr-mult"):
             parse_lr_mults([bad])
 
 
@@ -158,11 +215,11 @@ def test_lr_mult_reaches_the_solver(tiny_data, tmp_path):
     assert not torch.equal(first["conv1_1.weight"], second["conv1_1.weight"])
 
 
-def test_max_iter_zero_is_refused(tiny_data, tmp_path):
+def test_max_iter_zero_is_refused(tiny_data, tmp_path, capsys):
     from mlic.training.train import main
 
-    with pytest.raises(SystemExit, match="--max-iter must be at least 1"):
-        main(train_args(tiny_data, tmp_path / "t", iters=0))
+    rc, err = run_main(main, train_args(tiny_data, tmp_path / "t", iters=0), capsys)
+    assert rc == 2 and "--max-iter must be at least 1" in err
 
 
 def test_kd_stage_takes_classifier_weights_into_the_student(tiny_data, tmp_path):
@@ -229,15 +286,15 @@ def test_prototxt_training_runs_a_caffe_net(tiny_data, tmp_path):
     assert "tiny.prototxt" in (out / "train.log").read_text()
 
 
-def test_prototxt_errors_name_the_problem(tiny_data, tmp_path):
+def test_prototxt_errors_name_the_problem(tiny_data, tmp_path, capsys):
     from mlic.training.train import main
 
-    with pytest.raises(SystemExit, match="exclude each other"):
-        main(["--prototxt", "x.prototxt", "--stage", "wsddn", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(["--prototxt", str(tmp_path / "nope.prototxt"), "--out", str(tmp_path)])
+    rc, err = run_main(main, ["--prototxt", "x.prototxt", "--stage", "wsddn", "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "exclude each other" in err
+    rc, err = run_main(main, ["--prototxt", str(tmp_path / "nope.prototxt"), "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "does not exist" in err
     proto = tmp_path / "noloss.prototxt"
     proto.write_text(TINY_PROTOTXT.replace("SOURCE", tiny_data["train"]).replace("ROOT", tiny_data["root_folder"])
                      .replace(" loss_weight: 1", " loss_weight: 0"))
-    with pytest.raises(SystemExit, match="no loss"):
-        main(["--prototxt", str(proto), "--out", str(tmp_path / "o")])
+    rc, err = run_main(main, ["--prototxt", str(proto), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "no loss" in err

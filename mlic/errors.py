@@ -1,0 +1,11 @@
+"""The project's one user-error type.
+
+Library code raises; the tools' ``main()`` turns a :class:`UserInputError` (and the
+other ValueErrors that name a user's file: datalists, prototxts, caffemodels) into one
+sentence on stderr and exit status 2.
+"""
+
+
+class UserInputError(ValueError):
+    """Bad input from the user (a flag, a config field, a file): the message is one
+    sentence naming the argument or file and what is wrong with it."""

@@ -1,0 +1,46 @@
+"""What the tools' main() share: console logging, and bad input as one sentence with exit
+status 2 (the traceback only with --debug)."""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from typing import Callable
+
+from mlic.caffe.errors import CaffeError
+from mlic.data.builders import DatasetFormatError
+from mlic.data.datalist import DatalistError
+from mlic.engine import distributed as D
+from mlic.errors import UserInputError
+
+# The errors whose message is a sentence about the user's input (a flag or a file).
+USER_ERRORS = (UserInputError, CaffeError, DatalistError, DatasetFormatError)
+EXIT_USER_ERROR = 2
+
+
+def setup_console_logging() -> None:
+    """INFO lines of the mlic loggers on stderr (once per process)."""
+    logger = logging.getLogger("mlic")
+    if not any(getattr(h, "_mlic_console", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        handler._mlic_console = True
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO)
+
+
+def run_tool(prog: str, fn: Callable[[], object], debug: bool = False) -> int:
+    """Runs `fn` as a tool's body: 0 when it returns, 2 with one sentence on stderr when it
+    raises a user error (and its traceback first with `debug`)."""
+    setup_console_logging()
+    try:
+        fn()
+        return 0
+    except USER_ERRORS as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        D.cleanup()
