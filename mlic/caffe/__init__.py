@@ -9,8 +9,9 @@ modules, weight conversion, and comparison against recorded Caffe outputs.
     load_caffemodel(net, path) / save_caffemodel(net, path)      # by layer name, shape-checked
     caffemodel_to_param_dict(path) / load_param_dict(net, d)     # {'layer/i': tensor}
 
-    from mlic.solver import CaffeSGD, Solver                     # Caffe SGD semantics
+    from mlic.solver import CaffeSGD                             # Caffe SGD semantics
     opt = CaffeSGD(net.param_groups(), base_lr=5e-5, momentum=0.9, weight_decay=5e-4)
+    from mlic.engine.caffe_solver import Solver                  # a solver.prototxt, run by the loop
 
     from mlic.caffe.compare import compare_case                  # tools/compare_caffe.py
 """

@@ -225,7 +225,7 @@ def _run_standard(z, prefix: str, case_path: Path, res: CaseResult, phase, caffe
 def _run_solver(z, case_path: Path, res: CaseResult, device):
     from mlic.caffe.net import CaffeNet
     from mlic.caffe.weights import load_param_dict
-    from mlic.solver import Solver
+    from mlic.engine.caffe_solver import Solver  # the one training loop lives in mlic.engine
 
     net = CaffeNet(_str(z["prototxt"]), "TRAIN").to(_device(device))
     pkeys = {k[6:]: torch.from_numpy(np.ascontiguousarray(z[k])) for k in z.files if k.startswith("param/")}

@@ -43,7 +43,7 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, solver, batches: Callable[[int], Iterator], step_fn: Callable,
-                 max_iter: int, out_dir: str, iter_size: int = 1, hooks: Iterable[HookBase] = (),
+                 max_iter: int, out_dir: Optional[str], iter_size: int = 1, hooks: Iterable[HookBase] = (),
                  images_per_batch: int = 1, log: Callable[[str], None] = print, amp: bool = False,
                  device: str = "cpu", meta: Optional[dict] = None):
         if iter_size < 1:
