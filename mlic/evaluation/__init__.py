@@ -2,6 +2,7 @@
 and per-image score files (SPEC section 6)."""
 from mlic.evaluation.classification import (  # noqa: F401
     AP_MODES,
+    TIE_POLICIES,
     MultiLabelReport,
     ThresholdMetrics,
     average_precision,
@@ -10,6 +11,8 @@ from mlic.evaluation.classification import (  # noqa: F401
     precision_recall_at_ranks,
     predictions,
     threshold_metrics,
+    tie_warning,
+    tied_fraction,
 )
 from mlic.evaluation.detection import (  # noqa: F401
     DetectionReport,

@@ -9,15 +9,22 @@ G bools (optional)}`` or the tuple ``(boxes, labels[, difficult])``.
 
 - Detection AP, per class: each image's regions scored by ``s[r, c]`` go through
   greedy NMS at 0.4 (a region is dropped when its IoU with a kept, higher-scoring one
-  is > 0.4); the survivors of all images are ranked by score (stable: ties keep image
-  then region order) and matched greedily: a detection is a true positive when its
-  best-overlapping ground-truth box of the class has IoU >= 0.5 and was not matched
-  before; if that box is difficult the detection is ignored. Recall is over the
-  non-difficult boxes; AP is VOC all-point by default.
+  is > 0.4; among equal scores the earlier region goes first, i.e. the proposal source's
+  order); the survivors of all images are ranked by score and matched greedily: a
+  detection is a true positive when its best-overlapping ground-truth box of the class
+  has IoU >= 0.5 and was not matched before; if that box is difficult the detection is
+  ignored. Recall is over the non-difficult boxes; AP is VOC all-point by default.
+  Detections with equal scores form one threshold (``ties="group"``, the default): the
+  number of true positives in a tied group does not depend on the order inside it (each
+  detection can only take its own best box), so the AP does not depend on the order of
+  the images either. ``ties="input-order"`` ranks ties by image, then region order.
 - CorLoc, per class: over the images holding a non-difficult box of the class, the
-  fraction whose top-scoring region (first one on ties) has IoU >= 0.5 with any box
-  of the class (difficult ones included). ``corloc`` is the mean over classes with at
-  least one such image; ``corloc_overall`` pools all (image, class) pairs.
+  fraction whose top-scoring region has IoU >= 0.5 with any box of the class (difficult
+  ones included). When several regions share the top score, the image counts the
+  fraction of them that hit (``ties="group"``: the expected CorLoc when the tie is broken
+  at random, independent of the region order); ``ties="input-order"`` takes the first.
+  ``corloc`` is the mean over classes with at least one such image; ``corloc_overall``
+  pools all (image, class) pairs.
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mlic.evaluation._checks import check_finite, to_numpy
-from mlic.evaluation.classification import AP_MODES, ap_from_ranked
+from mlic.evaluation.classification import AP_MODES, _check_ties, ap_from_ranked
 
 
 def box_area(boxes) -> np.ndarray:
@@ -129,23 +136,27 @@ def _inputs(region_scores, boxes, gt):
     return scores, regions, gts, num_classes
 
 
-def corloc(region_scores, boxes, gt, iou_threshold: float = 0.5):
+def corloc(region_scores, boxes, gt, iou_threshold: float = 0.5, ties: str = "group"):
     """``(mean CorLoc over classes, per-class CorLoc (NaN without positives), overall fraction)``."""
+    _check_ties(ties)
     scores, regions, gts, num_classes = _inputs(region_scores, boxes, gt)
-    return _corloc(scores, regions, gts, num_classes, iou_threshold)
+    return _corloc(scores, regions, gts, num_classes, iou_threshold, ties)
 
 
-def _corloc(scores, regions, gts, num_classes, iou_threshold):
-    hits = np.zeros(num_classes, dtype=np.int64)
+def _corloc(scores, regions, gts, num_classes, iou_threshold, ties="group"):
+    hits = np.zeros(num_classes, dtype=np.float64)
     positives = np.zeros(num_classes, dtype=np.int64)
     for s, b, (gb, gl, gd) in zip(scores, regions, gts):
         for c in np.unique(gl[~gd]):
             positives[c] += 1
             if len(b) == 0:
                 continue
-            top = int(np.argmax(s[:, c]))  # first maximum on ties
-            if (box_iou(b[top:top + 1], gb[gl == c])[0] >= iou_threshold).any():
-                hits[c] += 1
+            if ties == "group":
+                top = np.flatnonzero(s[:, c] == s[:, c].max())
+            else:
+                top = np.argmax(s[:, c])[None]  # first maximum
+            hit = (box_iou(b[top], gb[gl == c]) >= iou_threshold).any(axis=1)
+            hits[c] += hit.mean()
     per_class = np.full(num_classes, np.nan)
     np.divide(hits, positives, out=per_class, where=positives > 0)
     valid = positives > 0
@@ -155,10 +166,11 @@ def _corloc(scores, regions, gts, num_classes, iou_threshold):
 
 
 def detection_average_precision(region_scores, boxes, gt, nms_threshold: float = 0.4,
-                                iou_threshold: float = 0.5, mode: str = "voc"):
+                                iou_threshold: float = 0.5, mode: str = "voc", ties: str = "group"):
     """``(mAP, per-class AP (NaN for classes without non-difficult boxes), excluded classes)``."""
+    _check_ties(ties)
     scores, regions, gts, num_classes = _inputs(region_scores, boxes, gt)
-    return _detection_ap(scores, regions, gts, num_classes, nms_threshold, iou_threshold, mode)
+    return _detection_ap(scores, regions, gts, num_classes, nms_threshold, iou_threshold, mode, ties)
 
 
 def _match_image(det_boxes, gt_boxes, gt_difficult, iou_threshold):
@@ -181,7 +193,7 @@ def _match_image(det_boxes, gt_boxes, gt_difficult, iou_threshold):
     return out
 
 
-def _detection_ap(scores, regions, gts, num_classes, nms_threshold, iou_threshold, mode):
+def _detection_ap(scores, regions, gts, num_classes, nms_threshold, iou_threshold, mode, ties="group"):
     if mode not in AP_MODES:
         raise ValueError(f"mode: expected one of {AP_MODES}, got {mode!r}")
     det_score = [[] for _ in range(num_classes)]
@@ -204,9 +216,11 @@ def _detection_ap(scores, regions, gts, num_classes, nms_threshold, iou_threshol
             ap[c] = 0.0
             continue
         flags = np.concatenate(det_flag[c])
-        order = np.argsort(-np.concatenate(det_score[c]), kind="stable")
-        ranked = flags[order]
-        ap[c] = ap_from_ranked(ranked[ranked >= 0] == 1, int(npos[c]), mode)
+        sc = np.concatenate(det_score[c])
+        order = np.argsort(-sc, kind="stable")
+        kept = flags[order] >= 0  # ignored detections (difficult boxes) leave the ranking
+        ranked, ranked_s = flags[order][kept], sc[order][kept]
+        ap[c] = ap_from_ranked(ranked == 1, int(npos[c]), mode, ranked_s if ties == "group" else None)
     valid = ~np.isnan(ap)
     return (float(ap[valid].mean()) if valid.any() else float("nan")), ap, np.flatnonzero(~valid).tolist()
 
@@ -226,6 +240,7 @@ class DetectionReport:
     iou_threshold: float = 0.5
     ap_mode: str = "voc"
     class_names: Optional[list] = field(default=None)
+    ties: str = "group"
 
     def _name(self, c: int) -> str:
         return self.class_names[c] if self.class_names else str(c)
@@ -258,15 +273,17 @@ class DetectionReport:
 
 def evaluate_detection(region_scores: Sequence, boxes: Sequence, gt: Sequence, nms_threshold: float = 0.4,
                        iou_threshold: float = 0.5, ap_mode: str = "voc",
-                       class_names: Optional[Sequence[str]] = None) -> DetectionReport:
+                       class_names: Optional[Sequence[str]] = None, ties: str = "group") -> DetectionReport:
     """CorLoc and detection AP from per-image region scores (R_i x C), boxes (R_i x 4, extra columns
     such as a proposal score are ignored) and ground truth (see the module docstring)."""
+    _check_ties(ties)
     scores, regions, gts, num_classes = _inputs(region_scores, boxes, gt)
     if class_names is not None:
         class_names = [str(n) for n in class_names]
         if len(class_names) != num_classes:
             raise ValueError(f"class_names: {len(class_names)} names for {num_classes} classes")
-    cl_mean, cl_per_class, cl_overall = _corloc(scores, regions, gts, num_classes, iou_threshold)
-    m, ap, excluded = _detection_ap(scores, regions, gts, num_classes, nms_threshold, iou_threshold, ap_mode)
+    cl_mean, cl_per_class, cl_overall = _corloc(scores, regions, gts, num_classes, iou_threshold, ties)
+    m, ap, excluded = _detection_ap(scores, regions, gts, num_classes, nms_threshold, iou_threshold, ap_mode,
+                                    ties)
     return DetectionReport(cl_mean, cl_per_class, cl_overall, m, ap, excluded, len(scores), nms_threshold,
-                           iou_threshold, ap_mode, class_names)
+                           iou_threshold, ap_mode, class_names, ties)

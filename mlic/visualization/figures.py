@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from mlic.evaluation._checks import check_finite, scores_and_labels, to_numpy
-from mlic.evaluation.classification import ap_from_ranked, precision_recall_at_ranks
+from mlic.evaluation.classification import average_precision, precision_recall_at_ranks
 
 CORRECT = "#1f4fd8"  # blue
 WRONG = "#d62728"  # red
@@ -143,8 +143,8 @@ def plot_pr_curves(scores, labels, out_path, class_names: Optional[Sequence[str]
     ``classes``: indices or names to draw; by default the first ``max_classes`` classes
     that have a positive. The overall panel pools all (image, class) pairs (micro
     average) and its title also gives the mAP over the classes with positives. Each
-    panel's title gives its AP (``ap_mode``); curves use the stable-sort ranking of
-    ``mlic.evaluation``.
+    panel's title gives its AP (``ap_mode``); curves treat tied scores as one
+    threshold, as ``mlic.evaluation`` does.
     """
     s, y = scores_and_labels(scores, labels)
     n_cls = s.shape[1]
@@ -159,10 +159,7 @@ def plot_pr_curves(scores, labels, out_path, class_names: Optional[Sequence[str]
     ncols = max(1, min(ncols, panels))
     nrows = math.ceil(panels / ncols)
     fig = Figure(figsize=(2.6 * ncols, 2.5 * nrows), dpi=100)
-    aps = []
-    for c in range(n_cls):
-        order = np.argsort(-s[:, c], kind="stable")
-        aps.append(ap_from_ranked(y[order, c], int(y[:, c].sum()), ap_mode))
+    aps = list(average_precision(s, y, ap_mode))
     m = float(np.nanmean(aps))
 
     def panel(k, sc, lab, title):
@@ -186,7 +183,7 @@ def plot_pr_curves(scores, labels, out_path, class_names: Optional[Sequence[str]
         ap = aps[c]
         panel(k, s[:, c], y[:, c], f"{names[c]}  AP {100 * ap:.1f}" if not np.isnan(ap) else names[c])
     flat_s, flat_y = s.reshape(-1), y.reshape(-1)
-    micro = ap_from_ranked(flat_y[np.argsort(-flat_s, kind="stable")], int(flat_y.sum()), ap_mode)
+    micro = average_precision(flat_s, flat_y, ap_mode)
     panel(len(chosen), flat_s, flat_y, f"overall  AP {100 * micro:.1f} / mAP {100 * m:.1f}")
     fig.tight_layout()
     return _save(fig, out_path)

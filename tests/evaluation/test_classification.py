@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from mlic.evaluation import (
     average_precision,
@@ -12,6 +12,7 @@ from mlic.evaluation import (
     mean_average_precision,
     precision_recall_at_ranks,
     threshold_metrics,
+    tied_fraction,
 )
 
 
@@ -81,14 +82,84 @@ def test_ap_hand_computed():
     assert average_precision(s4, [1, 0, 0, 1], mode="voc11") == pytest.approx(8.5 / 11)
 
 
-def test_ties_keep_input_order():
+def test_ties_in_input_order_only_as_the_named_option():
     # stable descending sort: of two equal scores the earlier image ranks first
-    assert average_precision([0.5, 0.5], [0, 1]) == pytest.approx(0.5)
-    assert average_precision([0.5, 0.5], [1, 0]) == pytest.approx(1.0)
-    prec, rec, order = precision_recall_at_ranks([0.2, 0.7, 0.7, 0.1], [0, 0, 1, 1])
+    assert average_precision([0.5, 0.5], [0, 1], ties="input-order") == pytest.approx(0.5)
+    assert average_precision([0.5, 0.5], [1, 0], ties="input-order") == pytest.approx(1.0)
+    prec, rec, order = precision_recall_at_ranks([0.2, 0.7, 0.7, 0.1], [0, 0, 1, 1], ties="input-order")
     assert order.tolist() == [1, 2, 0, 3]
     np.testing.assert_allclose(prec, [0, 1 / 2, 1 / 3, 2 / 4])
     np.testing.assert_allclose(rec, [0, 1 / 2, 1 / 2, 1])
+    # by default the tied pair is one threshold: one point for both ranks
+    prec, rec, _ = precision_recall_at_ranks([0.2, 0.7, 0.7, 0.1], [0, 0, 1, 1])
+    np.testing.assert_allclose(prec, [1 / 2, 1 / 3, 2 / 4])
+    np.testing.assert_allclose(rec, [1 / 2, 1 / 2, 1])
+    assert average_precision([0.5, 0.5], [0, 1]) == average_precision([0.5, 0.5], [1, 0]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="ties"):
+        average_precision([0.5, 0.5], [0, 1], ties="random")
+
+
+@pytest.mark.parametrize("mode", ["standard", "voc", "voc11"])
+def test_constant_scores_give_the_positive_rate(mode):
+    # a model that outputs the same score for every image ranks nothing: every threshold
+    # retrieves all images, so the precision is the class's positive rate whatever the order
+    y = np.zeros((20, 3), int)
+    y[[0, 1, 2], 0] = 1      # positives first in the list: input order would give AP 1
+    y[[17, 18, 19], 1] = 1   # positives last
+    y[::2, 2] = 1
+    for value in (0.0, 0.3, 1.0):
+        ap = average_precision(np.full((20, 3), value), y, mode)
+        np.testing.assert_allclose(ap, y.mean(0), rtol=0, atol=1e-12)
+    assert average_precision(np.zeros((20, 3)), y, mode, ties="input-order")[0] == pytest.approx(1.0)
+
+
+def test_a_dead_model_gets_no_credit_from_the_list_order():
+    # all scores 0 except one class: mAP is the mean positive rate over the tied classes
+    rng = np.random.default_rng(0)
+    y = (rng.random((50, 4)) < 0.2).astype(int)
+    y[0] = 1
+    s = np.zeros((50, 4))
+    m, ap, _ = mean_average_precision(s, y)
+    assert m == pytest.approx(y.mean(0).mean())
+    perm = rng.permutation(50)
+    assert mean_average_precision(s[perm], y[perm])[0] == pytest.approx(m, abs=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grouped_ap_equals_sklearn_with_heavy_ties(seed):
+    rng = np.random.default_rng(seed)
+    n, c = 80, 6
+    s = np.round(rng.random((n, c)), 1)  # 11 distinct values: most scores are tied
+    s[:, 0] = 0.5                         # a class where everything is tied
+    s[:, 1] = np.round(s[:, 1] * 2) / 2   # three values
+    y = (rng.random((n, c)) < 0.3).astype(int)
+    y[0] = 1
+    ap = average_precision(s, y)
+    expected = [average_precision_score(y[:, k], s[:, k]) for k in range(c)]
+    np.testing.assert_allclose(ap, expected, rtol=0, atol=1e-12)
+    # the same after shuffling the images: grouping makes AP independent of the order
+    perm = rng.permutation(n)
+    np.testing.assert_allclose(average_precision(s[perm], y[perm]), expected, rtol=0, atol=1e-12)
+    # VOC all-point on the thresholds scikit-learn's precision-recall curve gives
+    for k in range(c):
+        p, r, _ = precision_recall_curve(y[:, k], s[:, k])
+        p, r = p[:-1][::-1], r[:-1][::-1]  # drop the (1, 0) end point, ascending recall
+        envelope = [max(p[j:]) for j in range(len(p))]
+        voc = sum((r[j] - (r[j - 1] if j else 0.0)) * envelope[j] for j in range(len(p)))
+        assert average_precision(s[:, k], y[:, k], mode="voc") == pytest.approx(voc, abs=1e-12)
+
+
+def test_tied_fraction():
+    assert tied_fraction(np.array([[0.1, 0.5], [0.2, 0.6], [0.3, 0.7]])) == 0.0
+    # column 0: 0.1 0.1 0.3 -> 2 tied; column 1: 0.5 0.5 0.5 -> 3 tied; 5 of 6
+    assert tied_fraction(np.array([[0.1, 0.5], [0.1, 0.5], [0.3, 0.5]])) == pytest.approx(5 / 6)
+    # ties across classes do not count: each image's classes are ranked separately
+    assert tied_fraction(np.array([[0.1, 0.1], [0.2, 0.2]])) == 0.0
+    assert tied_fraction(np.array([[0.1, 0.1], [0.2, 0.2]]), axis=1) == 1.0
+    r = evaluate_multilabel(np.zeros((4, 2)), [[1, 0], [0, 1], [0, 0], [1, 1]])
+    assert r.tied_fraction == 1.0
+    assert "100.0% of the scores are tied" in r.format_table()
+    assert r.mAP == pytest.approx(0.5)
 
 
 def test_class_without_positives_is_excluded_from_map():
@@ -247,3 +318,11 @@ def test_bad_inputs():
         evaluate_multilabel(S, Y, class_names=["a"])
     with pytest.raises(ValueError, match="scores: expected numbers"):
         evaluate_multilabel(np.array([["a", "b"]]), [[0, 1]])
+
+
+def test_tie_warning_above_the_threshold():
+    from mlic.evaluation.classification import TIE_WARNING_SHARE, tie_warning
+
+    assert tie_warning(TIE_WARNING_SHARE) is None
+    msg = tie_warning(0.25, "region scores")
+    assert msg.startswith("25.0% of the region scores are tied")

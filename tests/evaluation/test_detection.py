@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score
 
 from mlic.evaluation import box_iou, corloc, detection_average_precision, evaluate_detection, nms
 
@@ -109,9 +110,11 @@ GT = [
 #
 # Detection AP (NMS 0.4: only image 2 has overlapping regions, IoU 0.5 -> its lower one goes):
 #  class 0 detections by score: i1r1 .9 FP (0.25), i0r0 .8 TP, i1r0 .7 FP, i1r2 .3 TP,
-#   i2r0 .3 TP (tie: image 1 first), i0r1 .2 FP; npos 3
+#   i2r0 .3 TP (tied with i1r2), i0r1 .2 FP; npos 3
 #   precision 0, 1/2, 1/3, 1/2, 3/5, 1/2 ; recall 0, 1/3, 1/3, 2/3, 1, 1
-#   envelope 3/5 at each recall step -> VOC AP 3/5; non-interpolated (1/2 + 1/2 + 3/5)/3
+#   envelope 3/5 at each recall step -> VOC AP 3/5; non-interpolated: the two tied true
+#   positives form one threshold (precision 3/5 at its end) -> (1/2 + 3/5 + 3/5)/3, or
+#   (1/2 + 1/2 + 3/5)/3 with ties in input order
 #  class 1: i0r1 .9 FP (no box in image 0), i1r0 .6 TP, i2r0 .5 TP, i1r2 .2 FP, i0r0 .1 FP, i1r1 .1 FP
 #   precision 0, 1/2, 2/3, ... ; recall 0, 1/2, 1 -> VOC AP 2/3
 #  mAP (3/5 + 2/3)/2
@@ -130,6 +133,8 @@ def test_detection_ap_hand_computed():
     assert m == pytest.approx((3 / 5 + 2 / 3) / 2)
     assert excluded == []
     _, ap_std, _ = detection_average_precision(SCORES, BOXES, GT, mode="standard")
+    assert ap_std[0] == pytest.approx((1 / 2 + 3 / 5 + 3 / 5) / 3)
+    _, ap_std, _ = detection_average_precision(SCORES, BOXES, GT, mode="standard", ties="input-order")
     assert ap_std[0] == pytest.approx((1 / 2 + 1 / 2 + 3 / 5) / 3)
     for c in range(2):
         assert ap[c] == pytest.approx(_devkit_ap(SCORES, BOXES, [_norm(g) for g in GT], c))
@@ -192,8 +197,7 @@ def test_class_without_boxes_is_excluded():
     assert r.corloc == pytest.approx(r.corloc_per_class[0])
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_matches_devkit_loop_on_random_data(seed):
+def _random_case(seed):
     rng = np.random.default_rng(seed)
     n_img, n_cls = 6, 3
     scores, boxes, gt = [], [], []
@@ -210,7 +214,37 @@ def test_matches_devkit_loop_on_random_data(seed):
         b[:, 2:] = np.maximum(b[:, 2:], b[:, :2])
         boxes.append(b)
         scores.append(np.round(rng.random((len(b), n_cls)), 1))  # rounding makes ties
-    _, ap, _ = detection_average_precision(scores, boxes, gt)
+    return scores, boxes, gt
+
+
+def _devkit_flags(region_scores, boxes, gt, c, nms_thr=0.4, iou_thr=0.5):
+    """(score, 1 TP / 0 FP) of every non-ignored detection of class c, the devkit's matching."""
+    dets = []
+    for i, (s, b) in enumerate(zip(region_scores, boxes)):
+        for r in _nms_loop(b, list(s[:, c]), nms_thr):
+            dets.append((s[r, c], i, b[r]))
+    dets.sort(key=lambda d: -d[0])
+    used, out = set(), []
+    for score, i, box in dets:
+        g = gt[i]
+        cand, diff = g["boxes"][g["labels"] == c], g["difficult"][g["labels"] == c]
+        ov = box_iou([box], cand)[0] if len(cand) else np.zeros(0)
+        j = int(np.argmax(ov)) if len(ov) else -1
+        if j >= 0 and ov[j] >= iou_thr:
+            if diff[j]:
+                continue
+            out.append((score, int((i, j) not in used)))
+            used.add((i, j))
+        else:
+            out.append((score, 0))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_matches_devkit_loop_on_random_data(seed):
+    n_img, n_cls = 6, 3
+    scores, boxes, gt = _random_case(seed)
+    _, ap, _ = detection_average_precision(scores, boxes, gt, ties="input-order")
     assert np.nanmax(ap) > 0.2  # the case exercises true positives, not only misses
     for c in range(n_cls):
         npos = sum(int(((g["labels"] == c) & ~g["difficult"]).sum()) for g in gt)
@@ -221,6 +255,47 @@ def test_matches_devkit_loop_on_random_data(seed):
     for i in range(n_img):
         for c in range(n_cls):
             assert nms(boxes[i], scores[i][:, c], 0.4).tolist() == _nms_loop(boxes[i], list(scores[i][:, c]), 0.4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_grouped_ties_agree_with_sklearn_and_ignore_the_image_order(seed):
+    # the detections' scores are rounded to one decimal: many are tied. scikit-learn's AP
+    # (tied scores as one threshold) over the devkit's true/false positives, with recall
+    # rescaled from the retrieved positives to all of them, is the non-interpolated AP
+    scores, boxes, gt = _random_case(seed)
+    _, ap, _ = detection_average_precision(scores, boxes, gt, mode="standard")
+    _, ap_voc, _ = detection_average_precision(scores, boxes, gt)
+    for c in range(3):
+        npos = sum(int(((g["labels"] == c) & ~g["difficult"]).sum()) for g in gt)
+        if npos == 0:
+            continue
+        d = _devkit_flags(scores, boxes, gt, c)
+        sc = np.array([x[0] for x in d])
+        tp = np.array([x[1] for x in d])
+        expected = average_precision_score(tp, sc) * tp.sum() / npos if tp.sum() else 0.0
+        assert ap[c] == pytest.approx(expected, abs=1e-12)
+    perm = np.random.default_rng(seed).permutation(len(scores))
+    shuffled = ([scores[i] for i in perm], [boxes[i] for i in perm], [gt[i] for i in perm])
+    for mode, ref in (("standard", ap), ("voc", ap_voc)):
+        np.testing.assert_allclose(detection_average_precision(*shuffled, mode=mode)[1], ref, rtol=0, atol=1e-12)
+
+
+def test_corloc_with_tied_top_regions():
+    # image 0: regions 0 and 2 tie for the top score, only region 2 hits -> counts 1/2;
+    # image 1: all three tie, two hit -> 2/3. With ties in input order the first one decides.
+    boxes = [np.array([[50, 50, 59, 59], [0, 0, 9, 9], [0, 0, 9, 9]], float),
+             np.array([[0, 0, 9, 9], [0, 0, 9, 10], [40, 40, 49, 49]], float)]
+    scores = [np.array([[0.7], [0.2], [0.7]]), np.zeros((3, 1))]
+    gt = [([[0, 0, 9, 9]], [0]), ([[0, 0, 9, 9]], [0])]
+    mean, per_class, overall = corloc(scores, boxes, gt)
+    assert per_class[0] == pytest.approx((1 / 2 + 2 / 3) / 2) and overall == pytest.approx(per_class[0])
+    assert corloc(scores, boxes, gt, ties="input-order")[1][0] == pytest.approx(1 / 2)
+    # reversing the regions of every image does not change the grouped CorLoc
+    rev = corloc([s[::-1] for s in scores], [b[::-1] for b in boxes], gt)
+    assert rev[0] == pytest.approx(mean)
+    assert corloc([s[::-1] for s in scores], [b[::-1] for b in boxes], gt, ties="input-order")[0] == 0.5
+    r = evaluate_detection(scores, boxes, gt)
+    assert r.corloc == pytest.approx(mean) and r.ties == "group"
 
 
 def test_bad_inputs_name_the_argument():
