@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from mlic.data.annotations import GT_FORMAT_HELP
 from mlic.errors import UserInputError
 from mlic.training.cli import run_tool
 from mlic.training.config import BGR_MEAN, RELEASED_SCALES, EvalConfig
@@ -78,25 +79,12 @@ def predict_dataset(task, dataset, batch_size: int, device: str, scales=(1.0,), 
     return (total / len(views)).numpy(), labels.numpy(), None if regions is None else regions.numpy()
 
 
-def gt_from_synthetic(path: str, num_images: int):
-    """Ground truth of a synthetic benchmark split (gt_<split>.json) in evaluate_detection's form."""
-    data = json.loads(Path(path).read_text())
-    classes = data["classes"]
-    out = []
-    for img in data["images"]:
-        boxes = [o["box"] for o in img["objects"]]
-        labs = [o["class"] if isinstance(o["class"], int) else classes.index(o["class"]) for o in img["objects"]]
-        out.append({"boxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4), "labels": np.asarray(labs)})
-    if len(out) != num_images:
-        raise UserInputError(f"--gt: {path} describes {len(out)} images, the datalist has {num_images}")
-    return out, classes
-
-
 def evaluate(cfg: EvalConfig) -> Dict[str, float]:
     """Test trained weights on a datalist; returns the metrics (also written to
     <out>/metrics.json with the per-image scores when cfg.out is set)."""
     from mlic.data import HumanAttDataConfig, HumanAttDataset, read_datalist
-    from mlic.evaluation import evaluate_detection, evaluate_multilabel, save_scores
+    from mlic.data.annotations import read_ground_truth
+    from mlic.evaluation import evaluate_detection, evaluate_multilabel, save_scores, tie_warning, tied_fraction
 
     cfg.validate()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -110,15 +98,23 @@ def evaluate(cfg: EvalConfig) -> Dict[str, float]:
                                   new_width=size, new_height=size, att_num=dl.att_num, bbox_num=dl.bbox_num,
                                   mean_values=BGR_MEAN, scale=meta.get("input_scale", 1.0))
     dataset = HumanAttDataset(dl, data_cfg)
+    # read before the forward passes, so that a bad file fails at once
+    gt = read_ground_truth(cfg.gt, dl, (size, size), class_names, net["num_classes"]) if cfg.gt else None
     scales = RELEASED_SCALES if cfg.multiscale else (1.0,)
     scores, labels, regions = predict_dataset(task, dataset, cfg.batch_size, device, scales, cfg.multiscale)
     rep = evaluate_multilabel(scores, labels, class_names=class_names)
+    warn = tie_warning(rep.tied_fraction)
+    if warn:
+        log.warning(warn)
     result = {"stage": meta["stage"], "images": int(scores.shape[0]),
               "test": "multi-scale + mirror" if cfg.multiscale else "single forward", **rep.to_dict()}
     print(f"== {meta['stage']} on {cfg.datalist} ({result['test']}, {scores.shape[0]} images)")
     print(rep.format_table(per_class=True))
-    if regions is not None and cfg.gt:
-        gt, gt_classes = gt_from_synthetic(cfg.gt, scores.shape[0])
+    if regions is not None and gt is not None:
+        gt_classes = gt.class_names
+        warn = tie_warning(tied_fraction(regions, axis=1), "region scores")
+        if warn:
+            log.warning(warn)
         boxes = [dl.boxes[i][:, :4] for i in range(len(dl))] if hasattr(dl, "boxes") else None
         if boxes is None:
             boxes = [np.asarray(dataset.load_batch([i]).boxes[0, :, :4]) for i in range(len(dl))]
@@ -155,7 +151,7 @@ def add_test_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="images per forward")
     p.add_argument("--multiscale", action="store_true",
                    help="teacher: fuse the 5 training scales and their mirrors (default: one forward at 672)")
-    p.add_argument("--gt", help="ground-truth boxes (gt_<split>.json of the synthetic benchmark) for CorLoc/det AP")
+    p.add_argument("--gt", help="ground-truth boxes for CorLoc and detection AP: " + GT_FORMAT_HELP)
     p.add_argument("--class-names", help="text file, one class name per line")
     p.add_argument("--figures", action="store_true", help="write precision-recall curves")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
