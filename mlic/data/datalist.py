@@ -13,8 +13,10 @@ and the 1-based line number.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
@@ -22,6 +24,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
+log = logging.getLogger("mlic.data")
 
 # A numeric field: a plain decimal number. Python's float() also accepts "nan", "inf" and
 # "1_000", none of which is a finite number to Caffe's stream parsing.
@@ -147,40 +150,9 @@ def _count_hint(tokens: Sequence[str], expected: int) -> str:
     return ""
 
 
-def _infer_layout(tokens: Sequence[str], att_num: Optional[int], bbox_num: Optional[int],
-                  file: str, line: int) -> Tuple[int, int]:
-    n = len(tokens) - 1
-    if att_num is not None and bbox_num is not None:
-        return att_num, bbox_num
-    if att_num is not None:
-        rest = n - att_num
-        if rest < 0 or rest % 5:
-            raise DatalistError(file, line, f"{len(tokens)} fields cannot hold 1 path + {att_num} labels "
-                                f"+ 5 per box (att_num={att_num})" + _count_hint(tokens, 1 + att_num))
-        return att_num, rest // 5
-    if bbox_num is not None:
-        c = n - 5 * bbox_num
-        if c < 0:
-            raise DatalistError(file, line, f"{len(tokens)} fields cannot hold 1 path + labels + "
-                                f"{bbox_num} boxes of 5 values (bbox_num={bbox_num})")
-        return c, bbox_num
-    if n >= 1 and not is_number(tokens[1]):
-        raise DatalistError(file, line, f"field 2 ({tokens[1]!r}) is not a number"
-                            + _count_hint(tokens, 0))
-    # Labels are the leading 0/1 fields and the rest must split into 5-value boxes. Several
-    # label counts can fit when the first box starts with 0/1 fields; the largest is taken
-    # (a box made only of 0/1 fields, i.e. a 1-2 pixel box, is the only way to be wrong).
-    best = None
-    for c in range(0, n + 1):
-        if c > 0 and tokens[c] not in ("0", "1"):
-            break
-        if (n - c) % 5 == 0:
-            best = c
-    if best is None:
-        raise DatalistError(file, line, f"cannot infer att_num/bbox_num from the first line: its {n} "
-                            "numeric fields do not split into leading 0/1 labels and 5 values per box; "
-                            "pass att_num or bbox_num explicitly")
-    return best, (n - best) // 5
+# Box coordinates beyond float32's exactly representable integers cannot be pixel positions;
+# they would overflow the integer arithmetic of RoI pooling and the data layer's transforms.
+COORD_LIMIT = float(2 ** 24)
 
 
 def _bad_token(tokens: Sequence[str], first: int) -> Tuple[int, str]:
@@ -188,6 +160,45 @@ def _bad_token(tokens: Sequence[str], first: int) -> Tuple[int, str]:
         if not is_number(tokens[j]):
             return j, tokens[j]
     return -1, ""
+
+
+def _field_name(j: int, att_num: Optional[int]) -> str:
+    if att_num is None:
+        return "a label or box value"
+    if j <= att_num:
+        return f"label {j}"
+    k, r = divmod(j - att_num - 1, 5)
+    return f"box {k + 1} {('x1', 'y1', 'x2', 'y2', 'score')[r]}"
+
+
+def _numbers(tokens: Sequence[str], att_num: Optional[int], expected: Optional[int], file: str, line: int
+             ) -> np.ndarray:
+    """The numeric fields of a tokenised line as float64, each checked to be a plain decimal
+    number that is finite in float32."""
+    rest = tokens[1:]
+    if rest and not _NUMBER_LIST.match(" ".join(rest)):
+        j, tok = _bad_token(tokens, 1)
+        hint = _count_hint(tokens, expected if expected is not None else 0) if (expected is not None or j == 1) else ""
+        raise DatalistError(file, line, f"field {j + 1} ({_field_name(j, att_num)}) is not a number: {tok!r}" + hint)
+    values = np.array(rest, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(values.astype(np.float32))
+    if not finite.all():
+        j = int(np.argmin(finite)) + 1
+        raise DatalistError(file, line, f"field {j + 1} ({_field_name(j, att_num)}) is not a finite "
+                            f"float32 value: {tokens[j]!r}")
+    return values
+
+
+def _leading_01(values: np.ndarray) -> int:
+    """How many leading values are exactly 0 or 1 (labels may be written 1, 1.0 or 1.00)."""
+    other = (values != 0) & (values != 1)
+    return int(np.argmax(other)) if other.any() else len(values)
+
+
+def _boxes_ordered(values: np.ndarray) -> bool:
+    b = values.reshape(-1, 5)
+    return bool(np.all(b[:, 0] <= b[:, 2]) and np.all(b[:, 1] <= b[:, 3]))
 
 
 def parse_line(tokens: Sequence[str], att_num: int, bbox_num: int, file: str, line: int
@@ -198,78 +209,169 @@ def parse_line(tokens: Sequence[str], att_num: int, bbox_num: int, file: str, li
         raise DatalistError(file, line, f"wrong number of fields: {len(tokens)}, expected {expected} "
                             f"(1 path + att_num={att_num} labels + 5 x bbox_num={bbox_num} box values)"
                             + _count_hint(tokens, expected))
-    rest = tokens[1:]
-    if rest and not _NUMBER_LIST.match(" ".join(rest)):
-        j, tok = _bad_token(tokens, 1)
-        raise DatalistError(file, line, f"field {j + 1} ({_field_name(j, att_num)}) is not a number: {tok!r}"
-                            + _count_hint(tokens, expected))
-    values = np.array(rest, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        values32 = values.astype(np.float32)
-    finite = np.isfinite(values32)
-    if not finite.all():
-        j = int(np.argmin(finite)) + 1
-        raise DatalistError(file, line, f"field {j + 1} ({_field_name(j, att_num)}) is not a finite "
-                            f"float32 value: {tokens[j]!r}")
+    values = _numbers(tokens, att_num, expected, file, line)
     labels = values[:att_num]
     bad = (labels != 0) & (labels != 1)
     if bad.any():
         j = int(np.argmax(bad)) + 1
         raise DatalistError(file, line, f"field {j + 1} (label {j}) must be 0 or 1, got {tokens[j]!r}")
-    return labels.astype(np.uint8), values32[att_num:].reshape(bbox_num, 5)
+    _check_coordinates(values[att_num:].reshape(bbox_num, 5), tokens, att_num, file, line)
+    return labels.astype(np.uint8), values[att_num:].astype(np.float32).reshape(bbox_num, 5)
 
 
-def _field_name(j: int, att_num: int) -> str:
-    if j <= att_num:
-        return f"label {j}"
-    k, r = divmod(j - att_num - 1, 5)
-    return f"box {k + 1} {('x1', 'y1', 'x2', 'y2', 'score')[r]}"
+def _check_coordinates(boxes: np.ndarray, tokens: Sequence[str], att_num: int, file: str, line: int) -> None:
+    big = np.abs(boxes[:, :4]) > COORD_LIMIT
+    if big.any():
+        k, r = (int(v) for v in np.argwhere(big)[0])
+        j = 1 + att_num + 5 * k + r
+        raise DatalistError(file, line, f"field {j + 1} ({_field_name(j, att_num)}) is {tokens[j]!r}, beyond "
+                            f"+-{COORD_LIMIT:.0f}: box coordinates are pixel positions in the image frame")
 
 
 def parse_datalist_text(text: str, source: PathLike = "<text>", att_num: Optional[int] = None,
                         bbox_num: Optional[int] = None, root_folder: str = "",
-                        base_dir: Optional[PathLike] = None) -> Datalist:
-    """Parse datalist text (no file checks). Blank lines are skipped; CRLF is accepted."""
+                        base_dir: Optional[PathLike] = None, min_boxes: int = 1) -> Datalist:
+    """Parse datalist text (no file checks). Blank lines are skipped; CRLF is accepted.
+
+    The layout (labels per line C, boxes per line B) comes from ``att_num``/``bbox_num``
+    when given; what is not given is inferred from all lines together (see
+    :func:`read_datalist`) and the inference is logged. ``min_boxes``: fewer boxes per line
+    is an error (the method's nets pool features over each image's proposals).
+    """
     source = str(source)
-    for name, v in (("att_num", att_num), ("bbox_num", bbox_num)):
+    for name, v in (("att_num", att_num), ("bbox_num", bbox_num), ("min_boxes", min_boxes)):
         if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0):
             raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+    if bbox_num is not None and bbox_num < min_boxes:
+        raise ValueError(f"bbox_num={bbox_num} is below min_boxes={min_boxes}")
+    known = att_num is not None and bbox_num is not None
+    expected = 1 + att_num + 5 * bbox_num if known else None
     paths: List[str] = []
-    labels: List[np.ndarray] = []
-    boxes: List[np.ndarray] = []
+    rows: List[np.ndarray] = []   # float32 label and box values of each line
+    leading: List[int] = []       # per line: how many leading values are 0/1
+    votes: List[int] = []         # per line: the label count it reads as (-1: none)
     line_numbers: List[int] = []
-    layout = None
-    for lineno, raw in enumerate(text.split("\n"), start=1):
+    raw_lines = text.split("\n")
+    for lineno, raw in enumerate(raw_lines, start=1):
         tokens = _FIELD.findall(raw)
         if not tokens:
             continue
-        if layout is None:
-            layout = _infer_layout(tokens, att_num, bbox_num, source, lineno)
-        lab, box = parse_line(tokens, layout[0], layout[1], source, lineno)
+        if known:
+            lab, box = parse_line(tokens, att_num, bbox_num, source, lineno)
+            rows.append(np.concatenate([lab.astype(np.float32), box.reshape(-1)]))
+        else:
+            values = _numbers(tokens, att_num, None, source, lineno)
+            lead = _leading_01(values)
+            # the line's own reading: its leading 0/1 fields, as many as leave whole boxes
+            c = lead - ((lead - len(values)) % 5)
+            votes.append(c if c >= 0 and _boxes_ordered(values[c:]) else -1)
+            leading.append(lead)
+            with np.errstate(over="ignore"):
+                rows.append(values.astype(np.float32))
         paths.append(tokens[0])
-        labels.append(lab)
-        boxes.append(box)
         line_numbers.append(lineno)
-    if layout is None:
+    if not rows:
         raise DatalistError(source, None, "the datalist has no entries")
-    c, b = layout
+
+    def tokens_of(i: int) -> List[str]:
+        return _FIELD.findall(raw_lines[line_numbers[i] - 1])
+
+    if known:
+        c, b = att_num, bbox_num
+    else:
+        c, b = _infer(rows, leading, votes, line_numbers, tokens_of, att_num, bbox_num, source)
+        for i, values in enumerate(rows):  # every line against the one layout
+            if len(values) != c + 5 * b or leading[i] < c:
+                parse_line(tokens_of(i), c, b, source, line_numbers[i])  # raises, naming the field
+            if (np.abs(values[c:].reshape(b, 5)[:, :4]) > COORD_LIMIT).any():
+                _check_coordinates(values[c:].reshape(b, 5), tokens_of(i), c, source, line_numbers[i])
+    if b < min_boxes:
+        raise DatalistError(source, line_numbers[0], f"{b} proposal boxes per line (C={c} labels and nothing "
+                            f"after them), at least {min_boxes} needed: the method pools each image's features "
+                            "over its proposals (x1 y1 x2 y2 score after the labels)")
+    table = np.stack(rows)
     return Datalist(
         source=source, root_folder=root_folder, att_num=c, bbox_num=b, paths=paths,
-        labels=np.stack(labels) if labels else np.zeros((0, c), np.uint8),
-        boxes=np.stack(boxes) if boxes else np.zeros((0, b, 5), np.float32),
+        labels=table[:, :c].astype(np.uint8), boxes=np.ascontiguousarray(table[:, c:]).reshape(len(rows), b, 5),
         line_numbers=np.asarray(line_numbers, dtype=np.int64),
         base_dir=None if base_dir is None else os.fspath(base_dir),
     )
 
 
+def _infer(rows, leading, line_votes, line_numbers, tokens_of, att_num, bbox_num, source) -> Tuple[int, int]:
+    """The layout (C, B) of lines whose label count and/or box count is not given.
+
+    The field count is the one most lines have (a line that differs is the error). Without
+    ``att_num`` each line reads as its leading 0/1 fields, as many as leave whole 5-value
+    boxes (the largest such count), provided every box then has x1 <= x2 and y1 <= y2; the
+    count most lines agree on is taken. Refused as ambiguous: lines disagreeing evenly, and a
+    count 5 smaller that fits too when the 5 fields in between are not all 0 (they could be a
+    box of 0/1 values: the format cannot tell).
+    """
+    counts = Counter(len(v) for v in rows)
+    top = max(counts.values())
+    n = next(len(v) for v in rows if counts[len(v)] == top)  # the most common count, first seen on ties
+    first = next(i for i, v in enumerate(rows) if len(v) == n)
+
+    def where(i):
+        return source, line_numbers[i]
+
+    if att_num is not None:
+        if (n - att_num) < 0 or (n - att_num) % 5:
+            raise DatalistError(*where(first), f"{n + 1} fields cannot hold 1 path + {att_num} labels + 5 per "
+                                f"box (att_num={att_num}): {(n - att_num) % 5 if n >= att_num else n - att_num} "
+                                "fields left over" + _count_hint(tokens_of(first), 1 + att_num))
+        return att_num, (n - att_num) // 5
+    if bbox_num is not None:
+        if n - 5 * bbox_num < 0:
+            raise DatalistError(*where(first), f"{n + 1} fields cannot hold 1 path + labels + {bbox_num} boxes "
+                                f"of 5 values (bbox_num={bbox_num})")
+        return n - 5 * bbox_num, bbox_num
+    votes = Counter(c for v, c in zip(rows, line_votes) if len(v) == n and c >= 0)
+    if not votes:
+        L = leading[first]
+        tokens = tokens_of(first)
+        if len(tokens) > 1 and not is_number(tokens[1]):
+            raise DatalistError(*where(first), f"field 2 ({tokens[1]!r}) is not a number" + _count_hint(tokens, 0))
+        raise DatalistError(*where(first), f"cannot infer the label count: {n} numbers after the path; its {L} "
+                            f"leading 0/1 fields (labels) leave {n - L} values, {(n - L) % 5} more than whole "
+                            "boxes of 5, and no other split gives boxes with x1 <= x2 and y1 <= y2 on any line; "
+                            "state the label count (--num-classes, att_num)")
+    ranked = votes.most_common()
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        (c1, k1), (c2, _) = ranked[0], ranked[1]
+        raise DatalistError(source, None, f"cannot infer the label count: as many lines ({k1}) read as {c1} labels "
+                            f"+ {(n - c1) // 5} boxes as read as {c2} labels + {(n - c2) // 5} boxes; state the "
+                            "label count (--num-classes, att_num)")
+    c = ranked[0][0]
+    if c >= 5:
+        block = [v[c - 5:c] for v, L in zip(rows, leading) if len(v) == n and L >= c]
+        block = np.array(block).reshape(-1, 5)
+        if len(block) == len(rows) and _boxes_ordered(block.reshape(-1)) and block.any():
+            raise DatalistError(source, None, f"cannot infer the label count: every line reads as {c} labels + "
+                                f"{(n - c) // 5} boxes or as {c - 5} labels + {(n - c) // 5 + 1} boxes (labels "
+                                f"{c - 4}..{c} could be a first box of 0/1 values); state the label count "
+                                "(--num-classes, att_num)")
+    log.info("%s: no label count given; read as %d labels + %d boxes per line (inferred from %d of %d lines; "
+             "state the label count, e.g. --num-classes %d, to skip the guess)", source, c, (n - c) // 5,
+             ranked[0][1], len(rows), c)
+    return c, (n - c) // 5
+
+
 def read_datalist(source: PathLike, att_num: Optional[int] = None, bbox_num: Optional[int] = None,
                   root_folder: str = "", check_files: str = "construct",
-                  base_dir: Optional[PathLike] = None) -> Datalist:
+                  base_dir: Optional[PathLike] = None, min_boxes: int = 1) -> Datalist:
     """Read a datalist file.
 
-    ``att_num``/``bbox_num``: expected label and box counts; any one left as None is inferred
-    from the first line (and then checked on every line). With both unknown, att_num is the
-    largest number of leading 0/1 fields that leaves a multiple of 5 fields for the boxes.
+    ``att_num``/``bbox_num``: the label and box counts per line. Give the label count
+    whenever it is known (80 for COCO, 81 for NUS-WIDE, a prototxt's ``att_num``): inferring
+    it from the numbers alone is a fallback. What is not given is inferred from all lines
+    (logged): the field count most lines have; without ``att_num``, the count of leading 0/1
+    fields that leaves whole 5-value boxes with x1 <= x2 and y1 <= y2, as most lines read.
+    It is refused when the lines disagree evenly, or when a count 5 smaller fits every line
+    too and the five fields in between are not all 0 (they could be a box of 0/1 values: a
+    line with the same number of fields laid out differently cannot be told apart).
+    Every line must then fit the one layout. ``min_boxes``: fewer boxes per line is an error.
     ``root_folder`` is prepended to every path as a plain string, as Caffe does.
     ``check_files``: ``"construct"`` checks that every image exists now; ``"read"`` defers
     the check to the first read of each image (for huge lists on slow file systems);
@@ -291,7 +393,7 @@ def read_datalist(source: PathLike, att_num: Optional[int] = None, bbox_num: Opt
     except UnicodeDecodeError as exc:
         lineno = raw[: exc.start].count(b"\n") + 1
         raise DatalistError(source, lineno, "line is not valid UTF-8 text") from None
-    dl = parse_datalist_text(text, source, att_num, bbox_num, root_folder, base_dir)
+    dl = parse_datalist_text(text, source, att_num, bbox_num, root_folder, base_dir, min_boxes)
     if check_files == "construct":
         dl.check_files()
     return dl

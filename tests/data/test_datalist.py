@@ -51,14 +51,136 @@ def test_inferred_counts_are_checked_on_every_line():
 
 
 def test_inference_takes_the_largest_label_count():
-    # "1 0 0 1 1" could be 5 labels and no box or 0 labels and one box: the labels win
-    assert (parse_datalist_text("i.png 1 0 0 1 1\n").att_num, parse_datalist_text("i.png 1 0 0 1 1\n").bbox_num) \
-        == (5, 0)
+    # "1 0 0 1 1" could be 5 labels and no box or 0 labels and one box (x1 = 1 > x2 = 0): the labels win
+    dl = parse_datalist_text("i.png 1 0 0 1 1\n", min_boxes=0)
+    assert (dl.att_num, dl.bbox_num) == (5, 0)
     dl = parse_datalist_text("i.png 1 0 1 0 1 0 1 0 0 1 0 0 5 6 0.5\n")  # 10 labels, first box starts "0 0"
     assert (dl.att_num, dl.bbox_num) == (10, 1)
     assert parse_datalist_text("i.png 1 0 0 1 1\n", att_num=0).bbox_num == 1
-    with pytest.raises(DatalistError, match="pass att_num or bbox_num"):
+    with pytest.raises(DatalistError, match="0 proposal boxes per line"):
+        parse_datalist_text("i.png 1 0 0 1 1\n")
+    with pytest.raises(DatalistError, match=r"cannot infer the label count: .* state the label count"):
         parse_datalist_text("i.png 2 3 4\n")
+
+
+def _lines(rng, n_lines, att, boxes, extra="", labels=None):
+    """Datalist lines with realistic proposals (x1 < x2, y1 < y2 in a 672 frame, scores in (0, 1))."""
+    out = []
+    for k in range(n_lines):
+        lab = labels[k] if labels is not None else rng.integers(0, 2, att)
+        xy = rng.uniform(0, 500, (boxes, 2))
+        b = np.concatenate([xy, xy + rng.uniform(5, 170, (boxes, 2)), rng.uniform(0.01, 1, (boxes, 1))], 1)
+        out.append(f"img{k}.jpg " + " ".join(str(int(v)) for v in lab) + " "
+                   + " ".join(f"{v:.2f}" for v in b.reshape(-1)) + extra + "\n")
+    return out
+
+
+def test_three_stray_numbers_on_every_line_are_an_error_not_a_layout():
+    rng = np.random.default_rng(0)
+    text = "".join(_lines(rng, 6, 4, 5, extra=" 7 8 9"))
+    with pytest.raises(DatalistError, match="3 more than whole boxes of 5") as e:
+        parse_datalist_text(text, "l.txt")
+    assert e.value.line == 1 and "state the label count (--num-classes, att_num)" in str(e.value)
+    with pytest.raises(DatalistError, match="att_num=4\\): 3 fields left over"):
+        parse_datalist_text(text, "l.txt", att_num=4)
+    with pytest.raises(DatalistError, match="wrong number of fields: 33, expected 30"):
+        parse_datalist_text(text, "l.txt", att_num=4, bbox_num=5)
+
+
+def test_labels_written_as_decimals_are_read_as_labels():
+    rng = np.random.default_rng(1)
+    lines = _lines(rng, 4, 3, 2)
+    text = "".join(ln.replace(" 1 ", " 1.0 ").replace(" 0 ", " 0.0 ") for ln in lines)
+    assert " 1.0 " in text or " 0.0 " in text
+    dl = parse_datalist_text(text)
+    ref = parse_datalist_text("".join(lines))
+    assert (dl.att_num, dl.bbox_num) == (3, 2)
+    np.testing.assert_array_equal(dl.labels, ref.labels)
+    np.testing.assert_array_equal(dl.boxes, ref.boxes)
+
+
+def test_a_first_box_of_0_1_values():
+    rng = np.random.default_rng(2)
+    lines = _lines(rng, 5, 4, 3, labels=[[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1], [1, 0, 0, 1]])
+    toks = lines[2].split()
+    lines[2] = " ".join(toks[:5] + ["0", "0", "1", "1", "1"] + toks[10:]) + "\n"  # a 2 x 2 box, score 1
+    dl = parse_datalist_text("".join(lines))  # the other lines decide: 4 labels
+    assert (dl.att_num, dl.bbox_num) == (4, 3)
+    np.testing.assert_array_equal(dl.boxes[2, 0], [0, 0, 1, 1, 1])
+    # on every line it cannot be told from 9 labels + 2 boxes: refused, unless the count is given
+    every = [" ".join(ln.split()[:5] + ["0", "0", "1", "1", "1"] + ln.split()[10:]) + "\n" for ln in lines]
+    with pytest.raises(DatalistError, match="every line reads as 9 labels \\+ 2 boxes or as 4 labels \\+ 3 boxes"):
+        parse_datalist_text("".join(every))
+    assert parse_datalist_text("".join(every), att_num=4).bbox_num == 3
+
+
+def test_sparse_trailing_labels_are_not_taken_for_a_box():
+    # 80 labels, the last ones 0 on every line: 75 labels + a box (0, 0, 0, 0, 0) fits too,
+    # but an all-zero block is read as labels
+    rng = np.random.default_rng(3)
+    labels = (rng.random((8, 80)) < 0.1).astype(int)
+    labels[:, 70:] = 0
+    dl = parse_datalist_text("".join(_lines(rng, 8, 80, 4, labels=labels)))
+    assert (dl.att_num, dl.bbox_num) == (80, 4)
+    np.testing.assert_array_equal(dl.labels, labels)
+
+
+def test_inference_is_logged(caplog):
+    rng = np.random.default_rng(4)
+    with caplog.at_level("INFO", logger="mlic.data"):
+        parse_datalist_text("".join(_lines(rng, 3, 4, 2)), "x.txt")
+    assert "x.txt: no label count given; read as 4 labels + 2 boxes per line (inferred from 3 of 3 lines" \
+        in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mlic.data"):
+        parse_datalist_text("".join(_lines(rng, 3, 4, 2)), "x.txt", att_num=4)
+    assert "inferred" not in caplog.text
+
+
+@pytest.mark.parametrize("bad_line", [1, 4])
+def test_errors_blame_the_odd_line_not_the_first(bad_line):
+    rng = np.random.default_rng(5)
+    lines = _lines(rng, 6, 4, 3)
+    toks = lines[bad_line - 1].split()
+    lines[bad_line - 1] = " ".join(toks[:3] + ["2"] + toks[4:]) + "\n"  # label 3 = 2
+    with pytest.raises(DatalistError, match=r"field 4 \(label 3\) must be 0 or 1, got '2'") as e:
+        parse_datalist_text("".join(lines), "l.txt")
+    assert e.value.line == bad_line
+    lines = _lines(rng, 6, 4, 3)
+    lines[bad_line - 1] = lines[bad_line - 1].rstrip("\n") + " 0.5\n"  # one field too many
+    with pytest.raises(DatalistError, match="wrong number of fields: 21, expected 20") as e:
+        parse_datalist_text("".join(lines), "l.txt")
+    assert e.value.line == bad_line
+
+
+def test_lines_disagreeing_evenly_are_ambiguous():
+    rng = np.random.default_rng(6)
+    a = _lines(rng, 2, 4, 3)
+    b = [" ".join(ln.split()[:5] + ["1", "0", "0", "1", "1"] + ln.split()[10:]) + "\n" for ln in _lines(rng, 2, 4, 3)]
+    # lines a read as 4 labels + 3 boxes; lines b (box 1 of 0/1 values, x1 > x2 as a box) as 9 + 2
+    with pytest.raises(DatalistError, match=r"as many lines \(2\) read as (4|9) labels"):
+        parse_datalist_text("".join(a + b))
+
+
+@pytest.mark.parametrize("counts", [(4, 3), (4, None), (None, None)])
+def test_coordinates_beyond_float32_integers_name_the_line(counts):
+    rng = np.random.default_rng(7)
+    lines = _lines(rng, 4, 4, 3)
+    toks = lines[2].split()
+    toks[1 + 4 + 5 + 2] = "1e12"  # box 2 x2
+    lines[2] = " ".join(toks) + "\n"
+    with pytest.raises(DatalistError, match=r"field 13 \(box 2 x2\) is '1e12', beyond \+-16777216") as e:
+        parse_datalist_text("".join(lines), "l.txt", att_num=counts[0], bbox_num=counts[1])
+    assert e.value.line == 3
+
+
+def test_zero_boxes_are_an_error_naming_the_list():
+    with pytest.raises(DatalistError, match="0 proposal boxes per line") as e:
+        parse_datalist_text("a.jpg 1 0 1\nb.jpg 0 0 1\n", "l.txt", att_num=3)
+    assert e.value.line == 1
+    assert parse_datalist_text("a.jpg 1 0 1\n", att_num=3, min_boxes=0).bbox_num == 0
+    with pytest.raises(ValueError, match="bbox_num=0 is below min_boxes=1"):
+        parse_datalist_text("a.jpg 1 0 1\n", att_num=3, bbox_num=0)
 
 
 def test_given_counts_that_do_not_fit():
@@ -191,7 +313,7 @@ def test_fuzz_lines(tokens, counts):
     line = " ".join(["img.png"] + tokens)
     text = "ok.png " + " ".join(["1"] * att + ["1", "2", "3", "4", "0.5"] * box) + "\n" + line + "\n"
     try:
-        dl = parse_datalist_text(text, "f.txt", att_num=att, bbox_num=box)
+        dl = parse_datalist_text(text, "f.txt", att_num=att, bbox_num=box, min_boxes=0)
     except DatalistError as e:
         assert e.file == "f.txt" and e.line in (None, 2)
         fields = re.findall(r"[^ \t\r\f\v\n]+", line)
@@ -209,7 +331,7 @@ def test_fuzz_lines(tokens, counts):
 @given(st.text(max_size=120))
 def test_fuzz_whole_text_with_inference(text):
     try:
-        dl = parse_datalist_text(text, "f.txt")
+        dl = parse_datalist_text(text, "f.txt", min_boxes=0)
     except DatalistError:
         return
     assert dl.labels.shape == (len(dl), dl.att_num)
