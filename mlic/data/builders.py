@@ -13,12 +13,26 @@ With fewer than B boxes the list is padded according to ``pad``:
 - ``"zero"``: whole-frame boxes with score 0 (their score-scaled RoI features are 0).
 
 An image with no proposal at all gets whole-frame boxes with score 1 (``"zero"``: 0).
-A source without scores (selective search) gives every box the score 1.
+
+Scores matter: the released nets' RoI pooling multiplies each proposal's pooled features by
+its score (``score_scale * s + score_bias`` with 1 and 0), so a proposal's score scales
+what the detector sees of it. Edge Boxes and precomputed files bring their own scores.
+Selective search has none; it gets a score from its rank (``SS_SCORES``): ``"rank"`` (the
+default) gives the proposal of 0-based rank r the score ``(B - r) / B`` for B =
+``bbox_num`` (1, 1 - 1/B, ..., 1/B: features of later proposals are damped linearly, as a
+ranked objectness score would), ``"one"`` gives every box 1 (all proposals weigh the same).
+
+:func:`build_datalist` works through the images with several processes, can take one
+contiguous shard of them (so that machines can split a data set and the shards' lists
+concatenate into the whole list), and resumes an interrupted run: finished lines are kept in
+``OUT.partial`` (with the settings in ``OUT.partial.json``) until the list is complete.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +45,11 @@ PAD_CHOICES = ("repeat", "whole", "zero")
 
 
 class DatasetFormatError(ValueError):
-    """An annotation or proposal file does not have the expected layout."""
+    """An annotation, image or proposal file cannot be used (missing or not of the expected layout)."""
+
+
+STRUCTURED_EDGE_MODEL_URL = "https://github.com/opencv/opencv_extra/raw/master/testdata/cv/ximgproc/model.yml.gz"
+SS_SCORES = ("rank", "one")
 
 
 @dataclass
@@ -65,7 +83,7 @@ def coco_multilabels(instances_json: str, image_prefix: str = "", drop_empty: bo
     from pycocotools.coco import COCO
 
     if not os.path.isfile(instances_json):
-        raise FileNotFoundError(f"COCO instances file not found: {instances_json}")
+        raise DatasetFormatError(f"COCO instances file not found: {instances_json}")
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             coco = COCO(instances_json)
@@ -101,7 +119,7 @@ def coco_multilabels(instances_json: str, image_prefix: str = "", drop_empty: bo
 
 def _read_lines(path: Path) -> List[str]:
     if not path.is_file():
-        raise FileNotFoundError(f"NUS-WIDE file not found: {path}")
+        raise DatasetFormatError(f"NUS-WIDE file not found: {path}")
     return [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
 
 
@@ -146,7 +164,7 @@ def nuswide_multilabels(root: str, split: str = "train", image_prefix: str = "",
     elif all_dir.is_dir():
         concepts = sorted(p.name[len("Labels_"):-len(".txt")] for p in all_dir.glob("Labels_*.txt"))
     else:
-        raise FileNotFoundError(f"NUS-WIDE: neither {cfile} nor {all_dir} exists")
+        raise DatasetFormatError(f"NUS-WIDE: neither {cfile} nor {all_dir} exists")
     if not concepts:
         raise DatasetFormatError(f"NUS-WIDE under {root}: no concepts found")
     if split == "all":
@@ -245,7 +263,7 @@ class PrecomputedProposals:
     def __init__(self, path: str, order: Optional[str] = None, one_based: Optional[bool] = None):
         self.path = str(path)
         if not os.path.isfile(self.path):
-            raise FileNotFoundError(f"proposal file not found: {self.path}")
+            raise DatasetFormatError(f"proposal file not found: {self.path}")
         ext = os.path.splitext(self.path)[1].lower()
         if ext == ".mat":
             names, boxes, scores = self._load_mat()
@@ -313,9 +331,17 @@ class PrecomputedProposals:
         for k in (key, os.path.basename(key), os.path.splitext(os.path.basename(key))[0]):
             if k in self.table:
                 return self.table[k]
-        raise KeyError(f"{self.path}: no proposals for image {key!r}")
+        raise DatasetFormatError(f"{self.path}: no proposals for image {key!r}")
 
     needs_image = False
+
+    def describe(self) -> dict:
+        return {"source": "precomputed", "file": _file_id(self.path)}
+
+
+def _file_id(path: str) -> dict:
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def save_proposals_npz(path: str, names: Sequence[str], boxes: Sequence[np.ndarray],
@@ -348,21 +374,29 @@ def edge_boxes_from_edges(edges: np.ndarray, orientation: np.ndarray, max_boxes:
 class EdgeBoxesProposals:
     """Edge Boxes (cv2.ximgproc) on the structured-edge map of the image.
 
-    ``model_path``: the structured edge detection model (``model.yml.gz`` of OpenCV's
-    ximgproc samples); it is not shipped, so it must be supplied.
+    ``model_path``: the structured edge detection model, ``model.yml.gz`` from OpenCV's
+    opencv_extra repository (``testdata/cv/ximgproc/model.yml.gz``,
+    :data:`STRUCTURED_EDGE_MODEL_URL`); the OpenCV wheels do not ship it.
     """
 
     needs_image = True
 
     def __init__(self, model_path: str, max_boxes: int = 500, alpha: float = 0.65, beta: float = 0.75):
         if not model_path or not os.path.isfile(model_path):
-            raise FileNotFoundError(
-                f"Edge Boxes needs a structured edge detection model file (model.yml.gz from OpenCV's "
-                f"ximgproc samples), not found: {model_path!r}; pass its path, or use precomputed "
-                f"proposals or selective search instead")
+            raise DatasetFormatError(
+                f"--edgeboxes-model: {model_path!r} not found; Edge Boxes needs OpenCV's structured edge "
+                f"model model.yml.gz, which the OpenCV wheels do not ship: get it from OpenCV's opencv_extra "
+                f"repository, testdata/cv/ximgproc/model.yml.gz ({STRUCTURED_EDGE_MODEL_URL})")
         self.model_path = model_path
         self.max_boxes, self.alpha, self.beta = max_boxes, alpha, beta
         self._sed = None
+
+    def describe(self) -> dict:
+        return {"source": "edgeboxes", "model": _file_id(self.model_path), "max_boxes": self.max_boxes,
+                "alpha": self.alpha, "beta": self.beta}
+
+    def __getstate__(self):  # the OpenCV detector does not pickle; workers make their own
+        return dict(self.__dict__, _sed=None)
 
     def __call__(self, key: str, image_path: str, image: Optional[np.ndarray] = None):
         if self._sed is None:
@@ -374,19 +408,52 @@ class EdgeBoxesProposals:
         return edge_boxes_from_edges(edges, orient, self.max_boxes, self.alpha, self.beta)
 
 
-class SelectiveSearchProposals:
-    """OpenCV's selective search (no scores: every box scores 1, source order kept).
+def _c_srand():
+    """libc's ``srand``: OpenCV's selective search ranks its regions with C's ``rand()``."""
+    import ctypes
+    import ctypes.util
 
-    ``max_side``: the image is first shrunk so its longer side is at most this (speed);
-    boxes are returned in the original image's frame.
+    for name in (None, ctypes.util.find_library("c"), "msvcrt"):
+        try:
+            return ctypes.CDLL(name).srand
+        except (OSError, AttributeError, TypeError):
+            continue
+    return None
+
+
+class SelectiveSearchProposals:
+    """OpenCV's selective search, boxes in its rank order, scored from the rank.
+
+    OpenCV ranks the regions with C's process-wide ``rand()``; it is reseeded with
+    ``srand(1)`` (C's initial state) before each image, so an image's proposals do not
+    depend on which images the process handled before (nor on the number of workers).
+
+    ``score``: ``"rank"`` gives rank r (0-based) the score ``(num - r) / num`` and drops
+    ranks >= ``num`` (the number of boxes a line keeps, ``bbox_num``); ``"one"`` gives every
+    box 1. ``max_side``: the image is first shrunk so its longer side is at most this
+    (speed); boxes are returned in the original image's frame.
     """
 
     needs_image = True
 
-    def __init__(self, mode: str = "fast", max_side: int = 500):
+    def __init__(self, mode: str = "fast", max_side: int = 500, score: str = "rank", num: int = 500):
         if mode not in ("fast", "quality", "single"):
             raise ValueError(f"mode must be 'fast', 'quality' or 'single', got {mode!r}")
-        self.mode, self.max_side = mode, int(max_side)
+        if score not in SS_SCORES:
+            raise ValueError(f"score must be one of {SS_SCORES}, got {score!r}")
+        if int(num) < 1:
+            raise ValueError(f"num must be >= 1, got {num!r}")
+        self.mode, self.max_side, self.score, self.num = mode, int(max_side), score, int(num)
+
+    def describe(self) -> dict:
+        return {"source": "selective-search", "mode": self.mode, "max_side": self.max_side, "score": self.score,
+                "num": self.num}
+
+    def scores(self, count: int) -> np.ndarray:
+        """The scores of ranks 0..count-1."""
+        if self.score == "one":
+            return np.ones(count)
+        return (self.num - np.arange(count)) / self.num
 
     def __call__(self, key: str, image_path: str, image: Optional[np.ndarray] = None):
         h, w = image.shape[:2]
@@ -395,13 +462,20 @@ class SelectiveSearchProposals:
             if f < 1 else image
         ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
         ss.setBaseImage(small)
+        srand = _c_srand()
+        if srand is None:
+            raise RuntimeError("cannot reach C's srand(): selective search's ranking would depend on the "
+                               "images processed before")
+        srand(1)
         {"fast": ss.switchToSelectiveSearchFast, "quality": ss.switchToSelectiveSearchQuality,
          "single": ss.switchToSingleStrategy}[self.mode]()
         rects = np.asarray(ss.process(), dtype=np.float64).reshape(-1, 4)
         fx, fy = w / small.shape[1], h / small.shape[0]
         boxes = np.stack([rects[:, 0] * fx, rects[:, 1] * fy, (rects[:, 0] + rects[:, 2]) * fx - 1,
                           (rects[:, 1] + rects[:, 3]) * fy - 1], 1)
-        return boxes, None
+        if self.score == "rank":
+            boxes = boxes[: self.num]
+        return boxes, self.scores(len(boxes))
 
 
 # --------------------------------------------------------------------------------------
@@ -420,46 +494,223 @@ def format_line(path: str, labels: Sequence[int], boxes: np.ndarray, decimals: i
     return " ".join(parts)
 
 
+def shard_bounds(n: int, shard: Tuple[int, int]) -> Tuple[int, int]:
+    """``[start, stop)`` of shard ``(index, count)`` (0-based index) of n images: contiguous
+    blocks in list order, so the shards' lists concatenate into the whole list."""
+    i, k = int(shard[0]), int(shard[1])
+    if k < 1 or not 0 <= i < k:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+    return n * i // k, n * (i + 1) // k
+
+
+def _labelset_digest(labelset: MultiLabelSet) -> str:
+    h = hashlib.sha1()
+    for k, p in enumerate(labelset.paths):
+        key = labelset.keys[k] if labelset.keys is not None else p
+        h.update(f"{p}\0{key}\0".encode())
+    h.update(np.ascontiguousarray(labelset.labels, dtype=np.uint8).tobytes())
+    if labelset.sizes is not None:
+        h.update(np.asarray(labelset.sizes, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(source, image_root: str) -> None:
+    # one OpenCV thread per process: the processes already use the cores
+    cv2.setNumThreads(1)
+    _WORKER.update(source=source, image_root=image_root)
+
+
+def _image_job(job):
+    """In a worker (or inline): read the image when needed -> (size, proposals or None)."""
+    path, key, size, read = job
+    source, root = _WORKER.get("source"), _WORKER.get("image_root", "")
+    image = None
+    if read:
+        full = os.path.join(root, path) if root else path
+        image = cv2.imread(full, cv2.IMREAD_COLOR)
+        if image is None:
+            why = "not found" if not os.path.isfile(full) else "cannot be decoded"
+            raise DatasetFormatError(f"image {full!r} {why} (it is read for its proposals or its size; "
+                                     "--image-root locates the images)")
+        size = (image.shape[1], image.shape[0])
+    result = source(key, path, image) if source is not None else None
+    return size, result
+
+
+def _resume_state(partial: Path, meta_path: Path, meta: dict, expected_paths: Sequence[str], restart: bool) -> int:
+    """Lines already done in ``partial`` (0 when starting afresh); truncates a torn last line."""
+    if restart or not partial.exists():
+        for p in (partial, meta_path):
+            if p.exists():
+                p.unlink()
+        return 0
+    try:
+        old = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        old = None
+    if old != meta:
+        diff = sorted(k for k in set(meta) | set(old or {}) if (old or {}).get(k) != meta.get(k))
+        raise DatasetFormatError(f"{partial}: an unfinished list written with other settings "
+                                 f"({', '.join(diff) if old else 'no readable ' + meta_path.name}); "
+                                 "remove it or pass --restart to start over")
+    data = partial.read_bytes()
+    end = data.rfind(b"\n") + 1  # a line torn by the interruption is redone
+    if end < len(data):
+        with open(partial, "r+b") as f:
+            f.truncate(end)
+    lines = data[:end].decode("utf-8").splitlines()
+    if len(lines) > len(expected_paths):
+        raise DatasetFormatError(f"{partial}: {len(lines)} lines, more than the {len(expected_paths)} to write; "
+                                 "remove it or pass --restart")
+    for k, line in enumerate(lines):
+        if line.split(" ", 1)[0] != expected_paths[k]:
+            raise DatasetFormatError(f"{partial}:{k + 1}: expected image {expected_paths[k]!r}, found "
+                                     f"{line.split(' ', 1)[0]!r}; remove it or pass --restart")
+    return len(lines)
+
+
 def build_datalist(labelset: MultiLabelSet, out_path: str, *, bbox_num: int, new_width: int, new_height: int,
                    proposals: Optional[Callable] = None, image_root: str = "", pad: str = "repeat",
-                   decimals: int = 2, progress: Optional[Callable[[int, int], None]] = None) -> int:
+                   decimals: int = 2, progress: Optional[Callable[[int, int], None]] = None, workers: int = 0,
+                   shard: Tuple[int, int] = (0, 1), restart: bool = False) -> int:
     """Write the datalist for ``labelset`` with ``bbox_num`` proposals per image.
 
     ``proposals``: a :class:`PrecomputedProposals`, :class:`EdgeBoxesProposals`,
     :class:`SelectiveSearchProposals` (or any callable ``(key, image_path, image) ->
-    (boxes xyxy [K, 4] in the original image, scores or None)``); None only with bbox_num 0.
-    ``image_root`` locates images (to read them, or their size when the labels do not
-    carry it). Returns the number of lines written.
+    (boxes xyxy [K, 4] in the original image, scores or None)`` with a ``needs_image``
+    attribute; it must pickle when ``workers`` > 1). ``image_root`` locates images (to
+    read them, or their size when the labels do not carry it).
+    ``workers``: processes that read images and compute proposals (0 or 1: this process).
+    ``shard``: ``(index, count)``, 0-based: write only that contiguous block of the images.
+    An unfinished earlier run with the same settings is continued from ``OUT.partial``
+    (finished lines are not redone); ``restart`` discards it. ``progress(done, total)`` is
+    called once before the first new line (``done``: lines resumed) and after each line.
+    Returns the number of lines written to ``out_path``.
     """
-    if bbox_num < 0:
-        raise ValueError(f"bbox_num must be >= 0, got {bbox_num}")
-    if bbox_num > 0 and proposals is None:
-        raise ValueError("bbox_num > 0 needs a proposal source")
+    if bbox_num < 1:
+        raise ValueError(f"bbox_num must be >= 1 (the method pools features over proposals), got {bbox_num}")
+    if proposals is None:
+        raise ValueError("a proposal source is needed")
     if new_width <= 0 or new_height <= 0:
         raise ValueError(f"new_width/new_height must be positive, got {new_width}x{new_height}")
-    needs_image = getattr(proposals, "needs_image", True) if proposals is not None else False
-    tmp = str(out_path) + ".tmp"
-    n = len(labelset)
-    with open(tmp, "w", newline="\n") as f:
-        for i in range(n):
+    if pad not in PAD_CHOICES:
+        raise ValueError(f"pad must be one of {PAD_CHOICES}, got {pad!r}")
+    if getattr(proposals, "score", None) == "rank" and getattr(proposals, "num", bbox_num) != bbox_num:
+        raise ValueError(f"the proposals are scored by rank out of num={proposals.num}, but bbox_num={bbox_num}")
+    start, stop = shard_bounds(len(labelset), shard)
+    needs_image = bool(getattr(proposals, "needs_image", True))
+    describe = getattr(proposals, "describe", None)
+    meta = {"format": 1, "labels": _labelset_digest(labelset), "bbox_num": int(bbox_num),
+            "frame": [int(new_width), int(new_height)], "pad": pad, "decimals": int(decimals),
+            "proposals": describe() if describe else repr(proposals), "shard": [int(shard[0]), int(shard[1])],
+            "images": [start, stop]}
+    out = Path(out_path)
+    partial, meta_path = Path(str(out) + ".partial"), Path(str(out) + ".partial.json")
+    expected = labelset.paths[start:stop]
+    for p in expected:
+        if not p or any(c.isspace() for c in p):
+            raise DatasetFormatError(f"image path {p!r} is empty or contains whitespace, which the datalist "
+                                     "format cannot represent")
+    done = _resume_state(partial, meta_path, meta, expected, restart)
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    total = stop - start
+    if progress is not None:
+        progress(done, total)
+
+    def jobs():
+        for i in range(start + done, stop):
             path = labelset.paths[i]
             key = labelset.keys[i] if labelset.keys is not None else path
-            image = None
             size = labelset.sizes[i] if labelset.sizes is not None else None
-            if bbox_num > 0 and (needs_image or size is None):
-                full = os.path.join(image_root, path) if image_root else path
-                image = cv2.imread(full, cv2.IMREAD_COLOR)
-                if image is None:
-                    raise FileNotFoundError(f"cannot read image {full!r} (needed for its proposals or size)")
-                size = (image.shape[1], image.shape[0])
-            if bbox_num > 0:
-                b, s = proposals(key, path, image)
-                b = map_boxes_to_frame(b, size[0], size[1], new_width, new_height)
-                boxes = select_proposals(b, s, bbox_num, new_width, new_height, pad)
+            yield path, key, size, needs_image or size is None
+
+    # only image-reading sources go to the workers; a precomputed table stays here
+    worker_source = proposals if needs_image else None
+    parallel = workers > 1 and total - done > 1 and (needs_image or labelset.sizes is None)
+    pool = None
+    try:
+        if parallel:
+            import multiprocessing as mp
+
+            # workers start clean (a forked copy of a process whose OpenCV or OpenMP threads ran
+            # can deadlock); the fork server imports this module once for all of them
+            if "forkserver" in mp.get_all_start_methods():
+                ctx = mp.get_context("forkserver")
+                ctx.set_forkserver_preload([__name__])
             else:
-                boxes = np.zeros((0, 5))
-            f.write(format_line(path, labelset.labels[i], boxes, decimals) + "\n")
-            if progress is not None:
-                progress(i + 1, n)
-    os.replace(tmp, out_path)
-    return n
+                ctx = mp.get_context("spawn")
+            pool = ctx.Pool(int(workers), initializer=_init_worker, initargs=(worker_source, image_root))
+            results = pool.imap(_image_job, jobs(), chunksize=1 if needs_image else 16)
+        else:
+            _init_worker(worker_source, image_root)
+            results = map(_image_job, jobs())
+        with open(partial, "a", newline="\n", encoding="utf-8") as f:
+            for k, (size, result) in enumerate(results, start=start + done):
+                key = labelset.keys[k] if labelset.keys is not None else labelset.paths[k]
+                if result is None:
+                    result = proposals(key, labelset.paths[k], None)
+                b, sc = result
+                b = map_boxes_to_frame(b, size[0], size[1], new_width, new_height)
+                boxes = select_proposals(b, sc, bbox_num, new_width, new_height, pad)
+                f.write(format_line(labelset.paths[k], labelset.labels[k], boxes, decimals) + "\n")
+                f.flush()  # a finished line survives an interruption
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        _WORKER.clear()
+    os.replace(partial, out)
+    meta_path.unlink()
+    return total
+
+
+class ConsoleProgress:
+    """``progress(done, total)`` for :func:`build_datalist` on a console: a bar with rate and
+    ETA on a terminal, otherwise a plain line every ``period`` seconds (logs stay short).
+    The rate counts only this run's images (not the resumed ones)."""
+
+    def __init__(self, stream=None, period: float = 30.0, what: str = "images"):
+        import sys
+
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.period, self.what = period, what
+        self.t0 = self.last = None
+        self.first = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0, self.last, self.first = now, now, done
+            if done:
+                print(f"resuming: {done} of {total} {self.what} already done", file=self.stream, flush=True)
+            return
+        if not (self.tty or now - self.last >= self.period or done == total):
+            return
+        self.last = now
+        new, dt = done - self.first, now - self.t0
+        rate = new / dt if dt > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        eta_s = "--:--:--" if eta != eta else f"{int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}"
+        width = 30
+        bar = "#" * int(width * done / max(total, 1))
+        text = (f"{done}/{total} {self.what} ({100 * done / max(total, 1):.1f}%) {rate:.2f}/s ETA {eta_s}")
+        if self.tty:
+            end = "\n" if done == total else ""
+            print(f"\r[{bar:<{width}}] {text}", end=end, file=self.stream, flush=True)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def rate(self, done: int) -> float:
+        import time
+
+        dt = time.monotonic() - (self.t0 or time.monotonic())
+        return (done - self.first) / dt if dt > 0 else 0.0
