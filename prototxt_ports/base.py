@@ -8,7 +8,6 @@ Caffe's (layer name, blob index) to our parameters.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from typing import Callable, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from mlic.ops import geometry
 
 Mults = Tuple[Tuple[float, float], ...]
 
@@ -175,20 +176,11 @@ def caffe_param_map(module: CaffePort) -> "OrderedDict[Tuple[str, int], nn.Param
 # ----------------------------------------------------------------------------- small layers
 
 
-def caffe_xavier_(t: torch.Tensor) -> torch.Tensor:
-    """Caffe's xavier filler (variance_norm FAN_IN): U(-sqrt(3/fan_in), sqrt(3/fan_in)),
-    fan_in = count / num_output."""
-    fan_in = t.numel() // t.shape[0]
-    a = math.sqrt(3.0 / fan_in)
-    with torch.no_grad():
-        return t.uniform_(-a, a)
-
-
 def caffe_conv(in_ch: int, out_ch: int, init: str) -> nn.Conv2d:
     conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
     with torch.no_grad():
         if init == "xavier":
-            caffe_xavier_(conv.weight)
+            geometry.xavier_(conv.weight)
         else:
             conv.weight.zero_()
         conv.bias.zero_()
@@ -198,7 +190,7 @@ def caffe_conv(in_ch: int, out_ch: int, init: str) -> nn.Conv2d:
 def caffe_linear(in_f: int, out_f: int) -> nn.Linear:
     """InnerProduct with the prototxts' fillers: xavier weight, constant 0 bias."""
     fc = nn.Linear(in_f, out_f)
-    caffe_xavier_(fc.weight)
+    geometry.xavier_(fc.weight)
     with torch.no_grad():
         fc.bias.zero_()
     return fc
@@ -214,13 +206,7 @@ class CaffeScale(nn.Module):
         self.weight = nn.Parameter(torch.full(tuple(shape), float(value)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        span = tuple(x.shape[self.axis: self.axis + w.dim()])
-        if span != tuple(w.shape):
-            raise ValueError(f"Scale: its blob has shape {tuple(w.shape)} but the bottom {tuple(x.shape)} has "
-                             f"{span} from axis {self.axis}")
-        view = (1,) * self.axis + tuple(w.shape) + (1,) * (x.dim() - self.axis - w.dim())
-        return x * w.reshape(view)
+        return x * self.weight.reshape(geometry.scale_view_shape(x.shape, self.axis, self.weight.shape))
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.weight.shape)}, axis={self.axis}"

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
+from mlic.ops import geometry
+
 # The VGG16 conv body of all four released nets up to conv5_3 (the student adds pool5).
 VGG16_BODY: Tuple[str, ...] = (
     "conv1_1:64", "conv1_2:64", "pool1",
@@ -143,14 +145,8 @@ class NetConfig:
         """Side of the last conv's output for an input side `size` (Caffe pooling rule)."""
         for layer in self.body_layers():
             if layer.kind == "pool":
-                size = caffe_pool_out(size)
+                size = geometry.pool_output_size(size, 2, 2, 0, False)
         return size
 
     def replace(self, **changes) -> "NetConfig":
         return replace(self, **changes)
-
-
-def caffe_pool_out(size: int, kernel: int = 2, stride: int = 2) -> int:
-    """Caffe's pooled size without padding: ceil((size - k) / s) + 1 (at least the one
-    window that starts at 0, clipped)."""
-    return int(math.ceil((size - kernel) / stride)) + 1

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import torch
 from torch import Tensor
+
+from mlic.ops import geometry
 
 
 def split_label_roi(label_roi: Tensor, num_classes: int) -> Tuple[Tensor, Tensor]:
@@ -19,28 +20,9 @@ def split_label_roi(label_roi: Tensor, num_classes: int) -> Tuple[Tensor, Tensor
     return flat[:, :num_classes], flat[:, num_classes:]
 
 
-def wsd_roigen(list_roi: Tensor) -> Tensor:
-    """WsdRoigen: list_roi [N, 5B] (or N x 5B x 1 x 1) -> rois [N*B, 6] rows
-    (image index, x1, y1, x2, y2, score), image-major."""
-    flat = list_roi.detach().reshape(list_roi.shape[0], -1)
-    if flat.shape[1] % 5:
-        raise ValueError(f"list_roi has {flat.shape[1]} values per image, not a multiple of 5 (x1 y1 x2 y2 s per box)")
-    n, b = flat.shape[0], flat.shape[1] // 5
-    boxes = flat.reshape(n, b, 5)
-    img = torch.arange(n, dtype=flat.dtype, device=flat.device).view(n, 1, 1).expand(n, b, 1)
-    return torch.cat([img, boxes], 2).reshape(n * b, 6)
-
-
-def single_scale_rois(rois: Tensor, single_scale: float, origin_scale: float) -> Tensor:
-    """WsdRoigenSingleScale on generated rois: coordinates floor(single * x / origin),
-    computed in float32 (float64 for float64 rois); image index and score unchanged."""
-    if origin_scale == 0:
-        raise ValueError("origin_scale must not be 0")
-    cdt = torch.float64 if rois.dtype == torch.float64 else torch.float32
-    s = torch.tensor(single_scale, dtype=cdt, device=rois.device)
-    o = torch.tensor(origin_scale, dtype=cdt, device=rois.device)
-    c = torch.floor(s * rois[:, 1:5].detach().to(cdt) / o).to(rois.dtype)
-    return torch.cat([rois[:, :1].detach(), c, rois[:, 5:].detach()], 1)
+# WsdRoigen (list_roi [N, 5B] -> rois [N*B, 6]) and WsdRoigenSingleScale's coordinates.
+wsd_roigen = geometry.wsd_roigen
+single_scale_rois = geometry.single_scale_rois
 
 
 def as_rois(rois: Optional[Tensor], list_roi: Optional[Tensor], num_images: int, num_rois: int) -> Tensor:

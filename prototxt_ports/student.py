@@ -20,7 +20,8 @@ from torch import Tensor
 from mlic.caffe.functional import caffe_interp
 from prototxt_ports import _ops
 from prototxt_ports.base import CaffeScale, caffe_linear
-from prototxt_ports.config import NetConfig, caffe_pool_out
+from mlic.ops import geometry
+from prototxt_ports.config import NetConfig
 from prototxt_ports.vgg import VGG16
 
 
@@ -46,6 +47,8 @@ class Student(VGG16):
             raise ValueError(f"fc6_input must be 'pool5' or 'roi', got {fc6_input!r}")
         if soft_scale and not head:
             raise ValueError("soft_scale needs the classifier head (head=True)")
+        if fc6_input == "roi":
+            _ops.require()
         super().__init__(cfg, "vgg", final_pool=True)
         self.fc6_input = fc6_input
         self.head_name = cfg.student_head if head else None
@@ -55,7 +58,7 @@ class Student(VGG16):
         self.resize_name = f"data_size{s}"
         self.roi_pool_name = f"roi_pooling_{s}"
         self.pool5_name = self.body_plan[-1][1]
-        p5 = caffe_pool_out(cfg.feature_size(s))
+        p5 = geometry.pool_output_size(cfg.feature_size(s), 2, 2, 0, False)
         self.pool5_size = p5
         side = cfg.pooled_size if fc6_input == "roi" else p5
         if side < 1:

@@ -74,6 +74,7 @@ class WSDDN(VGG16):
             raise ValueError(f"names must be 'wsddn' or 'kd', got {names!r}")
         if temperature and not heads:
             raise ValueError("temperature Scale layers need the heads (heads=True)")
+        _ops.require()
         super().__init__(cfg, _BODY_STYLE[names])
         self.names = names
         self.heads = heads

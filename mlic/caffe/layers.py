@@ -5,12 +5,11 @@ SetUp: the parameter blobs are created and filled here), and runs
 ``forward(*bottoms) -> list of tops``. The net (mlic.caffe.net) handles wiring, phases,
 propagate_down, loss weights and in-place blobs.
 
-The Pooling, SPP and ROIPooling kernels are looked up at call time in ``mlic.ops``
-(the compiled extension) and fall back to ``mlic.ops.reference`` when it is not built.
+The Pooling, SPP and ROIPooling kernels are looked up at call time in ``mlic.ops`` (the
+compiled extension; without it they raise an error that says how to build it).
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
@@ -21,39 +20,28 @@ from torch import nn
 from mlic.caffe import functional as CF
 from mlic.caffe import proto
 from mlic.caffe.errors import NetBuildError
+from mlic.ops import geometry
 
 Shape = Tuple[int, ...]
 
 # ----------------------------------------------------------------------------- op lookup
 
 
-# "auto": the compiled ops when the extension is available, else the reference ones;
-# "reference": always mlic.ops.reference (for checking one against the other).
+# "auto": the compiled ops (mlic.ops; a missing extension is an error that says how to
+# build it); "reference": mlic.ops.reference, by name only (for checking one against the other).
 OPS_BACKEND = "auto"
 
 
 def get_op(name: str):
-    """mlic.ops.<name> when the compiled extension is available (and OPS_BACKEND is
-    "auto"), else mlic.ops.reference.<name>_ref."""
-    try:
-        from mlic._ext import extension_available
-
-        if OPS_BACKEND == "auto" and extension_available():
-            import mlic.ops as ops
-
-            fn = getattr(ops, name, None)
-            if fn is not None:
-                return fn
-    except ImportError:
-        pass
-    try:
+    """mlic.ops.<name>, or mlic.ops.reference.<name>_ref when OPS_BACKEND is "reference"."""
+    if OPS_BACKEND == "reference":
         from mlic.ops import reference
-    except ImportError as exc:
-        raise NetBuildError(
-            f"the op {name} is needed but neither the compiled extension nor mlic.ops.reference "
-            f"could be imported ({exc})"
-        ) from None
-    return getattr(reference, f"{name}_ref")
+
+        return getattr(reference, f"{name}_ref")
+    import mlic.ops as ops
+
+    ops.assert_has_ops()
+    return getattr(ops, name)
 
 
 # ----------------------------------------------------------------------------- fillers
@@ -65,7 +53,6 @@ def fill_(t: torch.Tensor, filler, where: str) -> torch.Tensor:
     """Fill `t` in place as Caffe's filler `filler` would (drawing from torch's RNG)."""
     kind = filler.type
     shape = tuple(t.shape)
-    count = t.numel()
     with torch.no_grad():
         if kind == "constant":
             t.fill_(filler.value)
@@ -78,18 +65,10 @@ def fill_(t: torch.Tensor, filler, where: str) -> torch.Tensor:
                     raise NetBuildError(f"{where}: sparse gaussian filler needs a blob with a first axis")
                 p = filler.sparse / shape[0]
                 t.mul_(torch.bernoulli(torch.full_like(t, min(max(p, 0.0), 1.0))))
-        elif kind in ("xavier", "msra"):
-            if count == 0:
-                return t
-            fan_in = count // shape[0] if shape and shape[0] else count
-            fan_out = count // shape[1] if len(shape) > 1 and shape[1] else count
-            norm = proto.enum_name(filler, "variance_norm")
-            n = {"FAN_IN": fan_in, "FAN_OUT": fan_out, "AVERAGE": (fan_in + fan_out) / 2.0}[norm]
-            if kind == "xavier":
-                scale = math.sqrt(3.0 / n)
-                t.uniform_(-scale, scale)
-            else:
-                t.normal_(0.0, math.sqrt(2.0 / n))
+        elif kind == "xavier":
+            geometry.xavier_(t, proto.enum_name(filler, "variance_norm"))
+        elif kind == "msra":
+            geometry.msra_(t, proto.enum_name(filler, "variance_norm"))
         elif kind == "positive_unitball":
             t.uniform_(0, 1)
             if len(shape) >= 1 and shape[0]:
@@ -503,10 +482,7 @@ class WsdRoigenLayer(Layer):
         return _list_roi(self, x)
 
     def forward(self, x):
-        b = self.boxes(x)
-        n, nb = b.shape[0], b.shape[1]
-        img = torch.arange(n, dtype=b.dtype, device=b.device).view(n, 1, 1).expand(n, nb, 1)
-        return [torch.cat([img, b], 2).reshape(n * nb, 6)]
+        return [geometry.wsd_roigen(self.boxes(x))]
 
 
 @register
@@ -526,12 +502,7 @@ class WsdRoigenSingleScaleLayer(WsdRoigenLayer):
 
     def forward(self, x):
         rois = super().forward(x)[0]
-        cdt = torch.float64 if rois.dtype == torch.float64 else torch.float32
-        c = rois[:, 1:5].to(cdt)
-        s = torch.tensor(self.single_scale, dtype=cdt, device=rois.device)
-        o = torch.tensor(self.origin_scale, dtype=cdt, device=rois.device)
-        c = torch.floor(s * c / o).to(rois.dtype)
-        return [torch.cat([rois[:, :1], c, rois[:, 5:]], 1)]
+        return [geometry.single_scale_rois(rois, self.single_scale, self.origin_scale)]
 
 
 # ----------------------------------------------------------------------------- vision layers
@@ -613,13 +584,6 @@ class ConvolutionLayer(Layer):
         return [F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)]
 
 
-def caffe_pool_out(size: int, k: int, s: int, p: int, any_pad: bool) -> int:
-    out = int(math.ceil(float(size + 2 * p - k) / s)) + 1
-    if any_pad and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
 def _torch_pool_out(size: int, k: int, s: int, p: int) -> int:
     # PyTorch's ceil_mode rule: always drops a last window starting in the right padding
     out = -((-(size + 2 * p - k)) // s) + 1
@@ -638,7 +602,7 @@ def torch_pool_matches_caffe(h, w, kernel, stride, pad) -> bool:
     for size, k, s, p in ((h, kernel[0], stride[0], pad[0]), (w, kernel[1], stride[1], pad[1])):
         if size + 2 * p < k or p > k // 2:
             return False
-        if caffe_pool_out(size, k, s, p, any_pad) != _torch_pool_out(size, k, s, p):
+        if geometry.pool_output_size(size, k, s, p, any_pad) != _torch_pool_out(size, k, s, p):
             return False
     return True
 
@@ -699,8 +663,8 @@ class PoolingLayer(Layer):
     def out_shape(self, s):
         kernel, stride, pad = self.geometry(s[2], s[3])
         any_pad = pad[0] > 0 or pad[1] > 0
-        oh = caffe_pool_out(s[2], kernel[0], stride[0], pad[0], any_pad)
-        ow = caffe_pool_out(s[3], kernel[1], stride[1], pad[1], any_pad)
+        oh = geometry.pool_output_size(s[2], kernel[0], stride[0], pad[0], any_pad)
+        ow = geometry.pool_output_size(s[3], kernel[1], stride[1], pad[1], any_pad)
         if oh < 1 or ow < 1:
             raise self.error(f"kernel {kernel} does not fit the input {list(s)}")
         return (s[0], s[1], oh, ow)
@@ -737,20 +701,15 @@ class SPPLayer(Layer):
         if self.mode is None:
             raise self.error(f"pool method {proto.enum_name(sp, 'pool')} is not supported (MAX, AVE)")
         self.check_levels(s[2], s[3], self.error)
+        get_op("spp")  # a missing extension fails the build of the net, not its first forward
         total = sum(4**l for l in range(self.levels))
         return [(s[0], s[1] * total)]
 
     def check_levels(self, h, w, err):
-        for level in range(self.levels):
-            bins = 2**level
-            for size, dim in ((h, "height"), (w, "width")):
-                k = -(-size // bins)
-                p = (k * bins - size + 1) // 2
-                if p >= k:
-                    raise err(
-                        f"pyramid level {level} ({bins} bins) on {dim} {size} needs pad {p} >= kernel {k}; "
-                        f"Caffe's pooling refuses this input"
-                    )
+        try:
+            geometry.spp_levels(h, w, self.levels)
+        except ValueError as exc:
+            raise err(str(exc)) from None
 
     def forward(self, x):
         if x.dim() != 4:
@@ -771,6 +730,7 @@ class ROIPoolingLayer(Layer):
         if rp.pooled_h < 1 or rp.pooled_w < 1:
             raise self.error("roi_pooling_param.pooled_h and pooled_w must be >= 1")
         self.pooled = (int(rp.pooled_h), int(rp.pooled_w))
+        get_op("roi_pool")  # a missing extension fails the build of the net, not its first forward
         self.spatial_scale, self.score_scale, self.score_bias = rp.spatial_scale, rp.score_scale, rp.score_bias
         f, r = bottom_shapes
         if len(f) != 4:
@@ -1031,20 +991,15 @@ class ScaleLayer(Layer):
             self.bias = None
         return [s]
 
-    def _view(self, t, x):
-        lead = self.axis
-        trail = x.dim() - self.axis - t.dim()
-        return t.reshape((1,) * lead + tuple(t.shape) + (1,) * trail)
-
     def forward(self, x, scale=None):
         scale = self.weight if scale is None else scale
-        if tuple(x.shape[self.axis : self.axis + scale.dim()]) != tuple(scale.shape):
-            raise self.runtime_error(
-                f"scale shape {tuple(scale.shape)} does not match bottom {tuple(x.shape)} from axis {self.axis}"
-            )
-        out = x * self._view(scale, x)
+        try:
+            view = geometry.scale_view_shape(x.shape, self.axis, scale.shape)
+        except ValueError as exc:
+            raise self.runtime_error(str(exc)) from None
+        out = x * scale.reshape(view)
         if self.bias is not None:
-            out = out + self._view(self.bias, x)
+            out = out + self.bias.reshape(view)
         return [out]
 
 

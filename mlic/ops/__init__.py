@@ -48,6 +48,11 @@ def backend_for(device: Union[str, torch.device]) -> str:
     return f"unavailable: no kernels for device type {device.type!r}"
 
 
+def assert_has_ops() -> None:
+    """Raises ExtensionNotBuilt, saying how to build it, when the compiled ops are missing."""
+    _ext.require_extension("mlic.ops")
+
+
 def _op(name: str):
     _ext.require_extension(f"mlic.ops.{name}")
     return getattr(torch.ops.mlic, name)
@@ -165,5 +170,5 @@ class WSDDNTwoStream(nn.Module):
 
 __all__ = [
     "roi_pool", "roi_spp", "spp", "caffe_pool2d", "wsddn_two_stream", "RoIPool", "RoISPP", "SPP", "CaffePool2d",
-    "WSDDNTwoStream", "backend_for", "emulated_cuda", "OP_NAMES",
+    "WSDDNTwoStream", "backend_for", "emulated_cuda", "OP_NAMES", "assert_has_ops",
 ]

@@ -1,8 +1,10 @@
 """Pure-PyTorch reference implementations of the custom ops (test oracles).
 
-Written from the project's specification of the Caffe layers (ROIPooling, WsdRoigen,
-WsdRoigenSingleScale, Pooling, SPP, and the WSDDN two-stream softmax head), for
-clarity rather than speed: Python loops over RoIs and output cells. Every function
+Written from the project's specification of the Caffe layers (ROIPooling, Pooling, SPP,
+and the WSDDN two-stream softmax head), for clarity rather than speed: Python loops over
+RoIs and output cells; the geometry (output sizes, windows, SPP levels, RoI validation)
+comes from mlic.ops.geometry. They run only when called by name: nothing falls back to
+them. Every function
 is differentiable through autograd in the same way as Caffe's backward: max-type
 ops gather the chosen input element (index computed without grad), so autograd
 scatters the gradient to it.
@@ -14,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+from mlic.ops import geometry
+
 FLT_MAX = 3.4028234663852886e38  # C's FLT_MAX: Caffe starts every max from -FLT_MAX, for any Dtype
 
 __all__ = [
@@ -21,12 +25,8 @@ __all__ = [
     "roi_pool_ref",
     "roi_spp_ref",
     "caffe_pool2d_ref",
-    "caffe_pool_output_size",
-    "spp_level_params",
     "spp_ref",
     "wsddn_two_stream_ref",
-    "wsd_roigen_ref",
-    "wsd_roigen_single_scale_ref",
 ]
 
 
@@ -56,14 +56,6 @@ def _check_features(features: torch.Tensor, name: str = "features") -> None:
         raise ValueError(f"{name} must be 4-D [N, C, H, W], got shape {tuple(features.shape)}")
     if not features.is_floating_point():
         raise TypeError(f"{name} must be floating point, got dtype {features.dtype}")
-
-
-def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or an (h, w) pair, got {v!r}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
 
 
 def _window_argmax(planes: torch.Tensor, hs: int, he: int, ws: int, we: int) -> torch.Tensor:
@@ -98,18 +90,9 @@ def _gather_planes(planes: torch.Tensor, idx: torch.Tensor, fill: torch.Tensor) 
 # ----------------------------------------------------------------------------- RoI pooling
 
 
-def _roi_batch_indices(rois: torch.Tensor, num_images: int) -> list[int]:
-    col = rois[:, 0].detach().double().cpu()
-    if not torch.isfinite(col).all():
-        k = int((~torch.isfinite(col)).nonzero()[0])
-        raise ValueError(f"rois[{k}, 0] (batch index) is not finite: {float(col[k])}")
-    bad = (col <= -1) | (col >= num_images)  # int() truncates toward zero: (-1, N) -> [0, N-1]
-    if bad.any():
-        k = int(bad.nonzero()[0])
-        raise ValueError(
-            f"rois[{k}, 0] (batch index) = {float(col[k])} is out of range for features with N={num_images}"
-        )
-    return [int(v) for v in torch.trunc(col).tolist()]
+def _roi_batch_indices(rois: torch.Tensor, num_images: int, spatial_scale: float) -> list[int]:
+    geometry.check_roi_values(rois, num_images, spatial_scale)
+    return [int(v) for v in torch.trunc(rois[:, 0].detach().double().cpu()).tolist()]
 
 
 def _check_rois(rois: torch.Tensor) -> None:
@@ -150,7 +133,7 @@ def roi_pool_ref(
             features.reshape(-1)[:0].reshape(0, c, pooled_h, pooled_w),  # empty but still in the graph
             torch.zeros((0, c, pooled_h, pooled_w), dtype=torch.int32, device=dev),
         )
-    batch = _roi_batch_indices(rois, n)
+    batch = _roi_batch_indices(rois, n, spatial_scale)
 
     cdt = _coord_dtype(features.dtype)
     r = rois.detach().to(device="cpu", dtype=cdt)
@@ -197,20 +180,6 @@ def roi_pool_ref(
     return out, argmax
 
 
-def _spp_levels(levels) -> list[tuple[int, int]]:
-    if isinstance(levels, int):
-        raise TypeError("levels must be a sequence of ints n (n x n grids) or (h, w) pairs")
-    out = []
-    for lv in levels:
-        h, w = _pair(lv, "levels")
-        if h <= 0 or w <= 0:
-            raise ValueError(f"levels must be positive grid sizes, got {lv!r}")
-        out.append((h, w))
-    if not out:
-        raise ValueError("levels must not be empty")
-    return out
-
-
 def roi_spp_ref(
     features: torch.Tensor,
     rois: torch.Tensor,
@@ -224,9 +193,10 @@ def roi_spp_ref(
     Returns (out [K, C*sum(h*w)], argmax [K, C*sum(h*w)] int32); each level's block is
     roi_pool's [C, h, w] output flattened channel-major.
     """
-    grid = _spp_levels(levels)
+    if isinstance(levels, int):
+        raise TypeError("levels must be a sequence of ints n (n x n grids) or (h, w) pairs")
     outs, args = [], []
-    for h, w in grid:
+    for h, w in zip(*geometry.roi_levels(levels)):
         o, a = roi_pool_ref(features, rois, h, w, spatial_scale, score_scale, score_bias)
         outs.append(o.flatten(1))
         args.append(a.flatten(1))
@@ -236,98 +206,43 @@ def roi_spp_ref(
 # ----------------------------------------------------------------------------- Caffe Pooling / SPP
 
 
-def caffe_pool_output_size(size: int, kernel: int, stride: int, pad: int, any_pad: bool) -> int:
-    """Caffe's pooled size: ceil((size + 2p - k) / s) + 1, then, when the layer has any
-    padding, drop a last window that would start in the padding."""
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
-    if any_pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
 def caffe_pool2d_ref(x: torch.Tensor, kernel_size, stride, pad, mode: str = "max") -> torch.Tensor:
     """Caffe Pooling (MAX or AVE) on x [N, C, H, W]."""
     _check_features(x, "x")
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(stride, "stride")
-    padh, padw = _pair(pad, "pad")
-    if mode not in ("max", "ave"):
-        raise ValueError(f"mode must be 'max' or 'ave', got {mode!r}")
-    if kh <= 0 or kw <= 0:
-        raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
-    if sh <= 0 or sw <= 0:
-        raise ValueError(f"stride must be positive, got {stride!r}")
-    if padh < 0 or padw < 0:
-        raise ValueError(f"pad must be non-negative, got {pad!r}")
-    if padh >= kh or padw >= kw:
-        raise ValueError(f"pad must be smaller than kernel_size (Caffe requires it), got pad={pad!r}, "
-                         f"kernel_size={kernel_size!r}")
+    mode = geometry.pool_mode(mode)
     n, c, height, width = x.shape
-    any_pad = padh > 0 or padw > 0  # Caffe: `if (pad_h_ || pad_w_)` corrects both dimensions
-    oh = caffe_pool_output_size(height, kh, sh, padh, any_pad)
-    ow = caffe_pool_output_size(width, kw, sw, padw, any_pad)
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"kernel_size {kernel_size!r} is larger than the padded input {height}x{width}")
+    lv = geometry.pool2d_level(height, width, kernel_size, stride, pad)
+    oh, ow = lv.oh, lv.ow
     planes = x.reshape(n * c, height, width)
+    rows = [geometry.pool_window(i, lv.kh, lv.sh, lv.pad_h, height) for i in range(oh)]
+    cols = [geometry.pool_window(j, lv.kw, lv.sw, lv.pad_w, width) for j in range(ow)]
 
     if mode == "max":
         idx = torch.empty((n * c, oh * ow), dtype=torch.int64, device=x.device)
         with torch.no_grad():
-            for i in range(oh):
-                hs = i * sh - padh
-                he, hs = min(hs + kh, height), max(hs, 0)
-                for j in range(ow):
-                    ws = j * sw - padw
-                    we, ws = min(ws + kw, width), max(ws, 0)
+            for i, (hs, he, _) in enumerate(rows):
+                for j, (ws, we, _) in enumerate(cols):
                     idx[:, i * ow + j] = _window_argmax(planes, hs, he, ws, we)
         fill = torch.full((oh * ow,), -FLT_MAX, dtype=_coord_dtype(x.dtype), device=x.device)
         out = _gather_planes(planes, idx, fill)
         return out.reshape(n, c, oh, ow)
 
     cells = []
-    for i in range(oh):
-        hs = i * sh - padh
-        he = min(hs + kh, height + padh)
-        pool_h = he - hs
-        hs, he = max(hs, 0), min(he, height)
-        for j in range(ow):
-            ws = j * sw - padw
-            we = min(ws + kw, width + padw)
-            pool_size = pool_h * (we - ws)
-            ws, we = max(ws, 0), min(we, width)
+    for hs, he, pool_h in rows:
+        for ws, we, pool_w in cols:
             s = planes[:, hs:he, ws:we].reshape(n * c, -1).sum(1)
-            cells.append(s / pool_size)
+            cells.append(s / (pool_h * pool_w))
     return torch.stack(cells, 1).reshape(n, c, oh, ow)
-
-
-def spp_level_params(size: int, level: int) -> tuple[int, int]:
-    """(kernel, pad) of Caffe SPP's pooling at pyramid level `level` for one dimension."""
-    bins = 2**level
-    kernel = -(-size // bins)  # ceil
-    pad = (kernel * bins - size + 1) // 2
-    return kernel, pad
 
 
 def spp_ref(x: torch.Tensor, pyramid_height: int, mode: str = "max") -> torch.Tensor:
     """Caffe SPP: levels l = 0..L-1 of Caffe pooling with 2^l bins, each flattened
     channel-major, concatenated -> [N, sum_l C*oh_l*ow_l]."""
     _check_features(x, "x")
-    pyramid_height = int(pyramid_height)
-    if pyramid_height < 1:
-        raise ValueError(f"pyramid_height must be >= 1, got {pyramid_height}")
-    if mode not in ("max", "ave"):
-        raise ValueError(f"mode must be 'max' or 'ave', got {mode!r}")
+    mode = geometry.pool_mode(mode)
     _, _, height, width = x.shape
-    outs = []
-    for level in range(pyramid_height):
-        kh, ph = spp_level_params(height, level)
-        kw, pw = spp_level_params(width, level)
-        if ph >= kh or pw >= kw:
-            raise ValueError(
-                f"SPP level {level} of pyramid_height={pyramid_height} needs pad ({ph}, {pw}) >= kernel "
-                f"({kh}, {kw}) for input {height}x{width}; Caffe refuses this input"
-            )
-        outs.append(caffe_pool2d_ref(x, (kh, kw), (kh, kw), (ph, pw), mode).flatten(1))
+    outs = [caffe_pool2d_ref(x, (lv.kh, lv.kw), (lv.sh, lv.sw), (lv.pad_h, lv.pad_w), mode).flatten(1)
+            for lv in geometry.spp_levels(height, width, int(pyramid_height))]
     return torch.cat(outs, 1)
 
 
@@ -350,33 +265,3 @@ def wsddn_two_stream_ref(cls_logits: torch.Tensor, det_logits: torch.Tensor) -> 
                          f"{tuple(cls_logits.shape)}")
     region = torch.softmax(cls_logits, dim=2) * torch.softmax(det_logits, dim=1)
     return region.sum(dim=1), region
-
-
-# ----------------------------------------------------------------------------- RoI generation
-
-
-def _check_list_roi(list_roi: torch.Tensor) -> int:
-    if list_roi.dim() != 2:
-        raise ValueError(f"list_roi must be 2-D [N, 5B], got shape {tuple(list_roi.shape)}")
-    if list_roi.shape[1] % 5 != 0:
-        raise ValueError(f"list_roi must have 5B columns (x1 y1 x2 y2 s per box), got {list_roi.shape[1]}")
-    return list_roi.shape[1] // 5
-
-
-def wsd_roigen_ref(list_roi: torch.Tensor) -> torch.Tensor:
-    """WsdRoigen: [N, 5B] -> [N*B, 6] rows (image index, x1, y1, x2, y2, score), image-major."""
-    b = _check_list_roi(list_roi)
-    n = list_roi.shape[0]
-    boxes = list_roi.reshape(n, b, 5)
-    img = torch.arange(n, dtype=list_roi.dtype, device=list_roi.device)[:, None, None].expand(n, b, 1)
-    return torch.cat([img, boxes], 2).reshape(n * b, 6)
-
-
-def wsd_roigen_single_scale_ref(list_roi: torch.Tensor, single_scale: float, origin_scale: float) -> torch.Tensor:
-    """WsdRoigenSingleScale: like WsdRoigen with coordinates floor(single_scale * x / origin_scale)."""
-    rois = wsd_roigen_ref(list_roi).clone()
-    dt = rois.dtype
-    s = torch.tensor(single_scale, dtype=dt, device=rois.device)
-    o = torch.tensor(origin_scale, dtype=dt, device=rois.device)
-    rois[:, 1:5] = torch.floor(s * rois[:, 1:5] / o)
-    return rois

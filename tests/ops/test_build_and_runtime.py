@@ -48,6 +48,41 @@ def test_import_without_extension_gives_build_hint():
     assert "unavailable" in r.stdout and "OK" in r.stdout
 
 
+def test_net_built_without_extension_is_an_error_not_the_reference():
+    # Nets that need the compiled ops refuse to be built without them (no silent fallback
+    # to the pure-PyTorch references); the references still run when called by name.
+    code = """
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "mlic._C":
+                raise ImportError("hidden for the test")
+    sys.meta_path.insert(0, Block())
+    import torch
+    from mlic.caffe import CaffeNet
+    from mlic.ops.reference import roi_pool_ref
+    from prototxt_ports import NetConfig, WSDDN
+    text = (
+        'layer { name: "f" type: "Input" top: "f" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }'
+        'layer { name: "r" type: "Input" top: "r" input_param { shape { dim: 1 dim: 6 } } }'
+        'layer { name: "p" type: "ROIPooling" bottom: "f" bottom: "r" top: "p" '
+        '        roi_pooling_param { pooled_h: 2 pooled_w: 2 } }')
+    for build in (lambda: CaffeNet(text), lambda: WSDDN(NetConfig(num_rois=2, width=0.125, fc_dim=8))):
+        try:
+            build()
+        except Exception as exc:
+            assert "make build" in str(exc) and "mlic._C" in str(exc), repr(exc)
+        else:
+            raise AssertionError("built without the extension")
+    out, _ = roi_pool_ref(torch.ones(1, 1, 2, 2), torch.tensor([[0, 0, 0, 1, 1, 1.0]]), 1, 1)
+    assert out.item() == 1.0
+    print("OK")
+    """
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+
+
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_runtime_source_compiles_with_nvrtc(dtype):

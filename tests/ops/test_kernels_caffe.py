@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mlic.ops.reference import wsd_roigen_ref
+from mlic.ops.geometry import wsd_roigen
 from tests.ops.caffe_cases import assert_forward_close, assert_grad_close, layer_text, load_case, param, t
 from tests.ops.kernel_utils import KERNEL_DEVICES, device_or_skip, ops, requires_ext
 
@@ -14,7 +14,7 @@ def test_roi_pool_matches_caffe(caffe_ref, device):
     dev = device_or_skip(device)
     case = load_case(caffe_ref / "roi_pool.npz")
     text = layer_text(str(case["prototxt"]), "pool")
-    rois = wsd_roigen_ref(t(case, "input/list_roi"))
+    rois = wsd_roigen(t(case, "input/list_roi"))
     out, _ = ops().roi_pool(
         t(case, "input/feat").to(dev), rois.to(dev), int(param(text, "pooled_h")), int(param(text, "pooled_w")),
         spatial_scale=param(text, "spatial_scale"), score_scale=param(text, "score_scale"),

@@ -12,15 +12,12 @@ from mlic.ops.reference import (
     FLT_MAX,
     c_round,
     caffe_pool2d_ref,
-    caffe_pool_output_size,
     roi_pool_ref,
     roi_spp_ref,
-    spp_level_params,
     spp_ref,
-    wsd_roigen_ref,
-    wsd_roigen_single_scale_ref,
     wsddn_two_stream_ref,
 )
+from mlic.ops.geometry import spp_level
 
 
 def grid(h, w, n=1, c=1, dtype=torch.float32):
@@ -235,14 +232,6 @@ def test_roi_spp_layout():
 # ----------------------------------------------------------------------------- Caffe Pooling
 
 
-@pytest.mark.parametrize(
-    "size,k,s,p,want",
-    [(13, 3, 2, 1, 7), (17, 3, 2, 1, 9), (13, 2, 2, 0, 7), (5, 2, 2, 1, 3), (6, 3, 3, 1, 3), (7, 3, 2, 0, 3), (4, 3, 3, 1, 2)],
-)
-def test_caffe_pool_output_size(size, k, s, p, want):
-    assert caffe_pool_output_size(size, k, s, p, p > 0) == want
-
-
 def test_caffe_pool_ave_divides_by_padded_window():
     x = torch.ones(1, 1, 3, 3)
     out = caffe_pool2d_ref(x, 3, 2, 1, "ave")
@@ -314,22 +303,14 @@ def test_caffe_pool_correction_applies_to_both_dims_when_any_pad():
 # ----------------------------------------------------------------------------- SPP
 
 
-def test_spp_level_params():
-    # the spp_only shape: 26 x 30, level 3 has pad 3 with kernel 4 (more than half)
-    assert spp_level_params(26, 3) == (4, 3)
-    assert spp_level_params(30, 3) == (4, 1)
-    assert spp_level_params(13, 0) == (13, 0)
-    assert spp_level_params(19, 3) == (3, 3)
-
-
 def test_spp_against_torch_pooling():
     torch.manual_seed(4)
     x = torch.randn(2, 3, 16, 12, dtype=torch.float64)
     for mode in ("max", "ave"):
         parts = []
         for level in range(3):
-            kh, ph = spp_level_params(16, level)
-            kw, pw = spp_level_params(12, level)
+            kh, ph = spp_level(16, level)
+            kw, pw = spp_level(12, level)
             if mode == "max":
                 parts.append(F.max_pool2d(x, (kh, kw), (kh, kw), (ph, pw), ceil_mode=True).flatten(1))
             else:
@@ -348,7 +329,7 @@ def test_spp_errors():
         spp_ref(x, 0)
 
 
-# ----------------------------------------------------------------------------- two-stream head, RoI generation
+# ----------------------------------------------------------------------------- two-stream head
 
 
 def test_two_stream_against_numpy():
@@ -361,17 +342,3 @@ def test_two_stream_against_numpy():
     assert np.allclose(image.numpy(), (cls * det).sum(1), rtol=1e-12)
     with pytest.raises(ValueError, match="det_logits"):
         wsddn_two_stream_ref(torch.zeros(2, 4, 3), torch.zeros(2, 4, 2))
-
-
-def test_wsd_roigen_by_hand():
-    lr = torch.tensor([[1, 2, 3, 4, 0.5, 5, 6, 7, 8, 0.25], [-3, 0, 2, 672, 0.75, 9, 10, 11, 12, 1]])
-    rois = wsd_roigen_ref(lr)
-    assert rois.tolist() == [
-        [0, 1, 2, 3, 4, 0.5], [0, 5, 6, 7, 8, 0.25], [1, -3, 0, 2, 672, 0.75], [1, 9, 10, 11, 12, 1],
-    ]
-    small = wsd_roigen_single_scale_ref(lr, 224, 672)
-    # floor(x / 3), score untouched, floor toward -inf
-    assert small[:, 1:5].tolist() == [[0, 0, 1, 1], [1, 2, 2, 2], [-1, 0, 0, 224], [3, 3, 3, 4]]
-    assert torch.equal(small[:, [0, 5]], rois[:, [0, 5]])
-    with pytest.raises(ValueError, match="5B"):
-        wsd_roigen_ref(torch.zeros(2, 7))

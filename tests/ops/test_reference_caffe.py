@@ -1,4 +1,5 @@
-"""The pure-PyTorch references against real Caffe outputs (skipped without ../shared)."""
+"""The pure-PyTorch references and the Caffe geometry rules against real Caffe outputs
+(skipped without ../shared)."""
 import pytest
 import torch
 
@@ -6,10 +7,9 @@ from mlic.ops.reference import (
     caffe_pool2d_ref,
     roi_pool_ref,
     spp_ref,
-    wsd_roigen_ref,
-    wsd_roigen_single_scale_ref,
     wsddn_two_stream_ref,
 )
+from mlic.ops.geometry import wsd_roigen, wsd_roigen_single_scale
 from tests.ops.caffe_cases import assert_forward_close, assert_grad_close, layer_text, load_case, param, t
 
 
@@ -19,14 +19,14 @@ def roi_case(caffe_ref):
 
 
 def test_wsd_roigen_matches_caffe(roi_case):
-    rois = wsd_roigen_ref(t(roi_case, "input/list_roi"))
+    rois = wsd_roigen(t(roi_case, "input/list_roi"))
     assert torch.equal(rois, t(roi_case, "blob/roi"))
 
 
 def test_wsd_roigen_single_scale_matches_caffe(roi_case):
     text = layer_text(str(roi_case["prototxt"]), "roi_small")
     single, origin = param(text, "single_scale"), param(text, "origin_scale")
-    rois = wsd_roigen_single_scale_ref(t(roi_case, "input/list_roi"), single, origin)
+    rois = wsd_roigen_single_scale(t(roi_case, "input/list_roi"), single, origin)
     # rounded coordinates are integers: exact
     assert torch.equal(rois, t(roi_case, "blob/roi_small"))
 
