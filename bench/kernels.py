@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import mlic  # noqa: E402
-from mlic.ops.reference import spp_level_params  # noqa: E402
+from mlic.ops.geometry import spp_level  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- timing
@@ -116,8 +116,8 @@ def spp_eager(x, pyramid_height, mode):
     height, width = x.shape[2:]
     parts = []
     for level in range(pyramid_height):
-        kh, ph = spp_level_params(height, level)
-        kw, pw = spp_level_params(width, level)
+        kh, ph = spp_level(height, level)
+        kw, pw = spp_level(width, level)
         if mode == "max":
             y = F.max_pool2d(x, (kh, kw), (kh, kw), (ph, pw), ceil_mode=True)
         else:
