@@ -30,9 +30,20 @@ log = logging.getLogger("mlic.data")
 # "1_000", none of which is a finite number to Caffe's stream parsing.
 _NUM = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _NUMBER = re.compile(_NUM + r"\Z", re.ASCII)
-_NUMBER_LIST = re.compile(_NUM + r"(?: " + _NUM + r")*\Z", re.ASCII)
+# Any character a plain decimal number cannot hold. Over that alphabet Python's float()
+# accepts exactly the strings _NUM matches, so a line free of these parses with float()
+# (much faster than a regular expression per field); a failure falls back to the exact check.
+_NOT_DECIMAL = re.compile(r"[^0-9eE+\-. ]", re.ASCII)
 # Field separators: C's isspace() set (what Caffe's `>>` stops at), not Unicode whitespace.
 _FIELD = re.compile(r"[^ \t\r\f\v]+")
+# str.split() also splits at these; a line without them splits alike, only faster
+_SPLIT_ONLY = re.compile(r"[\x1c-\x1f]")
+
+
+def _fields(raw: str) -> List[str]:
+    if raw.isascii() and _SPLIT_ONLY.search(raw) is None:
+        return raw.split()
+    return _FIELD.findall(raw)
 
 CHECK_FILES_CHOICES = ("construct", "read", "none")
 
@@ -176,11 +187,16 @@ def _numbers(tokens: Sequence[str], att_num: Optional[int], expected: Optional[i
     """The numeric fields of a tokenised line as float64, each checked to be a plain decimal
     number that is finite in float32."""
     rest = tokens[1:]
-    if rest and not _NUMBER_LIST.match(" ".join(rest)):
+    values = None
+    if _NOT_DECIMAL.search(" ".join(rest)) is None:
+        try:
+            values = np.array(rest, dtype=np.float64)
+        except ValueError:
+            pass
+    if values is None:
         j, tok = _bad_token(tokens, 1)
         hint = _count_hint(tokens, expected if expected is not None else 0) if (expected is not None or j == 1) else ""
         raise DatalistError(file, line, f"field {j + 1} ({_field_name(j, att_num)}) is not a number: {tok!r}" + hint)
-    values = np.array(rest, dtype=np.float64)
     with np.errstate(over="ignore"):
         finite = np.isfinite(values.astype(np.float32))
     if not finite.all():
@@ -253,7 +269,7 @@ def parse_datalist_text(text: str, source: PathLike = "<text>", att_num: Optiona
     line_numbers: List[int] = []
     raw_lines = text.split("\n")
     for lineno, raw in enumerate(raw_lines, start=1):
-        tokens = _FIELD.findall(raw)
+        tokens = _fields(raw)
         if not tokens:
             continue
         if known:
@@ -274,7 +290,7 @@ def parse_datalist_text(text: str, source: PathLike = "<text>", att_num: Optiona
         raise DatalistError(source, None, "the datalist has no entries")
 
     def tokens_of(i: int) -> List[str]:
-        return _FIELD.findall(raw_lines[line_numbers[i] - 1])
+        return _fields(raw_lines[line_numbers[i] - 1])
 
     if known:
         c, b = att_num, bbox_num
