@@ -295,7 +295,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--test-datalist", help="datalist evaluated every --eval-period iterations")
     g.add_argument("--root-folder", default="", help="prefix of the image paths (Caffe's root_folder)")
     g.add_argument("--num-classes", type=int, default=None,
-                   help="labels per datalist line (default: read from the datalist's layout)")
+                   help="labels per datalist line (80 for COCO, 81 for NUS-WIDE); without it the count is "
+                        "inferred from the numbers (logged), and lists it cannot tell apart are refused")
     g.add_argument("--out", help="output folder (checkpoints, logs, final weights)")
     g.add_argument("--weights", help="initial weights: a .caffemodel (by layer name) or one of our checkpoints")
     g.add_argument("--teacher", help="KD stages: the trained teacher (checkpoint or caffemodel, WSDDN names)")
