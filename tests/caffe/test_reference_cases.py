@@ -46,7 +46,6 @@ def test_cases_with_reference_ops(caffe_ref, backend, monkeypatch):
         assert res.ok, res.table()
 
 
-@pytest.mark.skipif(not CAFFE_REF.is_dir(), reason="reference data not found")
 def test_cli_exit_status_and_table():
     r = subprocess.run([sys.executable, str(REPO / "tools" / "compare_caffe.py"), str(CAFFE_REF / "scale.npz")],
                        capture_output=True, text=True, timeout=300)

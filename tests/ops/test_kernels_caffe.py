@@ -1,4 +1,4 @@
-"""The compiled ops directly against real Caffe outputs (skipped without ../shared or the extension)."""
+"""The compiled ops directly against real Caffe outputs (tests/fixtures/caffe; skipped without the extension)."""
 import pytest
 import torch
 

@@ -1,5 +1,5 @@
 """The pure-PyTorch references and the Caffe geometry rules against real Caffe outputs
-(skipped without ../shared)."""
+(tests/fixtures/caffe)."""
 import pytest
 import torch
 

@@ -12,7 +12,7 @@ from mlic.caffe.weights import load_param_dict
 from mlic.solver import CaffeSGD
 from prototxt_ports import KDStage1, KDStage2, NetConfig
 from prototxt_ports.losses import probability_l2_loss
-from tests.conftest import DEVICES, requires_shared
+from tests.conftest import DEVICES
 from tests.ports.helpers import (SMALL, changed, close, make_inputs, randomize_, sgd_step, small_cfg, small_prototxt,
                                  snapshot, spec_prototxt)
 
@@ -96,7 +96,6 @@ MINI = dict(num_classes=4, num_rois=6, input_size=96, student_size=32, pooled_si
             body=("conv1_1:8", "pool1", "conv2_1:8", "pool2", "pool3", "conv5_3:16"))
 
 
-@requires_shared
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_mini_stage_against_caffe(caffe_ref, stage):
     """Caffe's mini KD cases (TEST phase). In mini_stage1 the student convs have lr_mult 0

@@ -7,7 +7,6 @@ import torch
 from mlic.caffe import CaffeNet
 from mlic.caffe.weights import load_caffemodel, load_param_dict
 from prototxt_ports import WSDDN, NetConfig, wsddn_to_kd_name
-from tests.conftest import requires_shared
 from tests.ports.helpers import SMALL, close, make_inputs, randomize_, small_cfg, small_prototxt, spec_prototxt
 
 C, B = SMALL["classes"], SMALL["rois"]
@@ -212,7 +211,6 @@ def test_bad_inputs_are_reported():
 MINI_BODY = ("conv1_1:8", "pool1", "conv2_1:8", "pool2", "pool3", "conv5_3:16")
 
 
-@requires_shared
 def test_mini_wsddn_against_caffe(caffe_ref):
     """The real Caffe case: forward blobs and loss; the fc gradients given Caffe's diffs
     at the logits (reshape_branch1/2), and the head's backward given Caffe's diff at
