@@ -17,6 +17,10 @@ VGG16_BODY: Tuple[str, ...] = (
     "conv5_1:512", "conv5_2:512", "conv5_3:512",
 )
 
+# transform_param mean_value of the released nets' data layers (B, G, R), subtracted from
+# 0..255 pixels
+RELEASED_MEAN_BGR: Tuple[float, float, float] = (103.52, 116.28, 123.675)
+
 # (lr_mult, decay_mult) per learnable blob (weight, bias), as in the released prototxts.
 RELEASED_MULTIPLIERS: Dict[str, Tuple[Tuple[float, float], ...]] = {
     "conv": ((1.0, 1.0), (2.0, 0.0)),          # conv*_*, conv_wsd_*_*

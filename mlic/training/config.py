@@ -20,10 +20,11 @@ from typing import Optional, Tuple
 from mlic.errors import UserInputError
 from mlic.solver import LR_POLICIES
 from mlic.training.tasks import STAGES, Switches
+from prototxt_ports.config import RELEASED_MEAN_BGR
 
 # The data layer's scale factors of the released training (SPEC section 2).
 RELEASED_SCALES = (0.714286, 0.857143, 1.0, 1.095239, 1.238096)
-BGR_MEAN = (103.52, 116.28, 123.675)
+BGR_MEAN = RELEASED_MEAN_BGR
 
 STAGE_DEFAULTS = {  # batch, base_lr, max_iter
     "wsddn": (32, 5e-5, 20000),
@@ -109,8 +110,12 @@ class TrainConfig:
     net: the port's sizes (prototxt_ports.NetConfig; None: the released sizes). Its
       num_classes and num_rois come from the training datalist: a net whose counts differ
       from both the data and NetConfig's defaults is refused as a contradiction.
-    weights: initial weights (a .caffemodel by layer name, or a checkpoint / final.pt);
-    teacher: the trained WSDDN of a KD stage (checkpoint or caffemodel).
+    weights: initial weights by Caffe layer name, comma-separated like Caffe's -weights a,b
+      (later files win): caffemodels, our checkpoints and .pt files, torchvision:vgg16
+      (mlic.caffe.weight_files);
+    teacher: the trained WSDDN of a KD net (checkpoint or caffemodel), mapped onto its
+      teacher layers (*_wsd_*) and loaded last; a KD net whose teacher layers keep their
+      initial values is refused unless allow_untrained_teacher.
     """
 
     out: Optional[str] = None
@@ -118,6 +123,7 @@ class TrainConfig:
     prototxt: Optional[str] = None
     weights: Optional[str] = None
     teacher: Optional[str] = None
+    allow_untrained_teacher: bool = False
     net: Optional[object] = None
     switches: Switches = field(default_factory=Switches)
     data: DataConfig = field(default_factory=DataConfig)
@@ -138,8 +144,9 @@ class TrainConfig:
                 raise UserInputError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
             if not self.data.train:
                 raise UserInputError(f"--stage {self.stage} needs --datalist (the training datalist)")
-        if self.stage in ("stage1", "stage2") and not self.teacher:
-            raise UserInputError(f"--stage {self.stage} needs --teacher (the trained WSDDN)")
+        if self.stage in ("stage1", "stage2") and not self.teacher and not self.allow_untrained_teacher:
+            raise UserInputError(f"--stage {self.stage} needs --teacher (the trained WSDDN), or "
+                                 f"--allow-untrained-teacher")
         positive = (("--max-iter", self.solver.max_iter), ("--batch-size", self.data.batch_size),
                     ("--test-batch-size", self.data.test_batch_size), ("--iter-size", self.solver.iter_size))
         for flag, value in positive:

@@ -15,6 +15,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from mlic.caffe.torchvision_vgg import InputTransform
+from mlic.caffe.weight_files import initialize_weights
 from mlic.engine import distributed as D
 from mlic.engine import EvalHook, MetricsWriter, PeriodicCheckpointer, Trainer, latest_checkpoint, load_checkpoint
 from mlic.engine.checkpoint import atomic_save
@@ -24,7 +26,6 @@ from mlic.training.cli import run_tool
 from mlic.training.config import (BGR_MEAN, DEFAULT_KEEP_CHECKPOINTS, PROTOTXT_DEFAULTS, RELEASED_SCALES,  # noqa: F401
                                   STAGE_DEFAULTS, DataConfig, RunConfig, SolverConfig, TrainConfig)
 from mlic.training.tasks import STAGES, Switches, Task, build_prototxt_task, build_task
-from mlic.training.weights import load_weights_into, teacher_rename
 
 log = logging.getLogger("mlic.train")
 
@@ -74,7 +75,7 @@ def _train_log(out: Optional[Path]):
 def _train(cfg: TrainConfig, device: str, out: Path) -> Path:
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     task, data, defaults = build_model_and_data(cfg, device)
-    load_initial_weights(task, cfg)
+    load_initial_weights(task, cfg, data.train_cfg)
     # Same initial weights on every rank (seeded above, and broadcast); each rank then gets
     # its own stream for dropout.
     D.broadcast_parameters(task.model)
@@ -186,11 +187,16 @@ def data_layer_config(data: DataConfig, input_size: int, source: str, batch: int
                               scale=data.input_scale)
 
 
-def load_initial_weights(task: Task, cfg: TrainConfig) -> None:
-    if cfg.weights:
-        load_weights_into(task.model, cfg.weights, "--weights")
-    if cfg.stage in ("stage1", "stage2"):
-        load_weights_into(task.model.teacher, cfg.teacher, "--teacher", rename=teacher_rename)
+def load_initial_weights(task: Task, cfg: TrainConfig, data_layer) -> None:
+    """--weights files in order, then --teacher (mlic.caffe.weight_files); the log says
+    which layer came from which file."""
+    init = initialize_weights(task.model, cfg.weights, cfg.teacher,
+                              allow_untrained_teacher=cfg.allow_untrained_teacher,
+                              transform=InputTransform.from_values(data_layer.mean_values, data_layer.scale))
+    for line in init.lines():
+        log.info("%s", line)
+    if init.warning():
+        log.warning("%s", init.warning())
 
 
 def build_solver(s: SolverConfig, model, defaults: tuple) -> Tuple[CaffeSGD, int]:
@@ -298,8 +304,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="labels per datalist line (80 for COCO, 81 for NUS-WIDE); without it the count is "
                         "inferred from the numbers (logged), and lists it cannot tell apart are refused")
     g.add_argument("--out", help="output folder (checkpoints, logs, final weights)")
-    g.add_argument("--weights", help="initial weights: a .caffemodel (by layer name) or one of our checkpoints")
-    g.add_argument("--teacher", help="KD stages: the trained teacher (checkpoint or caffemodel, WSDDN names)")
+    g.add_argument("--weights", help="initial weights by Caffe layer name, comma-separated like Caffe's -weights a,b "
+                   "(later files win): caffemodels, our checkpoints and .pt files, torchvision:vgg16 (torchvision's "
+                   "local cache) or torchvision:PATH")
+    g.add_argument("--teacher", help="KD nets (--stage stage1/stage2, or the released KD prototxts): the trained "
+                   "WSDDN (our checkpoint or a caffemodel) for the teacher layers (*_wsd_*); loaded last")
+    g.add_argument("--allow-untrained-teacher", action="store_true",
+                   help="let a KD net's teacher layers keep their initial values (otherwise an error)")
     g = p.add_argument_group("network")
     g.add_argument("--input-size", type=int, default=672, help="new_width = new_height of the data layer (672)")
     g.add_argument("--student-size", type=int, default=224,
@@ -423,6 +434,7 @@ def config_from_args(args) -> TrainConfig:
     """tools/train.py's flags as a TrainConfig."""
     return TrainConfig(
         out=args.out, stage=args.stage, prototxt=args.prototxt, weights=args.weights, teacher=args.teacher,
+        allow_untrained_teacher=args.allow_untrained_teacher,
         net=None if args.prototxt else net_from_args(args),
         switches=Switches(kd_loss=args.kd_loss, stage1_train=args.stage1_train, teacher=args.teacher_mode,
                           regions=args.regions, topk=args.topk),

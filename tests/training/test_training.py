@@ -77,7 +77,7 @@ def test_bad_arguments_name_the_problem(tiny_data, tmp_path, capsys):
     assert rc == 2 and "train.py: error: --stage stage1 needs --teacher" in err and "Traceback" not in err
     rc, err = run_main(main, train_args(tiny_data, tmp_path / "w", extra=["--weights",
                                                                         str(tmp_path / "missing.caffemodel")]), capsys)
-    assert rc == 2 and "missing.caffemodel does not exist" in err
+    assert rc == 2 and "missing.caffemodel: no such weights file" in err
     rc, err = run_main(main, train_args(tiny_data, tmp_path / "x")[:-1] + ["1.0,abc"], capsys)
     assert rc == 2 and "--scales" in err and len(err.strip().splitlines()) == 1
 
@@ -237,7 +237,9 @@ def test_kd_stage_takes_classifier_weights_into_the_student(tiny_data, tmp_path)
     assert torch.equal(s1["student.conv1_1.weight"], cls["conv1_1.weight"])
     assert torch.equal(s1["student.fc6.weight"], cls["fc6.weight"])
     log = (tmp_path / "s1" / "train.log").read_text()
-    assert "(into the student)" in log
+    # which layers came from which file
+    assert f"weights {tmp_path / 'cls' / 'final.pt'} (checkpoint, stage student)" in log
+    assert f"teacher {tmp_path / 't' / 'final.pt'} (checkpoint, stage wsddn)" in log
 
 
 TINY_PROTOTXT = """name: "tiny_cls"
