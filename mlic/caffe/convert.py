@@ -1,42 +1,86 @@
 """Weight file conversion (the logic of tools/convert_caffemodel.py).
 
-    caffemodel -> param dict (.pt/.pth): {'layer/i': tensor}; with --prototxt the weights
-                  are first loaded into that net (shape-checked, legacy shapes reshaped)
-    param dict -> caffemodel: needs --prototxt (the layers to write)
-    caffemodel -> caffemodel: needs --prototxt (e.g. a V1 model rewritten in the current form)
+The input is any weight file the project reads (mlic.caffe.weight_files: caffemodel,
+param dict, tools/train.py checkpoint, student export, torchvision VGG16). The output:
+
+    OUT.caffemodel            the weights written for the net of --prototxt (its layers, by
+                              name; what Caffe's CopyTrainedLayersFrom reads)
+    OUT.pt / OUT.pth          a param dict {'layer/i': tensor}; with --prototxt, only that
+                              net's layers, loaded into it first (shape checks)
+    OUT.pt --student          a student export (mlic.caffe.student_export): the classifier
+                              without the teacher, its class names and input settings
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 from mlic.caffe.errors import CaffeError
+from mlic.caffe.net import CaffeNet
+from mlic.caffe.student_export import save_student, student_export
+from mlic.caffe.torchvision_vgg import InputTransform
+from mlic.caffe.weight_files import initialize_weights, read_weight_file
+from mlic.caffe.weights import save_caffemodel, save_param_dict
 
 TORCH_EXT = (".pt", ".pth")
 
 
-def convert(src, dst, prototxt=None, phase="TEST", strict=False, log=print) -> None:
-    from mlic.caffe.net import CaffeNet
-    from mlic.caffe.weights import (caffemodel_to_param_dict, load_weights, save_caffemodel,
-                                    save_param_dict)
+def _net_transform(net, mean, scale):
+    """The input transform for torchvision weights: the flags, else the net's data layer."""
+    if mean is None:
+        data = [lp for lp in net.layer_params if lp.type == "HumanAttData"]
+        if data and len(data[0].transform_param.mean_value):
+            tp = data[0].transform_param
+            return InputTransform.from_values(tp.mean_value, tp.scale if tp.HasField("scale") else 1.0)
+        return None
+    return InputTransform.from_values(mean, 1.0 if scale is None else scale)
 
-    src, dst = Path(src), Path(dst)
+
+def read_class_names(path) -> list:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaffeError(f"{path}: cannot read the class names ({exc})") from None
+    names = [l.strip() for l in lines if l.strip()]
+    if not names:
+        raise CaffeError(f"{path}: no class names in it (one per line)")
+    return names
+
+
+def convert(src, dst, prototxt=None, phase="TEST", *, strict=False, student=False, class_names=None,
+            allow_untrained_teacher=False, mean=None, scale=None, log=print, warn=None) -> None:
+    warn = warn or (lambda m: log(f"warning: {m}"))
+    dst = Path(dst)
     to_torch = dst.suffix in TORCH_EXT
     if not to_torch and dst.suffix != ".caffemodel":
-        raise CaffeError(f"{dst}: output must end in .caffemodel, .pt or .pth")
+        raise CaffeError(f"{dst}: the output must end in .caffemodel, .pt or .pth")
+    if student:
+        if not to_torch:
+            raise CaffeError(f"{dst}: a student export is a torch file (.pt or .pth)")
+        names = read_class_names(class_names) if class_names else None
+        exp = student_export(read_weight_file(src), class_names=names, prototxt=prototxt)
+        save_student(exp, dst)
+        log(f"{src} -> {dst}: student {', '.join(sorted({k.rpartition('/')[0] for k in exp['params']}))}; "
+            f"{exp['net']['num_classes']} classes{'' if exp['class_names'] else ' (no class names)'}")
+        return
+    if class_names:
+        raise CaffeError("--class-names goes into a student export (--student)")
     if prototxt is None:
         if not to_torch:
             raise CaffeError(f"{dst}: writing a caffemodel needs --prototxt (the net whose layers to write)")
-        if src.suffix in TORCH_EXT:
-            raise CaffeError(f"{src}: already a parameter dict; give --prototxt to check it against a net")
-        d = caffemodel_to_param_dict(src)
-        save_param_dict(d, dst)
-        log(f"{src} -> {dst}: {len(d)} blob(s)")
+        wf = read_weight_file(src, None if mean is None else InputTransform.from_values(mean, scale or 1.0))
+        save_param_dict(wf.params, dst)
+        log(f"{wf.describe()} -> {dst}: {len(wf.params)} blob(s)")
         return
     net = CaffeNet(prototxt, phase)
-    report = load_weights(net, src, strict=strict)
-    log(str(report))
+    report = initialize_weights(net, [src], allow_untrained_teacher=allow_untrained_teacher,
+                                transform=_net_transform(net, mean, scale), strict=strict)
+    for line in report.lines():
+        log(line)
+    if report.warning():
+        warn(report.warning())
     if to_torch:
         save_param_dict(net.param_dict(), dst)
     else:
@@ -44,17 +88,49 @@ def convert(src, dst, prototxt=None, phase="TEST", strict=False, log=print) -> N
     log(f"wrote {dst}")
 
 
+def _floats(text):
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Convert weights between caffemodel and parameter-dict (torch.save) files.")
-    ap.add_argument("src", help="input .caffemodel (current or V1/legacy form) or .pt/.pth parameter dict")
-    ap.add_argument("dst", help="output .caffemodel or .pt/.pth")
-    ap.add_argument("--prototxt", help="network definition: load into it (shape checks) before writing")
-    ap.add_argument("--phase", default="TEST", choices=["TRAIN", "TEST"])
-    ap.add_argument("--strict", action="store_true", help="fail when the file and the net do not cover each other")
+    ap = argparse.ArgumentParser(
+        description="Convert weights: any weight file of the project (caffemodel, .pt param dict, tools/train.py "
+                    "checkpoint, student export, torchvision:vgg16) to a caffemodel for a prototxt, a param dict, "
+                    "or a student-only export.")
+    ap.add_argument("src", help="input weights: .caffemodel (current or V1), .pt/.pth (param dict, checkpoint, "
+                                "student export, state dict), torchvision:vgg16 or torchvision:PATH")
+    ap.add_argument("dst", help="output .caffemodel (needs --prototxt) or .pt/.pth")
+    ap.add_argument("--prototxt", help="network definition: the layers to write (loaded by name, shape-checked); "
+                                       "with --student, where the student's sizes come from when SRC has none")
+    ap.add_argument("--phase", default="TEST", choices=["TRAIN", "TEST"], help="phase of --prototxt's net")
+    ap.add_argument("--strict", action="store_true", help="fail when a layer of the net is not in SRC")
+    ap.add_argument("--student", action="store_true",
+                    help="write a student-only export (weights without the teacher, class names, input settings)")
+    ap.add_argument("--class-names", help="with --student: text file, one class name per line")
+    ap.add_argument("--allow-untrained-teacher", action="store_true",
+                    help="write a KD net whose teacher layers SRC does not have (otherwise an error)")
+    ap.add_argument("--mean", type=_floats, help="for torchvision weights: B,G,R mean the net subtracts "
+                                                 "(default: --prototxt's data layer)")
+    ap.add_argument("--scale", type=float, help="for torchvision weights: the net's input scale (default 1)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = ap.parse_args(argv)
     try:
-        convert(args.src, args.dst, args.prototxt, args.phase, args.strict)
-    except (CaffeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        convert(args.src, args.dst, args.prototxt, args.phase, strict=args.strict, student=args.student,
+                class_names=args.class_names, allow_untrained_teacher=args.allow_untrained_teacher,
+                mean=args.mean, scale=args.scale,
+                warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    except (CaffeError, ValueError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"convert_caffemodel.py: error: {_sentence(exc)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _sentence(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)

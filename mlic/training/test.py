@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
+from mlic.caffe.student_export import build_student, student_export
+from mlic.caffe.weight_files import STUDENT_FORMAT, WeightFile, state_dict_to_param_dict, torch_load
 from mlic.data.annotations import GT_FORMAT_HELP
 from mlic.errors import UserInputError
 from mlic.training.cli import run_tool
@@ -27,13 +30,16 @@ def load_trained(weights: str, device: str = "cpu"):
     path = Path(weights)
     if not path.is_file():
         raise UserInputError(f"--weights: {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch_load(str(path), f"--weights {path}")
+    if isinstance(state, dict) and state.get("format") == STUDENT_FORMAT:
+        return _student_task(state, device)
     if not isinstance(state, dict) or "meta" not in state or "model" not in state:
         raise UserInputError(f"--weights: {path} is not a checkpoint written by tools/train.py (no 'meta'/'model')")
     meta = state["meta"]
     if meta.get("prototxt") or not meta.get("net"):
-        raise UserInputError(f"--weights: {path} was trained with --prototxt {meta.get('prototxt')}; this tool "
-                             "tests the method's stages (--stage); load its 'model' state dict into mlic.caffe.CaffeNet instead")
+        # a Caffe net's run (--prototxt): its student, as the student export reads it
+        wf = WeightFile(str(path), "checkpoint", state_dict_to_param_dict(state["model"], str(path)), meta)
+        return _student_task(student_export(wf), device)
     net = dict(meta["net"])
     for k in ("body",):
         if k in net and isinstance(net[k], list):
@@ -43,6 +49,16 @@ def load_trained(weights: str, device: str = "cpu"):
     task.model.load_state_dict(state["model"])
     task.model.eval()
     return task, meta
+
+
+def _student_task(export: dict, device: str):
+    from mlic.training.tasks import build_task
+
+    model, info = build_student(export, device)
+    task = build_task("student", info.cfg, device=device)
+    task.model = model
+    return task, {"stage": "student", "net": asdict(info.cfg), "input_scale": info.scale,
+                  "mean_values": info.mean_bgr, "class_names": info.class_names}
 
 
 def _fixed_batches(dataset, batch_size: int, scale: float, mirror: bool):
@@ -90,13 +106,13 @@ def evaluate(cfg: EvalConfig) -> Dict[str, float]:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     task, meta = load_trained(cfg.weights, device)
     net = meta["net"]
-    class_names = read_class_names(cfg.class_names) if cfg.class_names else None
+    class_names = read_class_names(cfg.class_names) if cfg.class_names else meta.get("class_names")
     dl = read_datalist(cfg.datalist, att_num=net["num_classes"], bbox_num=net["num_rois"],
                        root_folder=cfg.root_folder)
     size = net["input_size"]
     data_cfg = HumanAttDataConfig(source=cfg.datalist, root_folder=cfg.root_folder, batch_size=cfg.batch_size,
                                   new_width=size, new_height=size, att_num=dl.att_num, bbox_num=dl.bbox_num,
-                                  mean_values=BGR_MEAN, scale=meta.get("input_scale", 1.0))
+                                  mean_values=meta.get("mean_values", BGR_MEAN), scale=meta.get("input_scale", 1.0))
     dataset = HumanAttDataset(dl, data_cfg)
     # read before the forward passes, so that a bad file fails at once
     gt = read_ground_truth(cfg.gt, dl, (size, size), class_names, net["num_classes"]) if cfg.gt else None
@@ -144,7 +160,8 @@ def read_class_names(path: str):
 
 
 def add_test_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--weights", help="final.pt or a checkpoint written by tools/train.py (required)")
+    p.add_argument("--weights", help="final.pt or a checkpoint written by tools/train.py, or a student export "
+                   "(tools/convert_caffemodel.py RUN/final.pt student.pt --student) (required)")
     p.add_argument("--datalist", help="test datalist (image labels... x1 y1 x2 y2 s ...; required)")
     p.add_argument("--root-folder", default="", help="prefix of the image paths (Caffe's root_folder)")
     p.add_argument("--out", help="folder for scores.csv, metrics.json and figures")

@@ -201,10 +201,10 @@ def test_convert_tool_round_trip(tmp_path, capsys):
     back = _net(3)
     load_caffemodel(back, tmp_path / "b.caffemodel")
     _same_params(src, back)
-    assert convert_main([str(tmp_path / "a.pt"), str(tmp_path / "c.caffemodel")]) == 1
+    assert convert_main([str(tmp_path / "a.pt"), str(tmp_path / "c.caffemodel")]) == 2
     assert "needs --prototxt" in capsys.readouterr().err
     (tmp_path / "x.caffemodel").write_bytes(b"\xff\xff")
-    assert convert_main([str(tmp_path / "x.caffemodel"), str(tmp_path / "x.pt")]) == 1
+    assert convert_main([str(tmp_path / "x.caffemodel"), str(tmp_path / "x.pt")]) == 2
     assert "x.caffemodel: not a valid caffemodel" in capsys.readouterr().err
 
 
