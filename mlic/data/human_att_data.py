@@ -99,10 +99,10 @@ class HumanAttDataConfig:
             bad("mean_values", "give 0, 1 or 3 (BGR) values")
         if not math.isfinite(self.scale):
             bad("scale", "must be finite")
-        for name in ("att_num", "bbox_num"):
-            v = getattr(self, name)
-            if v is not None and int(v) < 0:
-                bad(name, "must be >= 0")
+        if self.att_num is not None and int(self.att_num) < 0:
+            bad("att_num", "must be >= 0")
+        if self.bbox_num is not None and int(self.bbox_num) < 1:
+            bad("bbox_num", "must be >= 1 (the nets pool each image's features over its proposals)")
 
     @classmethod
     def from_layer(cls, layer: Any, **overrides) -> "HumanAttDataConfig":

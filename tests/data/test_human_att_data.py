@@ -321,6 +321,8 @@ def test_config_from_layer_dict_and_errors():
         HumanAttDataConfig(source="a", new_width=10)
     with pytest.raises(ValueError, match="scale_factors"):
         HumanAttDataConfig(source="a", scale_factors=(0.0,))
+    with pytest.raises(ValueError, match="bbox_num=0: must be >= 1"):
+        HumanAttDataConfig(source="a", bbox_num=0)
 
 
 def test_config_from_protobuf_message():
