@@ -104,7 +104,9 @@ def main(argv=None):
     try:
         labels = make_images(tmp, args.images, args.image_width, args.image_height, args.seed)
         ss = SelectiveSearchProposals(num=args.bbox_num)
-        raw = [len(ss(p, p, cv2.imread(os.path.join(tmp, p)))[0]) for p in labels.paths[:4]]
+        every = SelectiveSearchProposals(score="one")  # not cut at bbox_num: how many boxes it finds
+        raw = [len(every(p, p, cv2.imread(os.path.join(tmp, p)))[0]) for p in labels.paths[:4]]
+        load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
         for w in counts:
             runs = [timed_build(labels, tmp, os.path.join(tmp, "list.txt"), ss, args.bbox_num, args.size, w)
                     for _ in range(args.repeat)]
@@ -145,6 +147,8 @@ def main(argv=None):
                    "selective_search": {"mode": "fast", "max_side": ss.max_side, "score": ss.score},
                    "selective_search_boxes_per_image_first_4": raw},
         "results": results,
+        "load_average_1_5_15min": {"before": load_before,
+                                   "after": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "notes": (f"{cores} cores were available; other processes may have shared them. Worker processes run "
                   "OpenCV single-threaded; workers=1 runs in this process. images_per_s is the steady rate, from the "
                   "moment the first `workers` images are done to the last (worker start-up, paid once per run, "

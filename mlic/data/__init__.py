@@ -1,4 +1,6 @@
-"""Data: the HumanAttData datalist format and layer, dataset builders, synthetic benchmark."""
+"""Data: the HumanAttData datalist format and layer, dataset builders, ground-truth readers,
+synthetic benchmark."""
+from mlic.data.annotations import read_ground_truth  # noqa: F401
 from mlic.data.datalist import (Datalist, DatalistError, ImageReadError, parse_datalist_text,  # noqa: F401
                                 read_datalist)
 from mlic.data.human_att_data import (BatchSpec, HumanAttBatch, HumanAttBatchSampler,  # noqa: F401
