@@ -314,6 +314,10 @@ def parse_datalist_text(text: str, source: PathLike = "<text>", att_num: Optiona
     )
 
 
+def _layout(c: int, b: int) -> str:
+    return f"{c} label{'s' if c != 1 else ''} + {b} box{'es' if b != 1 else ''}"
+
+
 def _infer(rows, leading, line_votes, line_numbers, tokens_of, att_num, bbox_num, source) -> Tuple[int, int]:
     """The layout (C, B) of lines whose label count and/or box count is not given.
 
@@ -356,20 +360,20 @@ def _infer(rows, leading, line_votes, line_numbers, tokens_of, att_num, bbox_num
     ranked = votes.most_common()
     if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
         (c1, k1), (c2, _) = ranked[0], ranked[1]
-        raise DatalistError(source, None, f"cannot infer the label count: as many lines ({k1}) read as {c1} labels "
-                            f"+ {(n - c1) // 5} boxes as read as {c2} labels + {(n - c2) // 5} boxes; state the "
+        raise DatalistError(source, None, f"cannot infer the label count: as many lines ({k1}) read as "
+                            f"{_layout(c1, (n - c1) // 5)} as read as {_layout(c2, (n - c2) // 5)}; state the "
                             "label count (--num-classes, att_num)")
     c = ranked[0][0]
     if c >= 5:
         block = [v[c - 5:c] for v, L in zip(rows, leading) if len(v) == n and L >= c]
         block = np.array(block).reshape(-1, 5)
         if len(block) == len(rows) and _boxes_ordered(block.reshape(-1)) and block.any():
-            raise DatalistError(source, None, f"cannot infer the label count: every line reads as {c} labels + "
-                                f"{(n - c) // 5} boxes or as {c - 5} labels + {(n - c) // 5 + 1} boxes (labels "
+            raise DatalistError(source, None, f"cannot infer the label count: every line reads as "
+                                f"{_layout(c, (n - c) // 5)} or as {_layout(c - 5, (n - c) // 5 + 1)} (labels "
                                 f"{c - 4}..{c} could be a first box of 0/1 values); state the label count "
                                 "(--num-classes, att_num)")
-    log.info("%s: no label count given; read as %d labels + %d boxes per line (inferred from %d of %d lines; "
-             "state the label count, e.g. --num-classes %d, to skip the guess)", source, c, (n - c) // 5,
+    log.info("%s: no label count given; read as %s per line (inferred from %d of %d lines; "
+             "state the label count, e.g. --num-classes %d, to skip the guess)", source, _layout(c, (n - c) // 5),
              ranked[0][1], len(rows), c)
     return c, (n - c) // 5
 

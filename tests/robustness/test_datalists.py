@@ -75,7 +75,7 @@ CASES = {
         "read as 4 labels + 2 boxes per line"),
     "a first box of 0/1 values on every line": (
         lambda L: _edit(L, lambda k, ln: " ".join(_fields(ln)[:5] + ["0", "0", "1", "1", "1"] + _fields(ln)[10:])),
-        [], 2, "every line reads as 9 labels + 1 boxes or as 4 labels + 2 boxes"),
+        [], 2, "every line reads as 9 labels + 1 box or as 4 labels + 2 boxes"),
     "a first box of 0/1 values, label count given": (
         lambda L: _edit(L, lambda k, ln: " ".join(_fields(ln)[:5] + ["0", "0", "1", "1", "1"] + _fields(ln)[10:])),
         ["--num-classes", "4"], 0, "final weights"),
