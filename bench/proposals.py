@@ -105,8 +105,20 @@ def main(argv=None):
         labels = make_images(tmp, args.images, args.image_width, args.image_height, args.seed)
         ss = SelectiveSearchProposals(num=args.bbox_num)
         every = SelectiveSearchProposals(score="one")  # not cut at bbox_num: how many boxes it finds
-        raw = [len(every(p, p, cv2.imread(os.path.join(tmp, p)))[0]) for p in labels.paths[:4]]
         load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+        # CPU seconds per image (one OpenCV thread): what the cores must supply, whatever else
+        # runs on the machine; W free cores make about W / cpu_s images per second
+        cv2.setNumThreads(1)
+        raw, cpu = [], []
+        for p in labels.paths:
+            img = cv2.imread(os.path.join(tmp, p))
+            c0 = time.process_time()
+            raw.append(len(every(p, p, img)[0]))
+            cpu.append(time.process_time() - c0)
+        cv2.setNumThreads(-1)
+        cpu_s = float(np.mean(cpu))
+        print(f"selective search: {cpu_s:.2f} CPU s per image, {np.mean(raw):.0f} boxes found per image; "
+              f"COCO 2014 = {COCO_IMAGES * cpu_s / 3600:.0f} CPU hours", flush=True)
         for w in counts:
             runs = [timed_build(labels, tmp, os.path.join(tmp, "list.txt"), ss, args.bbox_num, args.size, w)
                     for _ in range(args.repeat)]
@@ -145,7 +157,9 @@ def main(argv=None):
         "config": {"images": args.images, "source_image": f"{args.image_width}x{args.image_height} JPEG q90, "
                    "smoothed noise with 3-8 filled shapes", "bbox_num": args.bbox_num, "frame": args.size,
                    "selective_search": {"mode": "fast", "max_side": ss.max_side, "score": ss.score},
-                   "selective_search_boxes_per_image_first_4": raw},
+                   "selective_search_boxes_found_per_image": raw},
+        "selective_search_cpu_s_per_image": round(cpu_s, 3),
+        "coco_cpu_hours": round(COCO_IMAGES * cpu_s / 3600, 1),
         "results": results,
         "load_average_1_5_15min": {"before": load_before,
                                    "after": os.getloadavg() if hasattr(os, "getloadavg") else None},
