@@ -124,7 +124,7 @@ class CaffePort(nn.Module):
         load a WSDDN model into the KD teacher). Returns mlic.caffe's LoadReport (loaded,
         missing, unexpected layers); `strict` raises on missing or unexpected layers.
         Shapes must match (legacy 4-D blobs are reshaped like Caffe does)."""
-        from mlic.caffe.weights import load_weights
+        from mlic.caffe.weight_files import load_weights
 
         if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
             raise FileNotFoundError(f"{os.fspath(source)}: no such weights file")

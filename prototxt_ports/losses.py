@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from mlic.caffe.functional import cross_entropy_loss, euclidean_loss, sigmoid_cross_entropy_loss
+from mlic.ops.functional import cross_entropy_loss, euclidean_loss, sigmoid_cross_entropy_loss
 
 __all__ = ["cross_entropy_loss", "sigmoid_cross_entropy_loss", "euclidean_loss", "probability_l2_loss"]
 

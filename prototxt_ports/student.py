@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mlic.caffe.functional import caffe_interp
+from mlic.ops.functional import caffe_interp
 from prototxt_ports import _ops
 from prototxt_ports.base import CaffeScale, caffe_linear
 from mlic.ops import geometry

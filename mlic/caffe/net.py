@@ -25,7 +25,9 @@ from torch import nn
 from mlic.caffe import proto
 from mlic.caffe.errors import NetBuildError
 from mlic.caffe.io import NetSpec, load_net_spec
-from mlic.caffe.layers import LAYERS, BuildContext, HumanAttDataLayer, InputLayer, Layer, supported_layer_types
+from mlic.caffe.layers import (LAYERS, BuildContext, HumanAttDataLayer, InputLayer, Layer, human_att_data_config,
+                               supported_layer_types)
+from mlic.caffe.weight_files import load_weights
 
 # ----------------------------------------------------------------------------- phase filter
 
@@ -272,8 +274,6 @@ class CaffeNet(nn.Module):
         self._loss_terms: List[Tuple[str, torch.Tensor, float]] = []
         self.objective: Optional[torch.Tensor] = None
         if weights is not None:
-            from mlic.caffe.weights import load_weights
-
             self.load_report = load_weights(self, weights)
 
     # -- construction helpers
@@ -346,6 +346,16 @@ class CaffeNet(nn.Module):
                 if w:
                     out[t] = w
         return out
+
+    def human_att_data(self, **overrides):
+        """(HumanAttDataConfig, [data top, label_roi top]) of the net's one HumanAttData
+        layer in this phase, as the data pipeline takes it; `overrides` replace fields."""
+        idx = [i for i, lp in enumerate(self.layer_params) if lp.type == "HumanAttData"]
+        if len(idx) != 1 or len(self.layer_params[idx[0]].top) != 2:
+            raise NetBuildError(f"{self.file or '<net>'}: needs exactly one HumanAttData layer (tops: data, "
+                                f"label_roi) in phase {self.phase}; found {len(idx)}")
+        lp = self.layer_params[idx[0]]
+        return human_att_data_config(lp, self._layer_where[idx[0]], **overrides), list(lp.top)
 
     def param_groups(self, only_learnable: bool = False) -> List[dict]:
         """One optimizer param group per learnable blob: {'params': [p], 'lr_mult',

@@ -33,10 +33,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from mlic.caffe import proto
 from mlic.caffe import torchvision_vgg as tv
 from mlic.caffe.errors import CaffemodelError
 from mlic.caffe.io import read_caffemodel
-from mlic.caffe.weights import caffemodel_to_param_dict, load_param_dict
+from mlic.caffe.weights import LoadReport, caffemodel_to_param_dict, load_caffemodel, load_param_dict, name_map
 from prototxt_ports.wsddn import wsddn_to_kd_name
 
 STUDENT_FORMAT = "mlic-student"
@@ -186,6 +187,29 @@ def split_sources(weights) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- loading into a net
+
+
+def load_weights(net, source, strict: bool = False, rename=None) -> LoadReport:
+    """Copy weights into `net` (anything with ``params`` = {layer: [blobs]}) by layer
+    name: a caffemodel (path or NetParameter), a {'layer/i': tensor} dict, or any weight
+    file. `rename` maps the file's layer names to the net's (a dict or a callable)."""
+    if isinstance(source, proto.NetParameter):
+        return load_caffemodel(net, source, strict, rename)
+    if isinstance(source, dict):
+        return load_param_dict(net, _renamed(source, rename), strict=strict)
+    wf = read_weight_file(source)
+    return load_param_dict(net, _renamed(wf.params, rename), wf.source, strict)
+
+
+def _renamed(d, rename):
+    fn = name_map(rename)
+    if fn is None:
+        return d
+    out = OrderedDict()
+    for k, v in d.items():
+        layer, _, i = k.rpartition("/")
+        out[f"{fn(layer)}/{i}"] = v
+    return out
 
 
 def net_params(model) -> "OrderedDict[str, list]":

@@ -85,10 +85,17 @@ def _copy_blobs(net, layer_name: str, arrays: List[np.ndarray], legacy: List[boo
             p.copy_(torch.from_numpy(np.ascontiguousarray(a)).reshape(p.shape).to(p.dtype))
 
 
+def name_map(rename):
+    """A `rename` argument (None, a dict or a callable) as a callable or None."""
+    if rename is None or callable(rename):
+        return rename
+    return lambda n: rename.get(n, n)
+
+
 def _renamed(stored: List[StoredLayer], rename) -> List[StoredLayer]:
-    if rename is None:
+    fn = name_map(rename)
+    if fn is None:
         return stored
-    fn = rename if callable(rename) else (lambda n: rename.get(n, n))
     return [StoredLayer(fn(sl.name), sl.type, sl.blobs) for sl in stored]
 
 
@@ -180,19 +187,6 @@ def save_param_dict(d, path) -> None:
     torch.save(OrderedDict((k, v.detach().cpu()) for k, v in d.items()), os.fspath(path))
 
 
-def read_param_dict(path) -> "OrderedDict[str, torch.Tensor]":
-    path = os.fspath(path)
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CaffemodelError(f"{path}: no such weights file") from None
-    except Exception as exc:
-        raise CaffemodelError(f"{path}: not a readable parameter dict (torch.save file): {exc}") from None
-    if not isinstance(d, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items()):
-        raise CaffemodelError(f"{path}: expected a dict of 'layer/i' -> tensor")
-    return OrderedDict(d)
-
-
 def load_param_dict(net, d, source: str = "<param dict>", strict: bool = False) -> LoadReport:
     """Copy {'layer/i': tensor} into `net` (exact shapes; legacy-padded 4-D shapes are
     accepted like in a caffemodel)."""
@@ -220,35 +214,3 @@ def load_param_dict(net, d, source: str = "<param dict>", strict: bool = False) 
     if strict and (report.missing or report.unexpected):
         raise CaffemodelError(f"strict load failed:\n{report}")
     return report
-
-
-def load_weights(net, source, strict: bool = False, rename=None) -> LoadReport:
-    """A caffemodel (binary NetParameter) or a param dict file (torch.save), by content."""
-    if isinstance(source, proto.NetParameter):
-        return load_caffemodel(net, source, strict, rename)
-    if isinstance(source, dict):
-        return load_param_dict(net, _rename_dict(source, rename), strict=strict)
-    path = os.fspath(source)
-    if _is_torch_file(path):
-        return load_param_dict(net, _rename_dict(read_param_dict(path), rename), path, strict)
-    return load_caffemodel(net, path, strict, rename)
-
-
-def _rename_dict(d, rename):
-    if rename is None:
-        return d
-    fn = rename if callable(rename) else (lambda n: rename.get(n, n))
-    out = OrderedDict()
-    for k, v in d.items():
-        layer, _, i = k.rpartition("/")
-        out[f"{fn(layer)}/{i}"] = v
-    return out
-
-
-def _is_torch_file(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return head[:2] == b"PK" or head[:1] == b"\x80"  # zip (torch >= 1.6) or pickle

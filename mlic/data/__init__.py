@@ -5,4 +5,4 @@ from mlic.data.datalist import (Datalist, DatalistError, ImageReadError, parse_d
                                 read_datalist)
 from mlic.data.human_att_data import (BatchSpec, HumanAttBatch, HumanAttBatchSampler,  # noqa: F401
                                       HumanAttDataConfig, HumanAttDataLoader, HumanAttDataset,
-                                      build_loader, build_loader_from_layer)
+                                      build_loader)

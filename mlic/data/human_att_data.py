@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -61,7 +61,8 @@ _PERM, _SCALE, _MIRROR = 0, 1, 2
 
 @dataclass
 class HumanAttDataConfig:
-    """The fields of a HumanAttData layer: ``human_att_data_param`` + ``transform_param``."""
+    """The fields of a HumanAttData layer: ``human_att_data_param`` + ``transform_param``
+    (mlic.caffe.layers.human_att_data_config reads them from a prototxt)."""
 
     source: str
     root_folder: str = ""
@@ -103,125 +104,6 @@ class HumanAttDataConfig:
             bad("att_num", "must be >= 0")
         if self.bbox_num is not None and int(self.bbox_num) < 1:
             bad("bbox_num", "must be >= 1 (the nets pool each image's features over its proposals)")
-
-    @classmethod
-    def from_layer(cls, layer: Any, **overrides) -> "HumanAttDataConfig":
-        """Build from a parsed prototxt layer: a protobuf ``LayerParameter`` (fields
-        ``human_att_data_param`` and ``transform_param``) or a mapping of the same shape
-        (a repeated field as a list; a scalar given as a one-element list is accepted).
-        Unsupported Caffe options (crop_size, mean_file, is_color false, rand_skip) raise.
-        ``overrides`` replace fields afterwards (e.g. ``source=`` resolved elsewhere).
-        """
-        hp = _sub(layer, "human_att_data_param")
-        if hp is None:
-            raise ValueError(f"layer {_get(layer, 'name', '?')!r} has no human_att_data_param")
-        tp = _sub(layer, "transform_param")
-        kw = {}
-        for name, conv in (("source", str), ("root_folder", str), ("batch_size", int),
-                           ("shuffle", _to_bool), ("new_width", int), ("new_height", int),
-                           ("att_num", int), ("bbox_num", int)):
-            v = _get(hp, name)
-            if v is not None:
-                kw[name] = conv(v)
-        kw["scale_factors"] = tuple(float(f) for f in _get_list(hp, "scale_factors"))
-        if int(_get(hp, "crop_size", 0) or 0):
-            raise ValueError("HumanAttData: crop_size is not supported by this data layer")
-        if _get(hp, "mean_file"):
-            raise ValueError("HumanAttData: mean_file is not supported; use transform_param.mean_value")
-        if not _to_bool(_get(hp, "is_color", True)):
-            raise ValueError("HumanAttData: is_color: false is not supported (colour images only)")
-        if int(_get(hp, "rand_skip", 0) or 0):
-            raise ValueError("HumanAttData: rand_skip is not supported")
-        if tp is not None:
-            kw["mirror"] = _to_bool(_get(tp, "mirror", False))
-            kw["mean_values"] = tuple(float(m) for m in _get_list(tp, "mean_value"))
-            if int(_get(tp, "crop_size", 0) or 0):
-                raise ValueError("HumanAttData: transform_param.crop_size is not supported")
-            if _get(tp, "mean_file"):
-                raise ValueError("HumanAttData: transform_param.mean_file is not supported; use mean_value")
-        # The transformer's scale is transform_param.scale; human_att_data_param also has a
-        # `scale` field, honoured only when the transform one is absent.
-        scale = _get(tp, "scale")
-        if scale is None:
-            scale = _get(hp, "scale")
-        if scale is not None:
-            kw["scale"] = float(scale)
-        kw.update(overrides)
-        return cls(**kw)
-
-
-def _to_bool(v) -> bool:
-    if isinstance(v, str):
-        if v.lower() in ("true", "1"):
-            return True
-        if v.lower() in ("false", "0"):
-            return False
-        raise ValueError(f"not a boolean: {v!r}")
-    return bool(v)
-
-
-def _is_message(obj) -> bool:
-    return hasattr(obj, "DESCRIPTOR") and hasattr(obj, "ListFields")
-
-
-def _sub(obj, name):
-    if obj is None:
-        return None
-    if _is_message(obj):
-        try:
-            return getattr(obj, name) if obj.HasField(name) else None
-        except ValueError:
-            return None
-    if isinstance(obj, Mapping):
-        v = obj.get(name)
-        if isinstance(v, list):
-            v = v[-1] if v else None
-        return v
-    return getattr(obj, name, None)
-
-
-def _is_repeated(fd) -> bool:
-    rep = getattr(fd, "is_repeated", None)  # protobuf >= 5; older versions only have `label`
-    return bool(rep) if rep is not None else fd.label == 3
-
-
-def _get(obj, name, default=None):
-    """A field's value when set (the last one for a repeated field), else ``default``."""
-    if obj is None:
-        return default
-    if _is_message(obj):
-        fd = obj.DESCRIPTOR.fields_by_name.get(name)
-        if fd is None:
-            return default
-        if _is_repeated(fd):
-            vals = list(getattr(obj, name))
-            return vals[-1] if vals else default
-        return getattr(obj, name) if obj.HasField(name) else default
-    v = obj.get(name, default) if isinstance(obj, Mapping) else getattr(obj, name, default)
-    if isinstance(v, (list, tuple)):
-        v = v[-1] if v else default
-    return v
-
-
-def _get_list(obj, name) -> list:
-    if obj is None:
-        return []
-    if _is_message(obj):
-        if name not in obj.DESCRIPTOR.fields_by_name:
-            return []
-        v = getattr(obj, name)
-    elif isinstance(obj, Mapping):
-        v = obj.get(name, [])
-    else:
-        v = getattr(obj, name, [])
-    if v is None:
-        return []
-    if isinstance(v, (str, bytes, int, float)):
-        return [v]
-    try:
-        return list(v)
-    except TypeError:
-        return [v]
 
 
 # --------------------------------------------------------------------------------------
@@ -625,8 +507,3 @@ def build_loader(config: HumanAttDataConfig, *, seed: int = 0, num_workers: int 
         scale_schedule=scale_schedule)
     return HumanAttDataLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
                               prefetch_factor=prefetch_factor, persistent_workers=persistent_workers)
-
-
-def build_loader_from_layer(layer: Any, **kwargs) -> HumanAttDataLoader:
-    """``build_loader(HumanAttDataConfig.from_layer(layer), **kwargs)``."""
-    return build_loader(HumanAttDataConfig.from_layer(layer), **kwargs)

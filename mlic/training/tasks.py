@@ -106,7 +106,6 @@ def build_prototxt_task(path: str, device: str, source: Optional[str] = None, ro
     (sum of loss_weight x loss tops) is minimised, fed by its HumanAttData layer's settings;
     source / root_folder / batch_size override the layer's."""
     from mlic.caffe import CaffeNet
-    from mlic.data import HumanAttDataConfig
 
     if not os.path.isfile(path):
         raise UserInputError(f"--prototxt: {path} does not exist")
@@ -114,13 +113,8 @@ def build_prototxt_task(path: str, device: str, source: Optional[str] = None, ro
         net = CaffeNet(path, "TRAIN")
     except (ValueError, RuntimeError) as e:
         raise UserInputError(f"--prototxt: {e}") from None
-    data_layers = [lp for lp in net.layer_params if lp.type == "HumanAttData"]
-    if len(data_layers) != 1 or len(data_layers[0].top) != 2:
-        raise UserInputError(f"--prototxt {path}: training needs exactly one HumanAttData layer (tops: data, "
-                             f"label_roi) in phase TRAIN; found {len(data_layers)}")
     if not net.loss_tops:
         raise UserInputError(f"--prototxt {path}: the net has no loss (no top with a loss_weight) in phase TRAIN")
-    lp = data_layers[0]
     overrides = {}
     if source:
         overrides["source"] = source
@@ -128,17 +122,11 @@ def build_prototxt_task(path: str, device: str, source: Optional[str] = None, ro
         overrides["root_folder"] = root_folder
     if batch_size:
         overrides["batch_size"] = batch_size
-    try:
-        data = HumanAttDataConfig.from_layer(lp, **overrides)
-    except (ValueError, TypeError) as e:
-        raise UserInputError(f"--prototxt {path}: layer '{lp.name}': {e}") from None
-    if not data.source:
-        raise UserInputError(f"--prototxt {path}: layer '{lp.name}' names no source; give --datalist")
+    data, (top_data, top_label) = net.human_att_data(**overrides)
     if not os.path.isabs(data.source) and not os.path.isfile(data.source):
         near = os.path.join(os.path.dirname(os.path.abspath(path)), data.source)
         if os.path.isfile(near):
             data = replace(data, source=near)
-    top_data, top_label = lp.top
 
     def step(m, b):
         m(**{top_data: b.data, top_label: b.label_roi})

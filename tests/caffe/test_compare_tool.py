@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from mlic.caffe.compare import compare_arrays, compare_case, main
+from mlic.compare import compare_arrays, compare_case, main
 from tests.conftest import REPO
 
 PROTO = """force_backward: true
@@ -137,13 +137,3 @@ def test_cli_runs(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "blob/ip" in r.stdout and "PASS: 10/10" in r.stdout
-
-
-def test_data_case_is_skipped_without_the_data_pipeline(tmp_path, monkeypatch):
-    proto = ('layer { name: "data" type: "HumanAttData" top: "data" top: "label_roi" '
-             'human_att_data_param { source: "list.txt" batch_size: 1 new_width: 4 new_height: 4 att_num: 1 bbox_num: 1 } }\n')
-    np.savez(tmp_path / "d.npz", **{"p/prototxt": np.array(proto), "p/batch0/data": np.zeros((1, 3, 4, 4), np.float32)})
-    monkeypatch.setitem(sys.modules, "mlic.data", None)  # import mlic.data now fails
-    res = compare_case(tmp_path / "d.npz")
-    assert res.skipped.startswith("needs mlic.data") and "skipped: needs mlic.data" in res.table()
-    assert main([str(tmp_path / "d.npz")]) == 0

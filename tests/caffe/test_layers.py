@@ -303,7 +303,7 @@ def roi_pool_ref(feat, rois, ph, pw, scale, score_scale, score_bias):
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_roi_pooling_with_scores(backend, monkeypatch):
-    from mlic.caffe import layers
+    from mlic.caffe.layers import base as layers
 
     monkeypatch.setattr(layers, "OPS_BACKEND", backend)
     feat = rng.standard_normal((2, 3, 10, 12)).astype(np.float32)
@@ -373,7 +373,7 @@ def test_interp_zoom_shrink_crop_sizes():
 
 
 def test_interp_gradient_is_the_adjoint():
-    from mlic.caffe.functional import caffe_interp
+    from mlic.ops.functional import caffe_interp
 
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: caffe_interp(t, 8, 3), (x,))
@@ -596,3 +596,63 @@ def test_human_att_data_tops_can_be_fed(prototxt_ref):
     assert net.blob_shapes["data"] == (16, 3, 672, 672) and net.blob_shapes["label_roi"] == (16, 80 + 2500)
     with pytest.raises(ValueError, match="input blob\\(s\\) \\['label_roi'\\] not given"):
         net(data=torch.zeros(1, 3, 32, 32))
+
+
+DATA_LAYER = """layer {{ name: "data" type: "HumanAttData" top: "data" {tops}
+  transform_param {{ mirror: true mean_value: 1 mean_value: 2 mean_value: 3 {tscale} }}
+  human_att_data_param {{ source: "a.txt" root_folder: "/data/" batch_size: 32 shuffle: true new_width: 672
+    new_height: 640 scale_factors: 0.714286 scale_factors: 1 {counts} {extra} }} }}
+"""
+
+
+def _data_layer(tops='top: "label_roi"', counts="att_num: 80 bbox_num: 500", extra="", tscale="scale: 0.5"):
+    return DATA_LAYER.format(tops=tops, counts=counts, extra=extra, tscale=tscale)
+
+
+def test_human_att_data_layer_becomes_the_pipelines_config():
+    from mlic.caffe.layers import human_att_data_config
+    from mlic.data import HumanAttDataConfig
+
+    net = CaffeNet(_data_layer(), "TRAIN")
+    cfg, tops = net.human_att_data()
+    assert tops == ["data", "label_roi"]
+    assert cfg == HumanAttDataConfig(source="a.txt", root_folder="/data/", batch_size=32, shuffle=True, new_width=672,
+                                     new_height=640, scale_factors=(float(np.float32(0.714286)), 1.0),  # float in Caffe
+                                     att_num=80, bbox_num=500,
+                                     mirror=True, mean_values=(1, 2, 3), scale=0.5)
+    assert net.human_att_data(source="b.txt", batch_size=2)[0].source == "b.txt"
+    # human_att_data_param's own scale counts only where transform_param has none
+    lp = CaffeNet(_data_layer(extra="scale: 0.25", tscale=""), "TRAIN").layer_params[0]
+    assert human_att_data_config(lp).scale == 0.25
+    lp = CaffeNet(_data_layer(extra="scale: 0.25"), "TRAIN").layer_params[0]
+    assert human_att_data_config(lp).scale == 0.5
+
+
+@pytest.mark.parametrize("counts, field", [("bbox_num: 500", "att_num"), ("att_num: 80", "bbox_num")])
+def test_human_att_data_without_its_counts_is_refused_where_the_prototxt_is_read(tmp_path, counts, field):
+    path = tmp_path / "net.prototxt"
+    path.write_text('name: "n"\n' + _data_layer(counts=counts))
+    with pytest.raises(NetBuildError, match=rf"^{path}:2: layer 'data' \(type HumanAttData\): human_att_data_param "
+                                            rf"has no {field} \(the number of (labels|boxes) per image, which sizes "
+                                            r"its top 'label_roi'\)$"):
+        CaffeNet(path, "TRAIN")
+    # a layer with only the data top does not need them
+    CaffeNet(_data_layer(tops="", counts=counts), "TRAIN")
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ("crop_size: 224", "crop_size is not supported"), ("mean_file: 'm.binaryproto'", "mean_file is not supported"),
+    ("is_color: false", "is_color: false is not supported"), ("rand_skip: 3", "rand_skip is not supported"),
+])
+def test_human_att_data_options_the_pipeline_lacks_are_refused(extra, fragment):
+    with pytest.raises(NetBuildError, match=rf"layer 'data' \(type HumanAttData\): {fragment}"):
+        CaffeNet(_data_layer(extra=extra), "TRAIN")
+
+
+def test_net_data_layer_needs_exactly_one():
+    two = _data_layer() + _data_layer().replace('name: "data"', 'name: "data2"').replace('top: "data"', 'top: "d2"') \
+        .replace('top: "label_roi"', 'top: "lr2"')
+    with pytest.raises(NetBuildError, match=r"needs exactly one HumanAttData layer .* found 2"):
+        CaffeNet(two, "TRAIN").human_att_data()
+    with pytest.raises(NetBuildError, match=r"found 0"):
+        CaffeNet(inp("x", 1, 3), "TRAIN").human_att_data()

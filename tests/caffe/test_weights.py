@@ -7,8 +7,8 @@ from mlic.caffe import CaffeNet, proto
 from mlic.caffe.convert import main as convert_main
 from mlic.caffe.errors import CaffemodelError
 from mlic.caffe.io import read_caffemodel
-from mlic.caffe.weights import (caffemodel_to_param_dict, load_caffemodel, load_weights, net_to_caffemodel,
-                                read_param_dict, save_caffemodel, save_param_dict)
+from mlic.caffe.weight_files import load_weights, read_weight_file
+from mlic.caffe.weights import caffemodel_to_param_dict, load_caffemodel, net_to_caffemodel, save_caffemodel, save_param_dict
 
 NET = """name: "w"
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }
@@ -63,14 +63,14 @@ def test_param_dict_round_trip_and_file(tmp_path):
     d = src.param_dict()
     assert list(d) == ["conv/0", "conv/1", "sc/0", "sc/1", "fc/0", "fc/1"]
     save_param_dict(d, tmp_path / "w.pt")
-    back = read_param_dict(tmp_path / "w.pt")
+    back = read_weight_file(tmp_path / "w.pt").params
     dst = _net(2)
     load_weights(dst, tmp_path / "w.pt")
     _same_params(src, dst)
     assert all(torch.equal(back[k], d[k]) for k in d)
     (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04garbage")
-    with pytest.raises(CaffemodelError, match="bad.pt: not a readable parameter dict"):
-        read_param_dict(tmp_path / "bad.pt")
+    with pytest.raises(CaffemodelError, match="bad.pt: cannot read this torch.save file; it is truncated or corrupt"):
+        read_weight_file(tmp_path / "bad.pt")
 
 
 def _v1_model(path, fc_w, fc_b, conv_w, conv_b, extra_layer=True):

@@ -1,6 +1,5 @@
 """HumanAttData layer: Caffe's outputs, box rules, order, shuffling, workers and sharding."""
 import json
-import re
 from collections import Counter
 
 import cv2
@@ -8,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from mlic.caffe.io import load_net_spec
+from mlic.caffe.layers import human_att_data_config
 from mlic.data import (BatchSpec, HumanAttBatch, HumanAttBatchSampler, HumanAttDataConfig, HumanAttDataset,
-                       build_loader, build_loader_from_layer, read_datalist)
+                       build_loader, read_datalist)
 from mlic.data.human_att_data import pixels_to_data
 from tests.conftest import DEVICES
 from mlic.data.transforms import mirror_boxes, scale_boxes, scaled_size
@@ -21,39 +22,14 @@ MEAN = (103.52, 116.28, 123.675)
 # Caffe reference
 
 
-def _parse_text_block(text):
-    """Minimal protobuf text parser for the layer in the reference case (test helper)."""
-    toks = re.findall(r'"[^"]*"|[{}]|[^\s{}:]+:?', text)
-    pos = 0
-
-    def block():
-        nonlocal pos
-        out = {}
-        while pos < len(toks) and toks[pos] != "}":
-            key = toks[pos].rstrip(":")
-            pos += 1
-            if toks[pos] == "{":
-                pos += 1
-                val = block()
-                pos += 1
-            else:
-                raw = toks[pos]
-                pos += 1
-                val = raw[1:-1] if raw.startswith('"') else raw
-            out.setdefault(key, []).append(val)
-        return out
-
-    return block()
-
-
 def test_matches_caffe_data_layer(caffe_ref):
     ref = np.load(caffe_ref / "data_layer.npz")
     meta = json.loads(str(ref["meta"]))
     assert "no shuffle, no mirror" in meta["note"]
     images = caffe_ref / "data_layer_images"
     for case in ("plain", "scaled"):
-        layer = _parse_text_block(str(ref[f"{case}/prototxt"]))["layer"][0]
-        loader = build_loader_from_layer(layer, base_dir=str(images))
+        layer = load_net_spec(str(ref[f"{case}/prototxt"])).param.layer[0]
+        loader = build_loader(human_att_data_config(layer), base_dir=str(images))
         cfg = loader.config
         assert cfg.batch_size == 2 and not cfg.shuffle and not cfg.mirror
         if case == "scaled":
@@ -302,65 +278,13 @@ def test_iter_steps_is_endless_and_resumable(tmp_path):
 # Config
 
 
-def test_config_from_layer_dict_and_errors():
-    layer = {"name": ["data"], "transform_param": [{"mirror": ["true"], "mean_value": ["1", "2", "3"],
-                                                    "scale": ["0.5"]}],
-             "human_att_data_param": [{"source": ["a.txt"], "batch_size": ["32"], "shuffle": ["true"],
-                                       "new_width": ["672"], "new_height": ["672"],
-                                       "scale_factors": ["0.714286", "1"], "att_num": ["80"],
-                                       "bbox_num": ["500"], "root_folder": ["/data/"]}]}
-    cfg = HumanAttDataConfig.from_layer(layer)
-    assert cfg == HumanAttDataConfig(source="a.txt", root_folder="/data/", batch_size=32, shuffle=True,
-                                     new_width=672, new_height=672, scale_factors=(0.714286, 1.0),
-                                     att_num=80, bbox_num=500, mirror=True, mean_values=(1, 2, 3), scale=0.5)
-    with pytest.raises(ValueError, match="crop_size"):
-        HumanAttDataConfig.from_layer({"human_att_data_param": {"source": "a", "crop_size": 3}})
-    with pytest.raises(ValueError, match="no human_att_data_param"):
-        HumanAttDataConfig.from_layer({"name": "x"})
+def test_config_errors():
     with pytest.raises(ValueError, match="new_width"):
         HumanAttDataConfig(source="a", new_width=10)
     with pytest.raises(ValueError, match="scale_factors"):
         HumanAttDataConfig(source="a", scale_factors=(0.0,))
     with pytest.raises(ValueError, match="bbox_num=0: must be >= 1"):
         HumanAttDataConfig(source="a", bbox_num=0)
-
-
-def test_config_from_protobuf_message():
-    # a LayerParameter-shaped message built at run time (the project's caffe schema is elsewhere)
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    fdp = descriptor_pb2.FileDescriptorProto(name="t_hadp.proto", package="t_hadp", syntax="proto2")
-    h = fdp.message_type.add(name="H")
-    F = descriptor_pb2.FieldDescriptorProto
-    for name, num, typ, lab in (("source", 1, F.TYPE_STRING, F.LABEL_OPTIONAL),
-                                ("batch_size", 4, F.TYPE_UINT32, F.LABEL_OPTIONAL),
-                                ("new_width", 10, F.TYPE_UINT32, F.LABEL_OPTIONAL),
-                                ("new_height", 9, F.TYPE_UINT32, F.LABEL_OPTIONAL),
-                                ("scale_factors", 15, F.TYPE_FLOAT, F.LABEL_REPEATED)):
-        h.field.add(name=name, number=num, type=typ, label=lab)
-    t = fdp.message_type.add(name="T")
-    t.field.add(name="mirror", number=1, type=F.TYPE_BOOL, label=F.LABEL_OPTIONAL)
-    t.field.add(name="mean_value", number=5, type=F.TYPE_FLOAT, label=F.LABEL_REPEATED)
-    lay = fdp.message_type.add(name="L")
-    lay.field.add(name="human_att_data_param", number=148, type=F.TYPE_MESSAGE, type_name=".t_hadp.H",
-                  label=F.LABEL_OPTIONAL)
-    lay.field.add(name="transform_param", number=100, type=F.TYPE_MESSAGE, type_name=".t_hadp.T",
-                  label=F.LABEL_OPTIONAL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    L = message_factory.GetMessageClass(pool.FindMessageTypeByName("t_hadp.L"))
-    msg = L()
-    msg.human_att_data_param.source = "s.txt"
-    msg.human_att_data_param.batch_size = 4
-    msg.human_att_data_param.new_width = 8
-    msg.human_att_data_param.new_height = 6
-    msg.human_att_data_param.scale_factors.extend([0.5, 1.0])
-    msg.transform_param.mirror = True
-    msg.transform_param.mean_value.extend([1.0, 2.0, 3.0])
-    cfg = HumanAttDataConfig.from_layer(msg)
-    assert (cfg.source, cfg.batch_size, cfg.new_width, cfg.new_height) == ("s.txt", 4, 8, 6)
-    assert cfg.scale_factors == (0.5, 1.0) and cfg.mirror and cfg.mean_values == (1.0, 2.0, 3.0)
-    assert cfg.att_num is None and cfg.scale == 1.0
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mlic.caffe import CaffeNet
-from mlic.caffe.compare import compare_case
+from mlic.compare import compare_case
 from mlic.engine.caffe_solver import Solver
 from mlic.solver import CaffeSGD
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mlic.caffe.functional import caffe_interp
+from mlic.ops.functional import caffe_interp
 from mlic.ops.reference import caffe_pool2d_ref
 from prototxt_ports import VGG16, KDStage2, NetConfig, Student, caffe_param_map
 from prototxt_ports import _ops

@@ -1,4 +1,6 @@
-"""Comparison of this project's nets against recorded Caffe outputs (SPEC sections 7, 9).
+"""Comparison of this project's nets against recorded Caffe outputs (SPEC sections 7, 9):
+the logic of tools/compare_caffe.py. It sits above mlic.caffe (the nets), mlic.data (the
+data-layer case) and mlic.engine (the solver case runs through the one training loop).
 
 A reference case is an .npz: ``prototxt``, ``meta`` (JSON), ``input/<blob>``,
 ``blob/<blob>``, ``diff/<blob>``, ``param/<layer>/<i>``, ``param_diff/<layer>/<i>``;
@@ -18,6 +20,7 @@ tolerances of SPEC section 7:
 """
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import re
@@ -28,6 +31,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+
+from mlic.caffe.errors import CaffeError
+from mlic.caffe.io import load_net_spec, read_caffemodel, read_text_file
+from mlic.caffe.net import CaffeNet
+from mlic.caffe.weights import caffemodel_to_param_dict, load_caffemodel, load_param_dict
+from mlic.engine.caffe_solver import Solver
 
 TOL = {"exact": 0.0, "tight": 1e-5, "net": 1e-4}
 
@@ -58,7 +67,6 @@ class Row:
 class CaseResult:
     case: str
     rows: List[Row] = field(default_factory=list)
-    skipped: Optional[str] = None
     error: Optional[str] = None
 
     @property
@@ -75,9 +83,6 @@ class CaseResult:
     def table(self) -> str:
         out = io.StringIO()
         out.write(f"case {self.case}\n")
-        if self.skipped:
-            out.write(f"  skipped: {self.skipped}\n")
-            return out.getvalue()
         w = max([len(r.key) for r in self.rows] + [10])
         out.write(f"  {'key':{w}s} {'kind':5s} {'max abs':>11s} {'max rel':>10s} {'max|caffe|':>11s} {'err':>10s} "
                   f"{'tol':>7s}  result\n")
@@ -157,8 +162,6 @@ def _device(device):
 
 
 def _load_params(net, z, prefix, caffemodel, case_path: Path, res: CaseResult):
-    from mlic.caffe.weights import caffemodel_to_param_dict, load_caffemodel, load_param_dict
-
     pkeys = {k[len(prefix) + 6 :]: z[k] for k in z.files if k.startswith(prefix + "param/")}
     auto_model = case_path.with_suffix(".caffemodel")
     if caffemodel is not None:
@@ -184,8 +187,6 @@ def _load_params(net, z, prefix, caffemodel, case_path: Path, res: CaseResult):
 
 
 def _run_standard(z, prefix: str, case_path: Path, res: CaseResult, phase, caffemodel, device):
-    from mlic.caffe.net import CaffeNet
-
     meta = json.loads(_str(z[prefix + "meta"])) if prefix + "meta" in z.files else {}
     if "meta" in z.files and not meta:
         meta = json.loads(_str(z["meta"]))
@@ -223,10 +224,6 @@ def _run_standard(z, prefix: str, case_path: Path, res: CaseResult, phase, caffe
 
 
 def _run_solver(z, case_path: Path, res: CaseResult, device):
-    from mlic.caffe.net import CaffeNet
-    from mlic.caffe.weights import load_param_dict
-    from mlic.engine.caffe_solver import Solver  # the one training loop lives in mlic.engine
-
     net = CaffeNet(_str(z["prototxt"]), "TRAIN").to(_device(device))
     pkeys = {k[6:]: torch.from_numpy(np.ascontiguousarray(z[k])) for k in z.files if k.startswith("param/")}
     load_param_dict(net, pkeys, f"{case_path}: param/")
@@ -253,13 +250,6 @@ def _run_solver(z, case_path: Path, res: CaseResult, device):
 
 
 def _run_data(z, prefix: str, case_path: Path, res: CaseResult, data_dir):
-    try:
-        import mlic.data  # noqa: F401
-    except ImportError as exc:
-        res.skipped = f"needs mlic.data ({exc})"
-        return
-    from mlic.caffe.net import CaffeNet
-
     ddir = Path(data_dir) if data_dir else case_path.parent / f"{case_path.stem}_images"
     net = CaffeNet(_str(z[prefix + "prototxt"]), "TRAIN", data_dir=str(ddir))
     batches = sorted({int(m.group(1)) for k in z.files for m in [re.match(re.escape(prefix) + r"batch(\d+)/", k)] if m})
@@ -308,7 +298,7 @@ def _compare_case(path, *, prototxt, caffemodel, phase, device, data_dir) -> Cas
     try:
         files = set(z.files)
         if prototxt is not None:
-            text = Path(prototxt).read_text()
+            text = read_text_file(prototxt, "network definition (prototxt)")
             keys = [k for k in files if k.endswith("prototxt")] or ["prototxt"]
             z = _Override(z, {k: text for k in keys})
         if "solver" in files:
@@ -321,8 +311,6 @@ def _compare_case(path, *, prototxt, caffemodel, phase, device, data_dir) -> Cas
         for prefix in prefixes or [""]:
             if any(k.startswith(prefix + "batch") for k in files):
                 _run_data(z, prefix, path, res, data_dir)
-                if res.skipped:
-                    return res
             else:
                 _run_standard(z, prefix, path, res, phase, caffemodel, device)
     except Exception as exc:  # report, do not crash the table
@@ -341,9 +329,25 @@ class _Override:
         return np.asarray(self._extra[k]) if k in self._extra else self._z[k]
 
 
-def main(argv=None) -> int:
-    import argparse
+def check_inputs(cases, prototxt=None, caffemodel=None) -> None:
+    """Raise a CaffeError naming the file when a case, --prototxt or --caffemodel cannot
+    be read (before any comparison runs)."""
+    for c in cases:
+        if not Path(c).is_file():
+            raise CaffeError(f"{c}: no such reference case file")
+        try:
+            np.load(c, allow_pickle=False).files
+        except Exception as exc:
+            raise CaffeError(f"{c}: not a reference case (.npz): {type(exc).__name__}: {exc}") from None
+    if prototxt is not None:
+        load_net_spec(Path(prototxt))
+    if caffemodel is not None:
+        read_caffemodel(caffemodel)
 
+
+def main(argv=None) -> int:
+    """tools/compare_caffe.py: 0 when every compared key is within tolerance, 1 when one
+    is not, 2 for input that cannot be read (one sentence on stderr)."""
     ap = argparse.ArgumentParser(description="Compare the project's nets against recorded Caffe outputs (.npz cases).")
     ap.add_argument("cases", nargs="+", help="reference case files (.npz)")
     ap.add_argument("--prototxt", help="network definition to use instead of the case's own")
@@ -352,10 +356,15 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="torch device (default cpu)")
     ap.add_argument("--data-dir", help="folder of a data-layer case's list and images (default <case>_images/)")
     args = ap.parse_args(argv)
+    try:
+        check_inputs(args.cases, args.prototxt, args.caffemodel)
+    except CaffeError as exc:
+        print(f"compare_caffe.py: error: {exc}", file=sys.stderr)
+        return 2
     ok = True
     for c in args.cases:
         r = compare_case(c, prototxt=args.prototxt, caffemodel=args.caffemodel, phase=args.phase,
                          device=args.device, data_dir=args.data_dir)
         sys.stdout.write(r.table())
-        ok = ok and (r.ok or r.skipped is not None)
+        ok = ok and r.ok
     return 0 if ok else 1

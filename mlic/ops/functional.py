@@ -1,4 +1,6 @@
-"""Tensor functions with Caffe's exact semantics (SPEC section 3).
+"""Tensor functions with Caffe's exact semantics (SPEC section 3), in plain PyTorch: the
+losses, Interp and Softmax that the Caffe layers (mlic.caffe) and the ports
+(prototxt_ports) both run.
 
 The loss functions are autograd Functions because Caffe's gradients are not always the
 derivative of the value it reports (CrossEntropyLoss keeps its gradient where the value
