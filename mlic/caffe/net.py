@@ -158,37 +158,18 @@ class CaffeNet(nn.Module):
                  force_backward: Optional[bool] = None, retain_diffs: bool = False, pool_backend: str = "auto",
                  data_dir=None, data_seed: int = 0):
         super().__init__()
+        if pool_backend not in ("auto", "ops"):
+            raise ValueError(f"pool_backend must be 'auto' or 'ops', got {pool_backend!r}")
         spec: NetSpec = load_net_spec(net)
         self.spec = spec
         self.file = spec.file
         self.name = spec.param.name
         self.phase_value = proto.phase_value(phase)
-        if pool_backend not in ("auto", "ops"):
-            raise ValueError(f"pool_backend must be 'auto' or 'ops', got {pool_backend!r}")
-        state = proto.NetState()
-        state.CopyFrom(spec.param.state)
-        state.phase = self.phase_value
-        if level is not None:
-            state.level = int(level)
-        if stages is not None:
-            del state.stage[:]
-            state.stage.extend(stages)
-        self.state = state
+        self.state = self._net_state(level, stages)
         self.force_backward = bool(spec.param.force_backward if force_backward is None else force_backward)
         self.retain_diffs = retain_diffs
 
-        kept, kept_idx = [], []
-        for i, lp in enumerate(spec.param.layer):
-            try:
-                inc = layer_included(lp, state)
-            except ValueError as exc:
-                raise NetBuildError(f"{spec.where(i)}: layer '{lp.name}': {exc}") from None
-            if inc:
-                c = proto.LayerParameter()
-                c.CopyFrom(lp)
-                c.phase = self.phase_value
-                kept.append(c)
-                kept_idx.append(i)
+        kept, kept_idx = self._filter_layers()
         try:
             layers, origin, self._loss_blob = insert_splits(kept)
         except KeyError as exc:
@@ -197,7 +178,47 @@ class CaffeNet(nn.Module):
                 f"{spec.where(kept_idx[i])}: layer '{kept[i].name}' (type {kept[i].type}): unknown bottom blob "
                 f"'{b}' (bottom {j}); it is not produced by any earlier layer in phase {self.phase}"
             ) from None
+        self._build_layers(layers, [kept_idx[o] for o in origin], pool_backend, data_dir, data_seed)
 
+        self.register_buffer("_probe", torch.zeros(0), persistent=False)
+        self.blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        self._first: Dict[str, torch.Tensor] = {}
+        self._loss_terms: List[Tuple[str, torch.Tensor, float]] = []
+        self.objective: Optional[torch.Tensor] = None
+        if weights is not None:
+            self.load_report = load_weights(self, weights)
+
+    # -- construction
+    def _net_state(self, level, stages):
+        """Caffe's NetState: the file's, with this phase and the given level / stages."""
+        state = proto.NetState()
+        state.CopyFrom(self.spec.param.state)
+        state.phase = self.phase_value
+        if level is not None:
+            state.level = int(level)
+        if stages is not None:
+            del state.stage[:]
+            state.stage.extend(stages)
+        return state
+
+    def _filter_layers(self):
+        """The layers this state includes (copies, with the phase set) and their index in the file."""
+        kept, kept_idx = [], []
+        for i, lp in enumerate(self.spec.param.layer):
+            try:
+                inc = layer_included(lp, self.state)
+            except ValueError as exc:
+                raise NetBuildError(f"{self.spec.where(i)}: layer '{lp.name}': {exc}") from None
+            if inc:
+                c = proto.LayerParameter()
+                c.CopyFrom(lp)
+                c.phase = self.phase_value
+                kept.append(c)
+                kept_idx.append(i)
+        return kept, kept_idx
+
+    def _build_layers(self, layers, file_index, pool_backend, data_dir, data_seed) -> None:
+        """Each layer built on its bottoms' shapes, its tops wired, in file order."""
         self.layers = nn.ModuleDict()
         self.layer_params: List = []
         self.blob_shapes: "OrderedDict[str, tuple]" = OrderedDict()
@@ -205,37 +226,14 @@ class CaffeNet(nn.Module):
         self._loss_weights: List[List[float]] = []
         self.params: "OrderedDict[str, List[nn.Parameter]]" = OrderedDict()
         self.param_info: "OrderedDict[str, List[ParamInfo]]" = OrderedDict()
-        available: "OrderedDict[str, None]" = OrderedDict()
         self.input_names: List[str] = []
         self._layer_where: List[str] = []
-        for lp, o in zip(layers, origin):
-            src = kept_idx[o]
-            where = spec.where(src)
+        available: "OrderedDict[str, None]" = OrderedDict()  # blobs not yet consumed
+        for lp, src in zip(layers, file_index):
+            where = self.spec.where(src)
             self._layer_where.append(where)
-            cls = LAYERS.get(lp.type)
-            if cls is None:
-                raise NetBuildError(
-                    f"{spec.where(src, type_line=True)}: layer '{lp.name}': unknown layer type '{lp.type}'; "
-                    f"supported types: {', '.join(supported_layer_types())}"
-                )
-            for j, b in enumerate(lp.bottom):
-                if b not in available:
-                    raise NetBuildError(
-                        f"{where}: layer '{lp.name}' (type {lp.type}): bottom blob '{b}' (bottom {j}) is not "
-                        f"available (unknown, or already consumed by another layer)"
-                    )
-            if len(lp.propagate_down) not in (0, len(lp.bottom)):
-                raise NetBuildError(
-                    f"{where}: layer '{lp.name}': propagate_down must be given 0 or {len(lp.bottom)} times "
-                    f"(once per bottom), got {len(lp.propagate_down)}"
-                )
-            ctx = BuildContext(self.phase_value, where, pool_backend, data_dir, data_seed)
-            try:
-                layer: Layer = cls(lp, [self.blob_shapes[b] for b in lp.bottom], ctx)
-            except NetBuildError:
-                raise
-            except ValueError as exc:
-                raise NetBuildError(f"{where}: layer '{lp.name}' (type {lp.type}): {exc}") from None
+            layer = self._make_layer(lp, src, where, available, BuildContext(self.phase_value, where, pool_backend,
+                                                                              data_dir, data_seed))
             for b in lp.bottom:
                 available.pop(b, None)
             for j, t in enumerate(lp.top):
@@ -249,34 +247,59 @@ class CaffeNet(nn.Module):
                 available[t] = None
             if isinstance(layer, (InputLayer, HumanAttDataLayer)):
                 self.input_names.extend(lp.top)
-            # propagate_down, with force_backward overriding it where the layer allows
-            pd = []
-            for j in range(len(lp.bottom)):
-                p = bool(lp.propagate_down[j]) if len(lp.propagate_down) else True
-                if self.force_backward:
-                    p = p or layer.allow_force_backward(j)
-                pd.append(p and j not in layer.LABEL_BOTTOMS)
-            self._pd.append(pd)
-            lw = [float(w) for w in lp.loss_weight]
-            if not lw and layer.IS_LOSS:
-                lw = [1.0] + [0.0] * (len(lp.top) - 1)
-            if lw and len(lw) != len(lp.top):
-                raise NetBuildError(
-                    f"{where}: layer '{lp.name}': loss_weight must be given once per top ({len(lp.top)}), "
-                    f"got {len(lw)}"
-                )
-            self._loss_weights.append(lw)
+            self._pd.append(self._propagate_down(layer, lp))
+            self._loss_weights.append(self._layer_loss_weights(layer, lp, where))
             self._register(layer, lp, where)
         self.output_names = list(available)
-        self.register_buffer("_probe", torch.zeros(0), persistent=False)
-        self.blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-        self._first: Dict[str, torch.Tensor] = {}
-        self._loss_terms: List[Tuple[str, torch.Tensor, float]] = []
-        self.objective: Optional[torch.Tensor] = None
-        if weights is not None:
-            self.load_report = load_weights(self, weights)
 
-    # -- construction helpers
+    def _make_layer(self, lp, src: int, where: str, available, ctx) -> Layer:
+        cls = LAYERS.get(lp.type)
+        if cls is None:
+            raise NetBuildError(
+                f"{self.spec.where(src, type_line=True)}: layer '{lp.name}': unknown layer type '{lp.type}'; "
+                f"supported types: {', '.join(supported_layer_types())}"
+            )
+        for j, b in enumerate(lp.bottom):
+            if b not in available:
+                raise NetBuildError(
+                    f"{where}: layer '{lp.name}' (type {lp.type}): bottom blob '{b}' (bottom {j}) is not "
+                    f"available (unknown, or already consumed by another layer)"
+                )
+        if len(lp.propagate_down) not in (0, len(lp.bottom)):
+            raise NetBuildError(
+                f"{where}: layer '{lp.name}': propagate_down must be given 0 or {len(lp.bottom)} times "
+                f"(once per bottom), got {len(lp.propagate_down)}"
+            )
+        try:
+            return cls(lp, [self.blob_shapes[b] for b in lp.bottom], ctx)
+        except NetBuildError:
+            raise
+        except ValueError as exc:
+            raise NetBuildError(f"{where}: layer '{lp.name}' (type {lp.type}): {exc}") from None
+
+    def _propagate_down(self, layer: Layer, lp) -> List[bool]:
+        """Per bottom: whether it receives a gradient (force_backward overriding
+        propagate_down where the layer allows; never into a loss layer's labels)."""
+        pd = []
+        for j in range(len(lp.bottom)):
+            p = bool(lp.propagate_down[j]) if len(lp.propagate_down) else True
+            if self.force_backward:
+                p = p or layer.allow_force_backward(j)
+            pd.append(p and j not in layer.LABEL_BOTTOMS)
+        return pd
+
+    @staticmethod
+    def _layer_loss_weights(layer: Layer, lp, where: str) -> List[float]:
+        """loss_weight per top (a loss layer's first top defaults to 1)."""
+        lw = [float(w) for w in lp.loss_weight]
+        if not lw and layer.IS_LOSS:
+            lw = [1.0] + [0.0] * (len(lp.top) - 1)
+        if lw and len(lw) != len(lp.top):
+            raise NetBuildError(
+                f"{where}: layer '{lp.name}': loss_weight must be given once per top ({len(lp.top)}), got {len(lw)}"
+            )
+        return lw
+
     def _register(self, layer: Layer, lp, where: str) -> None:
         key = lp.name.replace(".", "_") or f"layer{len(self.layers)}"
         if key in self.layers:
