@@ -1,0 +1,225 @@
+"""Malformed prototxts, caffemodels and weight files through the tools: each case -> the
+exit status and a fragment of the one sentence it must print, which names the file. The
+tools' main() runs in this process (one case also as its own process, for the real exit
+status); nothing here may end in a traceback."""
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlic import _ext
+from tests.conftest import PROTOTXT_REF
+from tests.ports.helpers import SMALL, small_cfg, small_prototxt
+
+pytestmark = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C is not built")
+REPO = Path(__file__).resolve().parents[2]
+RUN = ["--no-tensorboard", "--quiet", "--max-iter", "1", "--checkpoint-period", "0"]
+
+
+def _tool(name):
+    """The main() behind tools/<name>.py."""
+    if name == "train":
+        from mlic.training.train import main
+        return main
+    if name == "test":
+        from mlic.training.test import main
+        return main
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+@pytest.fixture(autouse=True)
+def fresh_console_log():
+    """The tools log to the stderr of the moment they first ran; each case has its own."""
+    import logging
+
+    logger = logging.getLogger("mlic")
+    for h in [h for h in logger.handlers if getattr(h, "_mlic_console", False)]:
+        logger.removeHandler(h)
+    yield
+
+
+@pytest.fixture(scope="module")
+def f(tmp_path_factory):
+    """Good and broken files, by name."""
+    from mlic.data.synthetic import SyntheticConfig, generate_dataset
+    from prototxt_ports import WSDDN
+
+    root = tmp_path_factory.mktemp("robust_caffe")
+    data = generate_dataset(str(root / "d"), SyntheticConfig(num_train=4, num_test=2, bbox_num=SMALL["rois"],
+                                                             image_size=SMALL["input_size"],
+                                                             num_classes=SMALL["classes"], seed=4))
+    out = {"root": root, "train": data["train"], "test": data["test"], "images": data["root_folder"]}
+    for name in ("wsddn_train", "train_stage1"):
+        p = root / f"{name}.prototxt"
+        p.write_text(small_prototxt((PROTOTXT_REF / f"{name}.prototxt").read_text()))
+        out[name] = p
+    torch.manual_seed(0)
+    port = WSDDN(small_cfg())
+    out["good.caffemodel"] = root / "good.caffemodel"
+    port.save_caffemodel(out["good.caffemodel"])
+    ckpt = root / "final.pt"
+    torch.save({"model": port.state_dict(), "meta": {"stage": "wsddn"}}, ckpt)
+    out["final.pt"] = ckpt
+    blobs = {
+        "truncated.pt": ckpt.read_bytes()[:4000],
+        "truncated.caffemodel": out["good.caffemodel"].read_bytes()[:-9],
+        "empty.caffemodel": b"",
+        "text.caffemodel": b'name: "net"\nlayer { name: "a" type: "ReLU" }\n',
+        "binary.prototxt": out["good.caffemodel"].read_bytes()[:600],
+        "syntax.prototxt": b'name: "n"\nlayer { name: "a" type: "ReLU" bottom: "x" top: "x" \n',
+        "unknown_type.prototxt": b'name: "n"\nlayer { name: "a" type: "Input" top: "x" input_param { shape { '
+                                 b'dim: 1 } } }\nlayer { name: "b" type: "Frobnicate" bottom: "x" top: "y" }\n',
+        "unknown_bottom.prototxt": b'name: "n"\nlayer { name: "b" type: "ReLU" bottom: "nowhere" top: "y" }\n',
+        "not_a_case.npz": b"hello",
+    }
+    for name, b in blobs.items():
+        (root / name).write_bytes(b)
+        out[name] = root / name
+    torch.save([1, 2, 3], root / "list.pt")
+    out["list.pt"] = root / "list.pt"
+    text = out["wsddn_train"].read_text()
+    for field in ("att_num", "bbox_num"):
+        p = root / f"no_{field}.prototxt"
+        p.write_text("\n".join(l for l in text.splitlines() if field not in l) + "\n")
+        out[f"no_{field}.prototxt"] = p
+    from mlic.caffe import CaffeNet
+
+    other = CaffeNet('name: "o" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }\n'
+                     'layer { name: "ip_other" type: "InnerProduct" bottom: "x" top: "y" '
+                     'inner_product_param { num_output: 2 } }')
+    from mlic.caffe.weights import save_caffemodel
+
+    save_caffemodel(other, root / "other.caffemodel")
+    out["other.caffemodel"] = root / "other.caffemodel"
+    wide = WSDDN(small_cfg(fc_dim=SMALL["fc"] * 2))
+    wide.save_caffemodel(root / "wide.caffemodel")
+    out["wide.caffemodel"] = root / "wide.caffemodel"
+    return out
+
+
+def _train(f, *extra, prototxt="wsddn_train"):
+    return ["--prototxt", str(f[prototxt]), "--datalist", f["train"], "--root-folder", f["images"],
+            "--out", str(f["root"] / "run"), *RUN, *extra]
+
+
+def _convert(src, *extra, dst="out.caffemodel", prototxt="wsddn_train"):
+    return lambda f: [str(f[src] if src in f else src), str(f["root"] / dst),
+                      *(["--prototxt", str(f.get(prototxt, f["root"] / prototxt))] if prototxt else []), *extra]
+
+
+# case: (tool, argv from the files, exit status, fragment; "{name}" is that file's path)
+CASES = {
+    # prototxts
+    "binary file as compare --prototxt": (
+        "compare_caffe", lambda f: [str(PROTOTXT_REF.parent / "caffe" / "scale.npz"), "--prototxt",
+                                    str(f["binary.prototxt"])], 2,
+        "{binary.prototxt}: not a text network definition (prototxt) (byte"),
+    "prototxt with a syntax error": (
+        "convert_caffemodel", _convert("good.caffemodel", prototxt="syntax.prototxt"), 2, "{syntax.prototxt}:2:49: Expected \"}\""),
+    "unknown layer type": (
+        "convert_caffemodel", _convert("good.caffemodel", prototxt="unknown_type.prototxt"), 2,
+        "{unknown_type.prototxt}:3: layer 'b': unknown layer type 'Frobnicate'"),
+    "a bottom no layer produces": (
+        "convert_caffemodel", _convert("good.caffemodel", prototxt="unknown_bottom.prototxt"), 2,
+        "{unknown_bottom.prototxt}:2: layer 'b' (type ReLU): unknown bottom blob 'nowhere'"),
+    "HumanAttData without att_num": (
+        "train", lambda f: _train(f, prototxt="no_att_num.prototxt"), 2,
+        "{no_att_num.prototxt}:3: layer 'data' (type HumanAttData): human_att_data_param has no att_num"),
+    "HumanAttData without bbox_num": (
+        "convert_caffemodel", _convert("good.caffemodel", prototxt="no_bbox_num.prototxt"), 2,
+        "{no_bbox_num.prototxt}:33: layer 'data' (type HumanAttData): human_att_data_param has no bbox_num"),
+    "missing prototxt": (
+        "convert_caffemodel", _convert("good.caffemodel", prototxt="nowhere.prototxt"), 2,
+        "cannot read network definition (prototxt)"),
+    # caffemodels
+    "truncated caffemodel": (
+        "convert_caffemodel", _convert("truncated.caffemodel", dst="x.pt", prototxt=None), 2,
+        "{truncated.caffemodel}: not a valid caffemodel (truncated or corrupt"),
+    "empty caffemodel": (
+        "convert_caffemodel", _convert("empty.caffemodel"), 2, "{empty.caffemodel}: empty file, not a weights file"),
+    "text prototxt given as caffemodel": (
+        "convert_caffemodel", _convert("text.caffemodel"), 2, "it looks like a text prototxt, not a binary caffemodel"),
+    "caffemodel sharing no layer with the net": (
+        "convert_caffemodel", _convert("other.caffemodel"), 2,
+        "{other.caffemodel}: shares no layer name with the net (weights); the file has ip_other"),
+    "caffemodel sharing no layer, in training": (
+        "train", lambda f: _train(f, "--weights", str(f["other.caffemodel"])), 2,
+        "{other.caffemodel}: shares no layer name with the net"),
+    "caffemodel of another size": (
+        "convert_caffemodel", _convert("wide.caffemodel"), 2,
+        "{wide.caffemodel}: cannot copy blob 0 of layer 'fc6': shape mismatch"),
+    "truncated compare --caffemodel": (
+        "compare_caffe", lambda f: [str(PROTOTXT_REF.parent / "caffe" / "mini_wsddn.npz"), "--caffemodel",
+                                    str(f["truncated.caffemodel"])], 2, "{truncated.caffemodel}: not a valid caffemodel"),
+    # weight files
+    "truncated .pt to train.py --weights": (
+        "train", lambda f: _train(f, "--weights", str(f["truncated.pt"])), 2,
+        "{truncated.pt}: cannot read this torch.save file; it is truncated or corrupt"),
+    "truncated .pt to the converter": (
+        "convert_caffemodel", _convert("truncated.pt"), 2, "{truncated.pt}: cannot read this torch.save file"),
+    "truncated .pt to test.py": (
+        "test", lambda f: ["--weights", str(f["truncated.pt"]), "--datalist", f["test"], "--root-folder",
+                           f["images"]], 2, "--weights {truncated.pt}: cannot read this torch.save file"),
+    "a torch file that holds no weights": (
+        "convert_caffemodel", _convert("list.pt"), 2, "{list.pt}: a torch.save file but not weights"),
+    "missing weights file": (
+        "train", lambda f: _train(f, "--weights", str(f["root"] / "nowhere.caffemodel")), 2,
+        "nowhere.caffemodel: no such weights file"),
+    "an empty name in --weights a,,b": (
+        "train", lambda f: _train(f, "--weights", f"{f['final.pt']},,{f['good.caffemodel']}"), 2,
+        "an empty name in the comma-separated list"),
+    "--teacher for a net without teacher layers": (
+        "train", lambda f: _train(f, "--teacher", str(f["final.pt"])), 2,
+        "{final.pt}: a teacher was given but this net has no teacher layers"),
+    "a KD prototxt without its teacher": (
+        "train", lambda f: _train(f, prototxt="train_stage1"), 2,
+        "the teacher layers of this KD net would keep their initial values (conv_wsd_1_1"),
+    "torchvision weights not in the cache": (
+        "convert_caffemodel", _convert("torchvision:vgg16"), 2,
+        "torchvision:vgg16: torchvision's VGG16 weights are not in the local cache"),
+    "a teacher where a student is wanted": (
+        "predict", lambda f: [str(Path(f["images"]) / _first_image(f)), "--model", str(f["final.pt"])], 2,
+        "{final.pt}: a WSDDN teacher (fc8_c, fc8_d), not a student classifier"),
+    "a student export without a student": (
+        "convert_caffemodel", _convert("final.pt", "--student", dst="s.pt", prototxt=None), 2,
+        "{final.pt}: a WSDDN teacher (fc8_c, fc8_d), not a student classifier"),
+    # reference cases
+    "missing reference case": (
+        "compare_caffe", lambda f: [str(f["root"] / "nowhere.npz")], 2, "nowhere.npz: no such reference case file"),
+    "a reference case that is not an npz": (
+        "compare_caffe", lambda f: [str(f["not_a_case.npz"])], 2, "{not_a_case.npz}: not a reference case (.npz)"),
+}
+
+
+def _first_image(f):
+    return Path(f["test"]).read_text().split()[0]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_caffe_file(f, case, capsys, monkeypatch, tmp_path):
+    tool, argv, status, fragment = CASES[case]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torchvision cache
+    fragment = re.sub(r"\{([\w.]+)\}", lambda m: str(f[m.group(1)]), fragment)
+    capsys.readouterr()
+    rc = _tool(tool)(argv(f))
+    out, err = capsys.readouterr()
+    assert rc == status, (rc, out[-2000:], err[-2000:])
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # train.py and test.py log INFO lines before it
+    assert last.startswith(f"{tool}.py: error: ") and fragment in last, last
+
+
+def test_exit_status_of_the_script(f):
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "convert_caffemodel.py"), str(f["truncated.pt"]),
+                        str(f["root"] / "x.caffemodel"), "--prototxt", str(f["wsddn_train"])],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"convert_caffemodel.py: error: {f['truncated.pt']}: cannot read this torch.save file; it is truncated or "
+        f"corrupt ({r.stderr.split('corrupt (', 1)[1].strip()}"]
