@@ -25,6 +25,7 @@ which layer came from which file.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import OrderedDict
@@ -165,14 +166,44 @@ def read_weight_file(source, transform: Optional[tv.InputTransform] = None) -> W
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
         stage = meta.get("stage")
-        return WeightFile(label, "checkpoint", state_dict_to_param_dict(obj["model"], label), meta,
-                          note=f"stage {stage}" if stage else "")
+        wf = WeightFile(label, "checkpoint", state_dict_to_param_dict(obj["model"], label), meta,
+                        note=f"stage {stage}" if stage else "")
+        return _with_referenced_teacher(wf)
     if isinstance(obj, dict) and _is_param_dict(obj):
         return WeightFile(label, "param-dict", OrderedDict(obj))
     if isinstance(obj, dict) and obj:
         return WeightFile(label, "state-dict", state_dict_to_param_dict(obj, label))
     raise CaffemodelError(f"{label}: a torch.save file but not weights (expected a checkpoint of tools/train.py, "
                           f"a 'layer/i' param dict, a student export or a state dict)")
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _with_referenced_teacher(wf: WeightFile) -> WeightFile:
+    """A KD checkpoint that refers to its teacher (meta["teacher"]: the --teacher file's
+    path and SHA-256) instead of holding it gets the teacher's layers from that file,
+    which must still be the one it was trained with."""
+    ref = wf.meta.get("teacher")
+    if not isinstance(ref, dict) or ref.get("embedded") or any(is_teacher_layer(l) for l in wf.layers):
+        return wf
+    path = ref.get("path")
+    if not path or not os.path.isfile(path):
+        raise CaffemodelError(f"{wf.source}: refers to its teacher {path}, which does not exist (a KD checkpoint "
+                              f"keeps the teacher's path and hash, not its weights)")
+    got = file_sha256(path)
+    if got != ref.get("sha256"):
+        raise CaffemodelError(f"{wf.source}: refers to its teacher {path}, which has changed since (SHA-256 "
+                              f"{got[:16]}... instead of {str(ref.get('sha256'))[:16]}...)")
+    teacher, _ = teacher_params(read_weight_file(path))
+    params = OrderedDict(wf.params)
+    params.update(teacher)
+    return WeightFile(wf.source, wf.kind, params, wf.meta, f"{wf.note + ', ' if wf.note else ''}teacher from {path}")
 
 
 def split_sources(weights) -> List[str]:

@@ -292,3 +292,30 @@ def test_torchvision_weights_through_a_file_and_the_cache(tmp_path, monkeypatch)
     torch.save(bn, tmp_path / "bn.pth")
     with pytest.raises(CaffemodelError, match="not torchvision's plain VGG16"):
         initialize_weights(WSDDN(cfg), f"torchvision:{tmp_path / 'bn.pth'}", transform=t)
+
+
+def test_a_kd_checkpoint_that_refers_to_its_teacher_gets_it_from_that_file(tmp_path):
+    """KD runs may record the --teacher file's path and SHA-256 instead of its weights:
+    reading such a checkpoint takes the teacher from that file, checked by its hash."""
+    import hashlib
+
+    teacher = _seeded(WSDDN, 11, small_cfg())
+    tpath = _checkpoint(tmp_path, "teacher.pt", teacher, "wsddn")
+    kd = _seeded(KDStage2, 12, small_cfg())
+    student_only = {k: v for k, v in kd.state_dict().items() if not k.startswith("teacher.")}
+    ref = {"path": str(tpath), "sha256": hashlib.sha256(tpath.read_bytes()).hexdigest(), "embedded": False}
+    path = tmp_path / "final.pt"
+    torch.save({"model": student_only, "meta": {"stage": "stage2", "teacher": ref}}, path)
+    wf = read_weight_file(path)
+    for (layer, i), p in teacher.caffe_param_map().items():
+        kd_name = wsddn_to_kd_name(layer)
+        if kd_name in kd.teacher.caffe_params():
+            assert torch.equal(wf.params[f"{kd_name}/{i}"], p), kd_name
+    assert torch.equal(wf.params["fc8_mscoco/0"], kd.student.fc8_mscoco.weight)
+    assert f"teacher from {tpath}" in wf.describe()
+    tpath.write_bytes(tpath.read_bytes() + b"x")
+    with pytest.raises(CaffemodelError, match=rf"{path}: refers to its teacher {tpath}, which has changed since"):
+        read_weight_file(path)
+    tpath.unlink()
+    with pytest.raises(CaffemodelError, match=rf"{path}: refers to its teacher {tpath}, which does not exist"):
+        read_weight_file(path)
