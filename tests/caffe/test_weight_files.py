@@ -319,3 +319,14 @@ def test_a_kd_checkpoint_that_refers_to_its_teacher_gets_it_from_that_file(tmp_p
     tpath.unlink()
     with pytest.raises(CaffemodelError, match=rf"{path}: refers to its teacher {tpath}, which does not exist"):
         read_weight_file(path)
+
+
+def test_caffenet_and_ports_take_any_weight_file(tmp_path, prototxt_ref):
+    src = _seeded(WSDDN, 13, small_cfg())
+    ckpt = _checkpoint(tmp_path, "final.pt", src, "wsddn")
+    net = CaffeNet(small_prototxt((prototxt_ref / "wsddn_train.prototxt").read_text()), "TEST", weights=ckpt)
+    assert not net.load_report.missing
+    port = WSDDN(small_cfg())
+    port.load_caffe_weights(ckpt)
+    for (layer, i), p in src.caffe_param_map().items():
+        assert torch.equal(net.params[layer][i], p) and torch.equal(port.caffe_params()[layer][i], p), layer
