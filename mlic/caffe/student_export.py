@@ -27,8 +27,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mlic.caffe.errors import CaffemodelError, PrototxtError
+from mlic.caffe.errors import CaffemodelError, NetBuildError, PrototxtError
 from mlic.caffe.io import load_net_spec
+from mlic.caffe.layers import human_att_data_config
 from mlic.caffe.weight_files import STUDENT_FORMAT, WeightFile, belongs_to_teacher, layer_of, load_file, \
     read_weight_file
 from prototxt_ports import NetConfig, Student
@@ -80,9 +81,9 @@ def _sizes_from_prototxt(path) -> Dict[str, object]:
     student_started = False
     for lp in spec.param.layer:
         if lp.type == "HumanAttData" and "input_size" not in out:
-            hp, tp = lp.human_att_data_param, lp.transform_param
-            out.update(input_size=int(hp.new_width), input_height=int(hp.new_height), num_rois=int(hp.bbox_num),
-                       mean_bgr=tuple(tp.mean_value), scale=float(tp.scale) if tp.HasField("scale") else 1.0)
+            data = human_att_data_config(lp, spec.file or "<net>", source=lp.human_att_data_param.source or "-")
+            out.update(input_size=data.new_width, input_height=data.new_height, num_rois=data.bbox_num,
+                       mean_bgr=data.mean_values, scale=data.scale)
         elif lp.type == "Interp" and "student_size" not in out:
             out["student_size"] = int(lp.interp_param.height)
             student_started = True
@@ -119,7 +120,7 @@ def student_export(wf: WeightFile, *, class_names: Optional[Sequence[str]] = Non
     elif proto is not None:
         try:
             sizes = _sizes_from_prototxt(proto)
-        except (PrototxtError, OSError) as exc:
+        except (PrototxtError, NetBuildError, OSError) as exc:
             raise CaffemodelError(f"{wf.source}: cannot read the sizes of its net from {proto}: {exc}") from None
         missing = [k for k in ("input_size", "student_size", "body") if k not in sizes]
         if missing or not sizes["num_rois"]:

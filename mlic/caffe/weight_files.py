@@ -6,8 +6,9 @@ Caffe's order: weight, then bias). What the file is, is told by its content:
   param-dict    torch.save of {'layer/i': tensor} (tools/convert_caffemodel.py OUT.pt)
   checkpoint    torch.save of {'model': state_dict, 'meta': {...}}: tools/train.py's
                 final.pt and checkpoints, from --stage runs (our ports) and --prototxt
-                runs (CaffeNet) alike
-  student       a student-only export (mlic.deploy): {'format': 'mlic-student', ...}
+                runs (CaffeNet) alike; one that refers to its teacher (meta['teacher']:
+                path and SHA-256) gets the teacher's layers from that file
+  student       a student-only export (mlic.caffe.student_export): {'format': 'mlic-student', ...}
   state-dict    a module's state_dict saved by itself
   torchvision   torchvision's VGG16 ('torchvision:vgg16', 'torchvision:PATH', or such a
                 file by content): mapped onto the released names with its input
@@ -306,8 +307,7 @@ class InitReport:
         return "\n".join(self.lines() + ([w] if w else []))
 
 
-def load_file(model_or_params, wf: WeightFile, role: str = "weights", params=None, how: str = "",
-              strict: bool = False) -> Loaded:
+def load_file(model_or_params, wf: WeightFile, role: str = "weights", params=None, how: str = "") -> Loaded:
     """Copy `wf` (or the given subset `params`) into the net by layer name; a file that
     shares no layer with the net is an error."""
     target = model_or_params if isinstance(model_or_params, dict) else net_params(model_or_params)
@@ -318,7 +318,7 @@ def load_file(model_or_params, wf: WeightFile, role: str = "weights", params=Non
         raise CaffemodelError(
             f"{wf.source}: shares no layer name with the net ({role}); the file has "
             f"{_few(file_layers) or 'no layers'}, the net {_few(ours) or 'no learnable layers'}")
-    rep = load_param_dict(_View(target), d, wf.source, strict=strict)
+    rep = load_param_dict(_View(target), d, wf.source)
     return Loaded(wf, role, rep.loaded, rep.unexpected, how)
 
 

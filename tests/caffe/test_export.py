@@ -16,54 +16,25 @@ from mlic.caffe.convert import main as convert
 from mlic.caffe.io import read_caffemodel
 from mlic.caffe.weight_files import read_weight_file
 from mlic.caffe.weights import caffemodel_to_param_dict
-from tests.caffe.test_training_interop import PORT_NET, STUDENT, _kd_prototxt
+from tests.caffe.helpers import PORT_NET, STUDENT, released_prototxt, train
 from tests.conftest import REPO
-from tests.ports.helpers import SMALL, small_prototxt
+from tests.ports.helpers import SMALL
 
 pytestmark = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C is not built")
 NAMES = ["cat", "dog", "car", "tree", "boat"]
 
 
-def _train(data, out, *args):
-    from mlic.training.train import main
-
-    assert main(["--datalist", data["train"], "--root-folder", data["root_folder"], "--out", str(out),
-                 "--batch-size", "2", "--max-iter", "2", "--base-lr", "0.01", "--seed", "6", "--no-tensorboard",
-                 "--quiet", "--checkpoint-period", "100", *args]) == 0
-    return out / "final.pt"
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from mlic.data.synthetic import SyntheticConfig, generate_dataset
-
-    out = tmp_path_factory.mktemp("synthetic")
-    return generate_dataset(str(out), SyntheticConfig(num_train=4, num_test=3, bbox_num=SMALL["rois"],
-                                                      image_size=SMALL["input_size"], num_classes=SMALL["classes"],
-                                                      seed=8))
-
-
-@pytest.fixture(scope="module")
-def runs(data, prototxt_ref_module, tmp_path_factory):
-    """A teacher, stage 2 through our port and through the released prototxt."""
+def runs(kd_data, kd_teacher, tmp_path_factory):
+    """The teacher, stage 2 through our port and through the released prototxt."""
     root = tmp_path_factory.mktemp("runs")
-    teacher = _train(data, root / "teacher", "--stage", "wsddn", *PORT_NET)
-    stage2 = _train(data, root / "stage2", "--stage", "stage2", "--teacher", str(teacher), *PORT_NET)
-    proto = _kd_prototxt(prototxt_ref_module, root, "stage2")
-    stage2_proto = _train(data, root / "stage2_proto", "--prototxt", str(proto), "--teacher", str(teacher))
-    wsddn_proto = root / "wsddn_train.prototxt"
-    wsddn_proto.write_text(small_prototxt((prototxt_ref_module / "wsddn_train.prototxt").read_text()))
+    stage2 = train(kd_data, root / "stage2", "--stage", "stage2", "--teacher", str(kd_teacher), *PORT_NET)
+    proto = released_prototxt(root, "train_stage2")
+    stage2_proto = train(kd_data, root / "stage2_proto", "--prototxt", str(proto), "--teacher", str(kd_teacher))
     names = root / "names.txt"
     names.write_text("\n".join(NAMES) + "\n")
-    return dict(root=root, teacher=teacher, stage2=stage2, stage2_proto=stage2_proto, proto=proto,
-                wsddn_proto=wsddn_proto, names=names)
-
-
-@pytest.fixture(scope="module")
-def prototxt_ref_module():
-    from tests.conftest import PROTOTXT_REF
-
-    return PROTOTXT_REF
+    return dict(root=root, teacher=kd_teacher, stage2=stage2, stage2_proto=stage2_proto, proto=proto,
+                wsddn_proto=released_prototxt(root, "wsddn_train"), names=names)
 
 
 @pytest.mark.parametrize("run, proto", [("teacher", "wsddn_proto"), ("stage2", "proto"), ("stage2_proto", "proto")])
@@ -91,15 +62,15 @@ def _scores(path):
     return rows[0], np.array([[float(x) for x in r[1:]] for r in rows[1:]])
 
 
-def _test_tool(weights, data, out):
+def _test_tool(weights, kd_data, out):
     from mlic.training.test import main
 
-    assert main(["--weights", str(weights), "--datalist", data["test"], "--root-folder", data["root_folder"],
+    assert main(["--weights", str(weights), "--datalist", kd_data["test"], "--root-folder", kd_data["root_folder"],
                  "--out", str(out), "--batch-size", "2"]) == 0
     return _scores(out / "scores.csv")
 
 
-def test_student_export_is_what_test_py_and_predict_py_use(runs, data, tmp_path):
+def test_student_export_is_what_test_py_and_predict_py_use(runs, kd_data, tmp_path):
     student = tmp_path / "student.pt"
     assert convert([str(runs["stage2"]), str(student), "--student", "--class-names", str(runs["names"])]) == 0
     exp = torch.load(student, map_location="cpu", weights_only=False)
@@ -109,12 +80,12 @@ def test_student_export_is_what_test_py_and_predict_py_use(runs, data, tmp_path)
     assert exp["class_names"] == NAMES and exp["input"] == {"size": [SMALL["input_size"]] * 2,
                                                            "mean_bgr": [103.52, 116.28, 123.675], "scale": 1.0}
     # tools/test.py: the export scores the test images as the stage-2 checkpoint does
-    head_a, a = _test_tool(runs["stage2"], data, tmp_path / "t_ckpt")
-    head_b, b = _test_tool(student, data, tmp_path / "t_student")
+    head_a, a = _test_tool(runs["stage2"], kd_data, tmp_path / "t_ckpt")
+    head_b, b = _test_tool(student, kd_data, tmp_path / "t_student")
     assert np.array_equal(a[:, : len(NAMES)], b[:, : len(NAMES)])
     assert "cat" in ",".join(head_b)
     # tools/predict.py on the test images: the same probabilities as the data pipeline gives
-    images = [str(p) for p in _test_images(data)]
+    images = [str(p) for p in _test_images(kd_data)]
     pic = tmp_path / "pic.png"
     r = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"), images[0], "--model", str(student),
                         "--top-k", "3", "--picture", str(pic)], capture_output=True, text=True, timeout=300)
@@ -132,14 +103,14 @@ def test_student_export_is_what_test_py_and_predict_py_use(runs, data, tmp_path)
                                                                            for p in images)
 
 
-def _test_images(data):
+def _test_images(kd_data):
     from mlic.data import read_datalist
 
-    dl = read_datalist(data["test"], root_folder=data["root_folder"])
+    dl = read_datalist(kd_data["test"], root_folder=kd_data["root_folder"])
     return [dl.image_path(i) for i in range(len(dl))]
 
 
-def test_student_of_a_prototxt_run_matches_caffenet(runs, data, tmp_path):
+def test_student_of_a_prototxt_run_matches_caffenet(runs, kd_data, tmp_path):
     """A --prototxt train_stage2 run's student, with the sizes its prototxt gives, predicts
     what CaffeNet's train_stage2 (TEST phase) computes at fc8_mscoco; tools/test.py tests
     that run through it."""
@@ -148,21 +119,21 @@ def test_student_of_a_prototxt_run_matches_caffenet(runs, data, tmp_path):
 
     model, info = load_student(runs["stage2_proto"])
     assert info.cfg.student_size == STUDENT and info.cfg.student_head == "fc8_mscoco"
-    images = [str(p) for p in _test_images(data)]
+    images = [str(p) for p in _test_images(kd_data)]
     x = load_images(images, info)
     net = CaffeNet(runs["proto"], "TEST")
     net.load_state_dict(torch.load(runs["stage2_proto"], map_location="cpu", weights_only=False)["model"])
     net.eval()
     from mlic.data import read_datalist
 
-    dl = read_datalist(data["test"], root_folder=data["root_folder"])
+    dl = read_datalist(kd_data["test"], root_folder=kd_data["root_folder"])
     label_roi = torch.as_tensor(np.stack([dl.label_roi(i) for i in range(len(dl))]))
     with torch.no_grad():
         net(data=x, label_roi=label_roi)
         ref = torch.sigmoid(net.blobs["fc8_mscoco"])
         ours = model.predict(x)
     assert torch.allclose(ours, ref, rtol=0, atol=1e-6), (ours - ref).abs().max()
-    _, scores = _test_tool(runs["stage2_proto"], data, tmp_path / "t")
+    _, scores = _test_tool(runs["stage2_proto"], kd_data, tmp_path / "t")
     assert np.allclose(scores[:, : SMALL["classes"]], ref.numpy(), rtol=0, atol=1e-6)
 
 
@@ -172,10 +143,10 @@ def test_student_of_a_prototxt_run_matches_caffenet(runs, data, tmp_path):
     ("not-an-image", "not an image OpenCV can read"),
     ("truncated", "cannot read this torch.save file; it is truncated or corrupt"),
 ])
-def test_predict_errors_are_one_sentence_and_exit_2(runs, data, tmp_path, what, fragment):
+def test_predict_errors_are_one_sentence_and_exit_2(runs, kd_data, tmp_path, what, fragment):
     student = tmp_path / "student.pt"
     assert convert([str(runs["stage2"]), str(student), "--student"]) == 0
-    image = _test_images(data)[0]
+    image = _test_images(kd_data)[0]
     model = str(student)
     if what == "teacher":
         model = str(runs["teacher"])

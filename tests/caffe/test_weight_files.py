@@ -1,6 +1,5 @@
 """Every weight file the project writes is read as Caffe-named blobs, several files load in
 order with provenance, and a trained WSDDN maps onto the KD nets' teacher layers."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

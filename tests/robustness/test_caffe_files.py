@@ -2,7 +2,6 @@
 exit status and a fragment of the one sentence it must print, which names the file. The
 tools' main() runs in this process (one case also as its own process, for the real exit
 status); nothing here may end in a traceback."""
-import importlib.util
 import re
 import subprocess
 import sys
@@ -14,35 +13,10 @@ import torch
 from mlic import _ext
 from tests.conftest import PROTOTXT_REF
 from tests.ports.helpers import SMALL, small_cfg, small_prototxt
+from tests.robustness.conftest import REPO, tool_main
 
 pytestmark = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C is not built")
-REPO = Path(__file__).resolve().parents[2]
 RUN = ["--no-tensorboard", "--quiet", "--max-iter", "1", "--checkpoint-period", "0"]
-
-
-def _tool(name):
-    """The main() behind tools/<name>.py."""
-    if name == "train":
-        from mlic.training.train import main
-        return main
-    if name == "test":
-        from mlic.training.test import main
-        return main
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
-
-
-@pytest.fixture(autouse=True)
-def fresh_console_log():
-    """The tools log to the stderr of the moment they first ran; each case has its own."""
-    import logging
-
-    logger = logging.getLogger("mlic")
-    for h in [h for h in logger.handlers if getattr(h, "_mlic_console", False)]:
-        logger.removeHandler(h)
-    yield
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +182,7 @@ def test_bad_caffe_file(f, case, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torchvision cache
     fragment = re.sub(r"\{([\w.]+)\}", lambda m: str(f[m.group(1)]), fragment)
     capsys.readouterr()
-    rc = _tool(tool)(argv(f))
+    rc = tool_main(tool)(argv(f))
     out, err = capsys.readouterr()
     assert rc == status, (rc, out[-2000:], err[-2000:])
     assert "Traceback" not in err

@@ -2,7 +2,6 @@
 exit status and a fragment of the one sentence it must print (or, for inputs that are
 valid, a clean run). The tools' main() runs in this process (one case also as its own
 process, for the real exit status); nothing here can crash the interpreter."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,36 +10,11 @@ from pathlib import Path
 import pytest
 
 from mlic import _ext
+from tests.robustness.conftest import REPO, tool_main
 
 pytestmark = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C is not built")
-REPO = Path(__file__).resolve().parents[2]
 NET = ["--input-size", "64", "--student-size", "32", "--pooled-size", "1", "--width", "0.0625", "--fc-dim", "16",
        "--scales", "none", "--no-tensorboard", "--quiet", "--max-iter", "1", "--batch-size", "2"]
-
-
-def _tool(name):
-    """The main() behind tools/<name>.py."""
-    if name == "train":
-        from mlic.training.train import main
-        return main
-    if name == "test":
-        from mlic.training.test import main
-        return main
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
-
-
-@pytest.fixture(autouse=True)
-def fresh_console_log():
-    """The tools log to the stderr of the moment they first ran; each case has its own."""
-    import logging
-
-    logger = logging.getLogger("mlic")
-    for h in [h for h in logger.handlers if getattr(h, "_mlic_console", False)]:
-        logger.removeHandler(h)
-    yield
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +87,7 @@ def test_training_list(case, data, tmp_path, capsys):
     make, extra, status, fragment = CASES[case]
     src = tmp_path / "train.txt"
     src.write_text(make(lines))
-    code = _tool("train")(["--stage", "wsddn", "--datalist", str(src), "--root-folder", files["root_folder"],
+    code = tool_main("train")(["--stage", "wsddn", "--datalist", str(src), "--root-folder", files["root_folder"],
                            "--out", str(tmp_path / "run"), *NET, *extra])
     err = capsys.readouterr().err
     assert code == status, err[-2000:]
@@ -131,7 +105,7 @@ def test_unreadable_training_list(case, status, fragment, data, tmp_path, capsys
     src = tmp_path / "train.txt"
     if case == "binary":
         src.write_bytes(lines[0].encode() + b"\n" + b"\xff\xfe" + lines[1].encode() + b"\n")
-    code = _tool("train")(["--stage", "wsddn", "--datalist", str(src), "--root-folder", files["root_folder"],
+    code = tool_main("train")(["--stage", "wsddn", "--datalist", str(src), "--root-folder", files["root_folder"],
                            "--out", str(tmp_path / "run"), *NET])
     err = capsys.readouterr().err
     assert code == status and fragment in err, err[-2000:]
@@ -141,7 +115,7 @@ def test_a_test_list_with_another_label_count(data, tmp_path, capsys):
     root, files, lines = data
     test = tmp_path / "test.txt"
     test.write_text(_edit(lines, lambda k, ln: " ".join(_fields(ln)[:5] + ["0"] + _fields(ln)[5:])))
-    code = _tool("train")(["--stage", "wsddn", "--datalist", files["train"], "--root-folder", files["root_folder"],
+    code = tool_main("train")(["--stage", "wsddn", "--datalist", files["train"], "--root-folder", files["root_folder"],
                            "--test-datalist", str(test), "--out", str(tmp_path / "run"), *NET])
     err = capsys.readouterr().err
     assert code == 2 and "test.txt:1: wrong number of fields: 16, expected 15" in err, err[-2000:]
@@ -151,7 +125,7 @@ def test_a_test_list_with_another_label_count(data, tmp_path, capsys):
 def trained(data, tmp_path_factory):
     root, files, _ = data
     out = tmp_path_factory.mktemp("robust_run")
-    assert _tool("train")(["--stage", "wsddn", "--datalist", files["train"], "--root-folder",
+    assert tool_main("train")(["--stage", "wsddn", "--datalist", files["train"], "--root-folder",
                            files["root_folder"], "--out", str(out), *NET]) == 0
     return out / "final.pt"
 
@@ -196,7 +170,7 @@ def test_test_tool_inputs(case, status, fragment, data, trained, tmp_path, capsy
         args += ["--gt", str(p)]
     else:
         args += ["--gt", str(_coco_gt(tmp_path, files))]
-    code = _tool("test")(args)
+    code = tool_main("test")(args)
     out, err = capsys.readouterr()
     assert code == status, err[-2000:]
     for frag in (fragment,) if isinstance(fragment, str) else fragment:
@@ -233,7 +207,7 @@ def test_make_datalist_inputs(case, status, fragment, tmp_path, capsys):
     elif case == "bad shard":
         src += ["--shard", "5/4"]
     try:
-        code = _tool("make_datalist")(args + src)
+        code = tool_main("make_datalist")(args + src)
     except SystemExit as exc:  # argparse's own errors
         code = exc.code
     err = capsys.readouterr().err
