@@ -6,18 +6,19 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.mlic-installed
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test demo bench clean
+.PHONY: setup build test demo bench sanitize gpu-check clean
 
+# The package is installed without compiling (MLIC_SKIP_EXTENSION=1): `build` compiles the
+# extension once, in place, and incrementally (ninja) afterwards.
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip setuptools wheel
 	$(VPY) -m pip install -r requirements.txt
-	$(VPY) -m pip install --no-build-isolation --no-deps -e .
+	MLIC_SKIP_EXTENSION=1 $(VPY) -m pip install --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# Incremental (ninja): a no-op when nothing changed.
 build: setup
 	$(VPY) setup.py -q build_ext --inplace
 
@@ -29,6 +30,24 @@ demo: build
 
 bench: build
 	$(VPY) bench/kernels.py
+
+# The op cases under AddressSanitizer: an instrumented CPU-only build of the extension (CPU
+# and emulated CUDA back ends) in build/asan, from a copy of the sources.
+ASAN_DIR := build/asan
+sanitize: setup
+	mkdir -p $(ASAN_DIR)/src
+	cp -rp csrc mlic prototxt_ports tests setup.py pyproject.toml $(ASAN_DIR)/src/
+	rm -f $(ASAN_DIR)/src/mlic/_C*.so
+	cd $(ASAN_DIR)/src && MLIC_SANITIZE=address $(abspath $(VPY)) setup.py -q build_ext --inplace \
+		--build-temp $(abspath $(ASAN_DIR))/objects
+	cd $(ASAN_DIR)/src && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+		$(abspath $(VPY)) -m pytest -q -p no:cacheprovider tests/robustness/test_ops.py \
+		tests/ops/test_roi_pool_kernel.py tests/ops/test_pool_kernel.py tests/ops/test_two_stream_kernel.py \
+		-k "not gradcheck" $(PYTEST_ARGS)
+
+# On a GPU machine: the CUDA checks and benchmarks in one command (bench/gpu_check.py).
+gpu-check:
+	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build mlic/_C*.so *.egg-info

@@ -1,14 +1,22 @@
 """Builds mlic and its extension mlic._C.
 
 C++ CPU kernels are always built. The CUDA kernels are built whenever nvcc and a
-CUDA-enabled torch are present, also on a machine without a GPU. Environment:
+CUDA-enabled torch are present, also on a machine without a GPU; without them, CUDA
+tensors run the same device code compiled at run time by NVRTC (`pip install -e .[nvrtc]`
+brings CuPy for that). Environment:
   MLIC_CPU_ONLY=1        build the CPU kernels only
+  MLIC_SKIP_EXTENSION=1  install the Python package without compiling (the Makefile then
+                         compiles once, in place, with `setup.py build_ext --inplace`)
+  MLIC_SANITIZE=address  an AddressSanitizer build (`make sanitize`)
   TORCH_CUDA_ARCH_LIST   CUDA targets (default here: the visible GPUs, else "9.0+PTX")
   MAX_JOBS               parallel compile jobs for ninja
 """
+import contextlib
 import glob
+import io
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -47,8 +55,10 @@ def _resolve_cuda_home():
 
 
 def _want_cuda(torch):
-    if os.environ.get("MLIC_CPU_ONLY", "0") not in ("", "0", "false", "False"):
+    if _flag("MLIC_CPU_ONLY"):
         return False, "MLIC_CPU_ONLY is set"
+    if os.environ.get("MLIC_SANITIZE"):
+        return False, "MLIC_SANITIZE is set (nvcc objects are not instrumented)"
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} has no CUDA support"
     home = _resolve_cuda_home()
@@ -58,22 +68,48 @@ def _want_cuda(torch):
     return True, home
 
 
+def _flag(name):
+    return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
 def _extensions():
+    if _flag("MLIC_SKIP_EXTENSION"):
+        print("mlic: MLIC_SKIP_EXTENSION is set: the extension mlic._C is not compiled by this command")
+        return [], {}
     try:
         import torch
-        from torch.utils import cpp_extension
+        # torch prints "No CUDA runtime is found" on import when no GPU is visible; said below in our words.
+        with contextlib.redirect_stderr(io.StringIO()) as said:
+            from torch.utils import cpp_extension
     except ImportError:  # metadata-only invocations
         return [], {}
+    other = "\n".join(line for line in said.getvalue().splitlines() if "No CUDA runtime is found" not in line)
+    if other:
+        print(other, file=sys.stderr)
     with_cuda, why = _want_cuda(torch)
     if with_cuda:
         # cpp_extension reads CUDA_HOME at import time: point it at the resolved toolkit.
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0+PTX"
-    print(f"mlic: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels ({why})")
-    sources = ["csrc/mlic.cpp", "csrc/ops/cpu/ops_cpu.cpp", "csrc/ops/cpu/two_stream_cpu.cpp",
-               "csrc/ops/emulation/ops_emulated.cpp"]
-    cxx = ["-O3", "-fopenmp", "-ffp-contract=off"]  # no FMA contraction: the same bits on every ISA
+        where = (f"with the CUDA toolkit at {why} for {os.environ.get('TORCH_CUDA_ARCH_LIST', 'the visible GPUs')}"
+                 + ("" if torch.cuda.is_available() else
+                    "; no GPU is visible here, so the CUDA kernels are compiled for a GPU machine later"))
+        print(f"mlic: building CPU + CUDA kernels ({where})")
+    else:
+        print(f"mlic: building CPU-only kernels ({why}; CUDA tensors will use NVRTC through CuPy)")
+    sources = ["csrc/mlic.cpp", "csrc/ops/cpu/ops_cpu.cpp", "csrc/ops/emulation/ops_emulated.cpp",
+               "csrc/ops/nvrtc/ops_nvrtc.cpp"]
+    # No FMA contraction (nvcc: --fmad=false): the host-run CUDA kernels round as the GPU's.
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off"]
+    link = ["-fopenmp"]
+    if os.environ.get("MLIC_SANITIZE"):
+        san = os.environ["MLIC_SANITIZE"]
+        if san != "address":
+            raise SystemExit(f"MLIC_SANITIZE must be 'address', got {san!r}")
+        cxx = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address", "-fopenmp", "-ffp-contract=off"]
+        link = ["-fopenmp", "-fsanitize=address"]
+        print("mlic: AddressSanitizer build (run Python with LD_PRELOAD=$(gcc -print-file-name=libasan.so))")
     define = []
     nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
     if with_cuda:
@@ -89,7 +125,7 @@ def _extensions():
         sources,
         include_dirs=[str(ROOT / "csrc")],
         define_macros=define,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=link,
         **kwargs,
     )
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
@@ -119,4 +155,5 @@ setup(
     python_requires=">=3.10",
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    extras_require={"nvrtc": ["cupy-cuda13x"]},
 )

@@ -1,10 +1,14 @@
-// Host-side declarations shared by the op front ends (mlic.cpp) and the CPU / CUDA back ends.
+// Host-side declarations shared by the op front end (frontend.h, mlic.cpp) and the back
+// ends: CPU (cpu/), CUDA (cuda/), its host emulation (emulation/) and NVRTC (nvrtc/).
 #pragma once
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include "device/common.cuh"
 
 namespace mlic {
 
@@ -16,78 +20,45 @@ template <typename T> struct Acc { using type = T; };
 template <> struct Acc<at::Half> { using type = float; };
 template <> struct Acc<at::BFloat16> { using type = float; };
 
+// Validated arguments of the RoI pooling ops (roi_pool is roi_spp with one level).
 struct RoiArgs {
-  std::vector<int> lv;  // 3 ints per level: h, w, cells before the level
-  int S = 0;            // cells per channel of one RoI
+  RoiLevels levels{};
   double spatial_scale = 1, score_scale = 1, score_bias = 0;
 };
 
+// Validated arguments of the Caffe pooling ops (caffe_pool2d is one level, spp many).
 struct PoolArgs {
-  std::vector<int> lp;  // 9 ints per level: kh, kw, sh, sw, pad_h, pad_w, oh, ow, cells before
-  int S = 0;
-  int mode = 0;         // 0 max, 1 ave
+  PoolLevels levels{};
 };
 
-// CPU back end (ops_cpu.cpp).
-std::tuple<Tensor, Tensor> roi_forward_cpu(const Tensor& feat, const Tensor& rois, const RoiArgs& a);
-Tensor roi_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, const RoiArgs& a,
-                        at::IntArrayRef in_shape);
-std::tuple<Tensor, Tensor> pool_forward_cpu(const Tensor& x, const PoolArgs& a);
-Tensor pool_backward_cpu(const Tensor& grad, const Tensor& argmax, const PoolArgs& a, at::IntArrayRef in_shape);
-std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_forward_cpu(const Tensor& cls, const Tensor& det);
-std::tuple<Tensor, Tensor> two_stream_backward_cpu(const Tensor& g_image, const Tensor& g_region, const Tensor& pc,
-                                                   const Tensor& pd);
-// x86-64 level (4: AVX-512, 3: AVX2 + FMA, 1: baseline) of the CPU loops that have one copy
-// per level; the cap (for tests and comparisons) lowers it.
-int cpu_simd_level();
-int set_cpu_simd_level_cap(int64_t cap);
+// The functions a back end provides; the front end (frontend.h) validates the arguments,
+// builds RoiArgs / PoolArgs and registers one kernel per op under the back end's
+// dispatch key. Inputs have the documented shapes; outputs are flat per image / RoI:
+//   roi_forward  -> (out [K, C*S], argmax [K, C*S] int32)
+//   roi_backward -> grad of features [N, C, H, W] (in_shape)
+//   pool_forward -> (out [N, C*S], argmax [N, C*S] int32, or [0, 0] for AVE)
+//   pool_backward, two_stream_forward (image, region, cls_prob, det_prob), two_stream_backward.
+#define MLIC_DECLARE_BACKEND                                                                                   \
+  std::tuple<Tensor, Tensor> roi_forward(const Tensor& feat, const Tensor& rois, const RoiArgs& a);          \
+  Tensor roi_backward(const Tensor& grad, const Tensor& rois, const Tensor& argmax, const RoiArgs& a,         \
+                      at::IntArrayRef in_shape, bool deterministic);                                         \
+  std::tuple<Tensor, Tensor> pool_forward(const Tensor& x, const PoolArgs& a);                               \
+  Tensor pool_backward(const Tensor& grad, const Tensor& argmax, const PoolArgs& a, at::IntArrayRef in_shape); \
+  std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_forward(const Tensor& cls, const Tensor& det);       \
+  std::tuple<Tensor, Tensor> two_stream_backward(const Tensor& g_image, const Tensor& g_region, const Tensor& pc, \
+                                                 const Tensor& pd);
 
-// Op front ends (mlic.cpp): validation, then the back end of the tensors' device.
-std::tuple<Tensor, Tensor> roi_spp_op(const Tensor& features, const Tensor& rois, at::IntArrayRef levels_h,
-                                      at::IntArrayRef levels_w, double spatial_scale, double score_scale,
-                                      double score_bias, bool deterministic);
-std::tuple<Tensor, Tensor> roi_pool_op(const Tensor& features, const Tensor& rois, int64_t pooled_h, int64_t pooled_w,
-                                       double spatial_scale, double score_scale, double score_bias,
-                                       bool deterministic);
-Tensor roi_spp_backward_op(const Tensor& grad, const Tensor& rois, const Tensor& argmax, at::IntArrayRef levels_h,
-                           at::IntArrayRef levels_w, int64_t batch, int64_t channels, int64_t height, int64_t width,
-                           double spatial_scale, double score_scale, double score_bias, bool deterministic);
-std::tuple<Tensor, Tensor> spp_op(const Tensor& x, int64_t pyramid_height, c10::string_view mode);
-Tensor spp_backward_op(const Tensor& grad, const Tensor& argmax, int64_t pyramid_height, c10::string_view mode,
-                       int64_t batch, int64_t channels, int64_t height, int64_t width);
-std::tuple<Tensor, Tensor> caffe_pool2d_op(const Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                           at::IntArrayRef padding, c10::string_view mode);
-Tensor caffe_pool2d_backward_op(const Tensor& grad, const Tensor& argmax, at::IntArrayRef kernel_size,
-                                at::IntArrayRef stride, at::IntArrayRef padding, c10::string_view mode, int64_t batch,
-                                int64_t channels, int64_t height, int64_t width);
-std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_op(const Tensor& cls, const Tensor& det);
-std::tuple<Tensor, Tensor> two_stream_backward_op(const std::optional<Tensor>& g_image,
-                                                  const std::optional<Tensor>& g_region, const Tensor& pc,
-                                                  const Tensor& pd);
-// Autograd kernel of wsddn_two_stream (calls the op below autograd, then its backward op).
-std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_autograd(const Tensor& cls, const Tensor& det);
+namespace cpu { MLIC_DECLARE_BACKEND }
+// The CUDA back end's host side (cuda/host_side.h) over three ways to run its kernels.
+namespace cuda { MLIC_DECLARE_BACKEND }      // compiled by nvcc (cuda/ops_cuda.cu)
+namespace emulated { MLIC_DECLARE_BACKEND }  // run on the host, for tests (emulation/)
+namespace nvrtc { MLIC_DECLARE_BACKEND }     // compiled at run time through CuPy (nvrtc/)
+#undef MLIC_DECLARE_BACKEND
+
+// The NVRTC back end's launcher, set from Python (mlic/ops/_nvrtc.py): launches the
+// kernel named by `name_expr` (e.g. "mlic::pool_forward_kernel<float, float>") with
+// cuLaunchKernel's parameter array `params` on the current stream of `device_index`.
+void nvrtc_launch(const std::string& name_expr, const std::string& element_type, const int64_t grid[3],
+                  const int64_t block[3], int device_index, void** params);
 
 }  // namespace mlic
-
-// The CUDA back end (cuda/host_side.h over ops_cuda.cu: x_cuda) and the same code run on
-// the host for CPU tensors while set_cuda_emulation(true) (emulation/ops_emulated.cpp:
-// x_emu); same contracts as the CPU back end.
-#define MLIC_DECLARE_CUDA_BACKEND(S)                                                                              \
-  std::tuple<Tensor, Tensor> roi_forward_##S(const Tensor& feat, const Tensor& rois, const RoiArgs& a);         \
-  Tensor roi_backward_##S(const Tensor& grad, const Tensor& rois, const Tensor& argmax, const RoiArgs& a,        \
-                          at::IntArrayRef in_shape, bool deterministic);                                      \
-  std::tuple<Tensor, Tensor> pool_forward_##S(const Tensor& x, const PoolArgs& a);                              \
-  Tensor pool_backward_##S(const Tensor& grad, const Tensor& argmax, const PoolArgs& a, at::IntArrayRef in_shape); \
-  std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_forward_##S(const Tensor& cls, const Tensor& det);      \
-  std::tuple<Tensor, Tensor> two_stream_backward_##S(const Tensor& g_image, const Tensor& g_region,             \
-                                                     const Tensor& pc, const Tensor& pd);
-
-namespace mlic {
-MLIC_DECLARE_CUDA_BACKEND(emu)
-#ifdef MLIC_WITH_CUDA
-MLIC_DECLARE_CUDA_BACKEND(cuda)
-#endif
-bool cuda_emulation();
-bool set_cuda_emulation(bool on);
-}  // namespace mlic
-#undef MLIC_DECLARE_CUDA_BACKEND

@@ -8,7 +8,7 @@ import torch
 
 import mlic
 from mlic import _ext
-from tests.conftest import DEVICES
+from tests.conftest import DEVICES, requires_cuda
 
 EXT = _ext.extension_available()
 requires_ext = pytest.mark.skipif(
@@ -17,21 +17,37 @@ requires_ext = pytest.mark.skipif(
 )
 
 
-def ops():
-    """The mlic.ops module (imported lazily: the tests skip before this when the extension is missing)."""
-    return importlib.import_module("mlic.ops")
-
-
-# The CUDA back end run on the host (mlic._C.set_cuda_emulation): its kernels and launch
-# code tested on CPU tensors where no GPU is present. tests/ops/conftest.py turns the
-# emulation on for a test whose `device` parameter is this one.
+# The CUDA back end run on the host (mlic.ops.testing.emulated_cuda): its kernels and
+# launch code tested on CPU tensors where no GPU is present. tests/ops/conftest.py selects
+# it for a test whose `device` parameter is this one.
 EMULATED_CUDA = "emulated-cuda"
-KERNEL_DEVICES = DEVICES + [EMULATED_CUDA]
+# CUDA tensors through the NVRTC back end (mlic.ops.testing.nvrtc), beside the compiled kernels.
+NVRTC = "cuda-nvrtc"
+KERNEL_DEVICES = DEVICES + [pytest.param(NVRTC, marks=requires_cuda), EMULATED_CUDA]
+_selected = {"ops": None}
+
+
+def ops():
+    """The op functions under test: mlic.ops, or mlic.ops.testing.emulated_cuda in a test on
+    the emulated-cuda device (imported lazily: the tests skip before this without the extension)."""
+    return _selected["ops"] or importlib.import_module("mlic.ops")
+
+
+def select_ops(bound) -> None:
+    """Used by tests/ops/conftest.py: `bound` (a mlic.ops.bind namespace) or None for mlic.ops."""
+    _selected["ops"] = bound
 
 
 def device_or_skip(device: str) -> torch.device:
     if device == EMULATED_CUDA:
         return torch.device("cpu")
+    if device == NVRTC:
+        from mlic.ops import _nvrtc
+
+        ok, why = _nvrtc.available()
+        if not ok:
+            pytest.skip(f"the NVRTC back end cannot run here: {why}")
+        return torch.device("cuda")
     if device == "cuda":
         if not torch.cuda.is_available():
             pytest.skip("no CUDA device on this machine")
@@ -110,6 +126,6 @@ def assert_equal_int(actual: torch.Tensor, expected: torch.Tensor, what: str = "
 
 
 __all__ = [
-    "EMULATED_CUDA", "KERNEL_DEVICES", "EXT", "requires_ext", "ops", "device_or_skip", "FLOAT_DTYPES", "HALF_DTYPES", "distinct_features",
+    "EMULATED_CUDA", "NVRTC", "KERNEL_DEVICES", "EXT", "requires_ext", "ops", "select_ops", "device_or_skip", "FLOAT_DTYPES", "HALF_DTYPES", "distinct_features",
     "random_rois", "tol", "grad_tol", "assert_same", "assert_equal_int", "mlic",
 ]

@@ -122,30 +122,76 @@ def test_backend_names():
 
 
 @needs_ext
-def test_emulated_cuda_switch_is_scoped():
-    from mlic import ops
+def test_a_kernel_per_dispatch_key():
+    # Production ops: CPU, CUDA, Autograd and Autocast kernels; the host emulation of CUDA is
+    # a separate namespace the tests select, not a switch on the production path.
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    for name in ("roi_pool", "roi_spp", "spp", "caffe_pool2d", "wsddn_two_stream"):
+        for key in ("CPU", "CUDA", "Autograd", "AutocastCPU", "AutocastCUDA"):
+            assert has(f"mlic::{name}", key), (name, key)
+        assert has(f"mlic_emulated_cuda::{name}", "CPU") and not has(f"mlic_emulated_cuda::{name}", "CUDA")
+        assert has(f"mlic_nvrtc::{name}", "CUDA") and not has(f"mlic_nvrtc::{name}", "CPU")
+    from mlic import _C
 
-    x = torch.randn(1, 3, 2)
+    assert not any(hasattr(_C, f) for f in ("set_cuda_emulation", "cuda_emulation", "set_cpu_simd_level_cap"))
+
+
+@needs_ext
+def test_emulated_cuda_is_selected_by_name():
+    from mlic import ops
+    from mlic.ops import testing
+
+    x = torch.randn(1, 3, 2, dtype=torch.float64)
+    emulated = testing.emulated_cuda.wsddn_two_stream(x, x)
     assert ops.backend_for("cpu") == "cpu"
-    with pytest.raises(KeyError):
-        with ops.emulated_cuda():
-            assert ops.backend_for("cpu") == "emulated-cuda"
-            with ops.emulated_cuda():  # nested: still on after the inner block
-                pass
-            assert ops.backend_for("cpu") == "emulated-cuda"
-            emulated = ops.wsddn_two_stream(x, x)
-            raise KeyError("leaves the block by an exception")
-    assert ops.backend_for("cpu") == "cpu"
-    native = ops.wsddn_two_stream(x, x)
-    for a, b in zip(emulated, native):
+    for a, b in zip(emulated, ops.wsddn_two_stream(x, x)):
         torch.testing.assert_close(a, b)
+
+
+def test_nvrtc_kernel_list_is_what_the_host_side_launches():
+    import re
+
+    from mlic.ops import _nvrtc
+
+    host = (REPO / "csrc" / "ops" / "cuda" / "host_side.h").read_text()
+    launched = set(re.findall(r"MLIC_KERNEL\((\w+),", host))
+    assert launched == set(_nvrtc.KERNELS)
+
+
+def test_setup_explains_the_cuda_build_in_its_own_line():
+    # What the build says before compiling (setup.py evaluates its extensions on import).
+    env = {k: v for k, v in os.environ.items() if k not in ("MLIC_CPU_ONLY", "MLIC_SKIP_EXTENSION", "MLIC_SANITIZE")}
+    r = subprocess.run([sys.executable, "setup.py", "--name"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("mlic: building"))
+    assert "No CUDA runtime is found" not in r.stderr
+    if torch.version.cuda and shutil.which("nvcc") and not torch.cuda.is_available():
+        assert "CPU + CUDA" in line and "no GPU is visible here" in line and "compiled for a GPU machine" in line
+    skip = subprocess.run([sys.executable, "setup.py", "--name"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(env, MLIC_SKIP_EXTENSION="1"), timeout=300)
+    assert "not compiled by this command" in skip.stdout and "mlic: building" not in skip.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_fresh_make_test_compiles_the_extension_once(tmp_path):
+    # A dry run of `make test` in a fresh copy (no virtual environment yet): pip installs the
+    # package without compiling, then one build_ext compiles in place.
+    for f in ("Makefile", "setup.py", "requirements.txt", "pyproject.toml"):
+        shutil.copy(REPO / f, tmp_path / f)
+    r = subprocess.run(["make", "-n", "test"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    installs = [l for l in lines if "pip install" in l and " -e ." in l]
+    assert installs and all("MLIC_SKIP_EXTENSION=1" in l for l in installs), installs
+    assert len([l for l in lines if "build_ext" in l]) == 1, lines
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
 def test_cpu_only_build_registers_runtime_cuda_path(tmp_path):
-    # MLIC_CPU_ONLY=1 builds the C++ kernels alone; the ops then get the NVRTC bodies as
-    # their CUDA kernels (registered from Python), and CPU results are unchanged.
+    # MLIC_CPU_ONLY=1 builds the C++ kernels alone; the ops' CUDA kernels are then the NVRTC
+    # back end (the same host side), and CPU results are unchanged.
     src = tmp_path / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", "build", ".git", "*.so", "__pycache__",
                                                              "*.egg-info", ".pytest_cache", ".hypothesis"))

@@ -379,16 +379,44 @@ def test_bad_inputs(device):
         ("pooled_h", lambda: rp(f, good, 0, 2)),
         ("pooled_w", lambda: rp(f, good, 2, -1)),
     ]
-    for b in (-1.0, 2.0, 7.0, -1e30, 1e30, math.nan, math.inf, -math.inf):
-        bad = good.clone()
-        bad[0, 0] = b
-        cases.append(("rois", lambda bad=bad: rp(f, bad, 2, 2)))
-        cases.append(("rois", lambda bad=bad: ops().roi_spp(f, bad, [1, 2])))
     cases.append(("levels", lambda: ops().roi_spp(f, good, [])))
     cases.append(("levels", lambda: ops().roi_spp(f, good, [0])))
     for arg, call in cases:
         with pytest.raises(ERRORS, match=arg):
             call()
+
+
+BAD_ROI_VALUES = [(0, -1.0), (0, 2.0), (0, 7.0), (0, -1e30), (0, 1e30), (0, math.nan), (0, math.inf), (1, math.nan),
+                  (3, -math.inf), (2, 1e12), (5, math.nan)]
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_bad_roi_values(device, monkeypatch):
+    """The CPU back end checks RoI values (it reads them on the host anyway). The CUDA back
+    ends never copy them to the host: a RoI of another image or with non-finite or huge
+    coordinates pools an empty or clipped region (no out-of-bounds access), and
+    MLIC_CHECK_ROI_VALUES=1 makes them check too."""
+    dev = device_or_skip(device)
+    f = torch.randn(2, 3, 6, 6, device=dev)
+    good = torch.tensor([[1, 0, 0, 5, 5, 1.0]], device=dev)
+    for col, v in BAD_ROI_VALUES:
+        bad = good.clone()
+        bad[0, col] = v
+        calls = [lambda: ops().roi_pool(f, bad, 2, 2), lambda: ops().roi_spp(f, bad, [1, 2])]
+        for call in calls:
+            monkeypatch.delenv("MLIC_CHECK_ROI_VALUES", raising=False)
+            if dev.type == "cpu" and device != EMULATED_CUDA:
+                with pytest.raises(ValueError, match="`rois` row 0"):
+                    call()
+                continue
+            out, arg = call()
+            if col == 0:  # not an image of the batch: nothing pooled
+                assert torch.all(out == 0) and torch.all(arg == -1), (col, v)
+            else:
+                assert torch.all((arg >= -1) & (arg < 36)), (col, v)
+            monkeypatch.setenv("MLIC_CHECK_ROI_VALUES", "1")
+            with pytest.raises(ValueError, match="`rois` row 0"):
+                call()
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)

@@ -10,8 +10,8 @@ from tests.ops.kernel_utils import (
 
 pytestmark = requires_ext
 ERRORS = (ValueError, RuntimeError, TypeError)
-# (2, 7, 37): two whole 16-lane blocks and a tail per row of the CPU reductions; on CUDA,
-# C = 80 splits each column over 6 thread groups, C = 300 and R = 1 use one thread a column
+# On CUDA, C = 80 splits each column over 6 thread groups, C = 300 and R = 1 use one
+# thread a column; (2, 500, 80) is the released head of one image pair
 SHAPES = [(2, 10, 5), (1, 1, 1), (3, 1, 7), (2, 9, 1), (2, 500, 80), (1, 37, 3), (2, 7, 37), (1, 6, 300)]
 
 
@@ -140,58 +140,12 @@ def test_bad_inputs(device):
             call()
 
 
-def _cpu_levels():
-    """The x86-64 levels the CPU kernels can run at on this machine (capped from the top)."""
-    from mlic import _C
-
-    top = _C.cpu_simd_level()
-    return [lv for lv in (1, 3, 4) if lv <= top]
-
-
-@pytest.fixture
-def restore_cpu_level():
-    from mlic import _C
-
-    yield _C
-    _C.set_cpu_simd_level_cap(4)
-
-
-@pytest.mark.parametrize("shape", [(3, 50, 37), (2, 500, 80)], ids=str)
-def test_every_cpu_level_matches_reference(shape, restore_cpu_level):
-    """Each copy of the hot loops (AVX-512, AVX2 + FMA, baseline) that this CPU can run, not
-    only the one picked for it, against the reference - and against each other to the last
-    few ulps (they differ only in FMA rounding inside exp)."""
-    C = restore_cpu_level
-    results = {}
-    for level in _cpu_levels():
-        assert C.set_cpu_simd_level_cap(level) == level
-        g = torch.Generator().manual_seed(7)
-        cls = torch.randn(shape, generator=g) * 4
-        det = torch.randn(shape, generator=g) * 4
-        _run(cls, det, torch.Generator().manual_seed(8))
-        a, b = cls.clone().requires_grad_(), det.clone().requires_grad_()
-        image, region = ops().wsddn_two_stream(a, b)
-        torch.autograd.backward([image, region], [torch.ones_like(image), torch.full_like(region, 0.5)])
-        results[level] = [image.detach(), region.detach(), a.grad, b.grad]
-    base = results[_cpu_levels()[0]]
-    for level, got in results.items():
-        for name, x, y in zip(["image", "region", "d cls", "d det"], got, base):
-            torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-9, msg=lambda m: f"level {level} {name}: {m}")
-
-
-def test_cpu_level_cap_rejects_other_values(restore_cpu_level):
-    with pytest.raises(ValueError, match="1, 3 or 4"):
-        restore_cpu_level.set_cpu_simd_level_cap(2)
-
-
-@pytest.mark.parametrize("level", [1, 3, 4])
-def test_special_values_cpu(level, restore_cpu_level):
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_special_values(device):
     """-inf logits give probability 0, a NaN spoils its own row (class softmax) or column
     (region softmax) as in torch.softmax, and logits far below the maximum (exp under
     FLT_MIN) give 0 without disturbing the rest."""
-    if level not in _cpu_levels():
-        pytest.skip(f"this CPU has no x86-64-v{level} instructions")
-    restore_cpu_level.set_cpu_simd_level_cap(level)
+    dev = device_or_skip(device)
     g = torch.Generator().manual_seed(9)
     cls = torch.randn(2, 40, 21, generator=g)
     det = torch.randn(2, 40, 21, generator=g)
@@ -202,7 +156,7 @@ def test_special_values_cpu(level, restore_cpu_level):
     det[1, 12, 6] = float("nan")
     cls[1, 20, 0] = -200.0  # exp(-200 - max): 0 in float32 either way
     det[0, :, 9] = torch.linspace(-120.0, 0.0, 40)  # runs through the flush-to-zero range of exp
-    image, region = ops().wsddn_two_stream(cls, det)
+    image, region = (t.cpu() for t in ops().wsddn_two_stream(cls.to(dev), det.to(dev)))
     rimage, rregion = wsddn_two_stream_ref(cls.double(), det.double())
     assert_same(region, rregion.float(), what="region_scores")
     assert_same(image, rimage.float(), what="image_scores")

@@ -5,11 +5,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "../device/pool.cuh"
 #include "../device/roi_pool.cuh"
-#include "../ops.h"
+#include "../frontend.h"
 
 namespace mlic {
 
@@ -17,18 +18,29 @@ namespace mlic {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 namespace {
+
 template <typename T> at::ScalarType acc_dtype() { return c10::CppTypeToScalarType<typename Acc<T>::type>::value; }
+
+// An argmax outside the plane never comes from the forward: refuse it (the registered
+// backward ops are reachable through torch.ops.mlic) instead of writing out of bounds.
+void check_argmax_seen(const std::atomic<bool>& bad, int64_t plane, const char* op) {
+  TORCH_CHECK_VALUE(!bad.load(), op, ": `argmax` holds an index outside [-1, H*W = ", plane,
+                    "); pass the argmax the forward returned");
+}
+
 }  // namespace
 
-std::tuple<Tensor, Tensor> roi_forward_cpu(const Tensor& feat_, const Tensor& rois_, const RoiArgs& a) {
+namespace cpu {
+
+std::tuple<Tensor, Tensor> roi_forward(const Tensor& feat_, const Tensor& rois_, const RoiArgs& a) {
   const Tensor feat = feat_.contiguous(), rois = rois_.contiguous();
   const int64_t K = rois.size(0);
-  const int C = feat.size(1), H = feat.size(2), W = feat.size(3);
-  Tensor out = at::empty({K, C * a.S}, feat.options());
-  Tensor argmax = at::empty({K, C * a.S}, feat.options().dtype(at::kInt));
+  const int N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
+  const RoiLevels& lv = a.levels;
+  Tensor out = at::empty({K, int64_t(C) * lv.cells}, feat.options());
+  Tensor argmax = at::empty({K, int64_t(C) * lv.cells}, feat.options().dtype(at::kInt));
   if (K == 0) return {out, argmax};
-  const int cols = rois.size(1), nlev = a.lv.size() / 3;
-  const int* lv = a.lv.data();
+  const int cols = rois.size(1);
   MLIC_DISPATCH(feat.scalar_type(), "mlic_roi_forward_cpu", [&] {
     using A = typename Acc<scalar_t>::type;
     const scalar_t* f = feat.data_ptr<scalar_t>();
@@ -38,20 +50,22 @@ std::tuple<Tensor, Tensor> roi_forward_cpu(const Tensor& feat_, const Tensor& ro
     const A ss = a.spatial_scale, sc = a.score_scale, sb = a.score_bias;
     at::parallel_for(0, K, 8, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
-        const RoiBox<A> box = roi_box<scalar_t, A>(r + k * cols, cols, ss, sc, sb);
-        const int64_t row = k * C * a.S;
-        for (int l = 0; l < nlev; ++l) {
-          const int hl = lv[3 * l], wl = lv[3 * l + 1], off = lv[3 * l + 2];
+        const RoiBox<A> box = roi_box<scalar_t, A>(r + k * cols, cols, N, ss, sc, sb);
+        const int64_t row = k * C * lv.cells;
+        for (int l = 0; l < lv.count; ++l) {
+          const int hl = lv.level[l].h, wl = lv.level[l].w, off = lv.level[l].offset;
           for (int ph = 0; ph < hl; ++ph) {
             int hs, he;
             roi_bin<A>(ph, hl, box.h, box.y1, H, hs, he);
             for (int pw = 0; pw < wl; ++pw) {
               int ws, we;
               roi_bin<A>(pw, wl, box.w, box.x1, W, ws, we);
+              if (box.b < 0) he = hs;  // not an image of this batch: an empty bin (checked before on the CPU)
               for (int c = 0; c < C; ++c) {
                 A val;
                 int idx;
-                bin_max<scalar_t, A>(f + (static_cast<int64_t>(box.b) * C + c) * H * W, W, hs, he, ws, we, val, idx);
+                bin_max<scalar_t, A>(f + (static_cast<int64_t>(box.b < 0 ? 0 : box.b) * C + c) * H * W, W, hs, he,
+                                     ws, we, val, idx);
                 const int64_t i = row + static_cast<int64_t>(C) * off + c * hl * wl + ph * wl + pw;
                 o[i] = static_cast<scalar_t>(val * box.factor);
                 am[i] = idx;
@@ -67,11 +81,13 @@ std::tuple<Tensor, Tensor> roi_forward_cpu(const Tensor& feat_, const Tensor& ro
 
 // Parallel over channels: each thread owns whole planes, and within a plane the
 // contributions are summed in RoI, level, cell order (deterministic).
-Tensor roi_backward_cpu(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, const RoiArgs& a,
-                        at::IntArrayRef in_shape) {
+Tensor roi_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, const RoiArgs& a,
+                    at::IntArrayRef in_shape, bool /*deterministic: always*/) {
   const Tensor grad = grad_.contiguous(), rois = rois_.contiguous(), argmax = argmax_.contiguous();
   const int64_t K = rois.size(0);
   const int N = in_shape[0], C = in_shape[1], H = in_shape[2], W = in_shape[3];
+  const RoiLevels& lv = a.levels;
+  std::atomic<bool> bad_argmax{false};
   Tensor result;
   MLIC_DISPATCH(grad.scalar_type(), "mlic_roi_backward_cpu", [&] {
     using A = typename Acc<scalar_t>::type;
@@ -81,23 +97,27 @@ Tensor roi_backward_cpu(const Tensor& grad_, const Tensor& rois_, const Tensor& 
       const scalar_t* r = rois.data_ptr<scalar_t>();
       const int* am = argmax.data_ptr<int>();
       A* gi = acc.data_ptr<A>();
-      const int cols = rois.size(1), nlev = a.lv.size() / 3;
-      const int* lv = a.lv.data();
+      const int cols = rois.size(1);
       const A sc = a.score_scale, sb = a.score_bias;
       at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c)
           for (int64_t k = 0; k < K; ++k) {
             const scalar_t* roi = r + k * cols;
-            const int b = static_cast<int>(static_cast<A>(roi[0]));
-            if (b < 0 || b >= N) continue;  // validated by the caller; never write outside
+            const int b = roi_batch(static_cast<A>(roi[0]), N);
+            if (b < 0) continue;  // gave an empty RoI in the forward
             const A factor = sc * (cols >= 6 ? static_cast<A>(roi[5]) : static_cast<A>(1)) + sb;
             A* plane = gi + (static_cast<int64_t>(b) * C + c) * H * W;
-            for (int l = 0; l < nlev; ++l) {
-              const int cells = lv[3 * l] * lv[3 * l + 1];
-              const int64_t base = k * C * a.S + static_cast<int64_t>(C) * lv[3 * l + 2] + c * cells;
+            for (int l = 0; l < lv.count; ++l) {
+              const int cells = lv.level[l].h * lv.level[l].w;
+              const int64_t base = k * C * lv.cells + static_cast<int64_t>(C) * lv.level[l].offset + c * cells;
               for (int q = 0; q < cells; ++q) {
                 const int idx = am[base + q];
-                if (idx >= 0) plane[idx] += static_cast<A>(g[base + q]) * factor;
+                if (idx < 0) continue;
+                if (idx >= H * W) {
+                  bad_argmax = true;
+                  continue;
+                }
+                plane[idx] += static_cast<A>(g[base + q]) * factor;
               }
             }
           }
@@ -105,6 +125,7 @@ Tensor roi_backward_cpu(const Tensor& grad_, const Tensor& rois_, const Tensor& 
     }
     result = acc.scalar_type() == grad.scalar_type() ? acc : acc.to(grad.scalar_type());
   });
+  check_argmax_seen(bad_argmax, int64_t(H) * W, "mlic.roi_spp_backward");
   return result;
 }
 
@@ -116,14 +137,13 @@ namespace {
 constexpr int kGroup = 4;
 
 template <typename T, typename A>
-void pool_level_group(const T* const* planes, int H, int W, const int* lp, int mode, T* const* outs,
+void pool_level_group(const T* const* planes, int H, int W, const PoolLevel& lp, int mode, T* const* outs,
                       int* const* ams) {
-  const int oh = lp[6], ow = lp[7];
-  for (int oy = 0; oy < oh; ++oy)
-    for (int ox = 0; ox < ow; ++ox) {
+  for (int oy = 0; oy < lp.oh; ++oy)
+    for (int ox = 0; ox < lp.ow; ++ox) {
       int hs, he, ws, we;
       const int pool_size = pool_window(H, W, lp, oy, ox, hs, he, ws, we);
-      const int cell = oy * ow + ox;
+      const int cell = oy * lp.ow + ox;
       if (mode == MLIC_POOL_MAX) {
         A m[kGroup];
         int mi[kGroup];
@@ -147,23 +167,24 @@ void pool_level_group(const T* const* planes, int H, int W, const int* lp, int m
 
 }  // namespace
 
-std::tuple<Tensor, Tensor> pool_forward_cpu(const Tensor& x_, const PoolArgs& a) {
+std::tuple<Tensor, Tensor> pool_forward(const Tensor& x_, const PoolArgs& a) {
   const Tensor x = x_.contiguous();
   const int64_t N = x.size(0);
   const int C = x.size(1), H = x.size(2), W = x.size(3);
-  Tensor out = at::empty({N, C * a.S}, x.options());
-  Tensor argmax = at::empty({a.mode == 0 ? N : 0, a.mode == 0 ? C * a.S : 0}, x.options().dtype(at::kInt));
-  const int nlev = a.lp.size() / MLIC_LP;
+  const PoolLevels& lv = a.levels;
+  const bool is_max = lv.mode == MLIC_POOL_MAX;
+  Tensor out = at::empty({N, int64_t(C) * lv.cells}, x.options());
+  Tensor argmax = at::empty({is_max ? N : 0, is_max ? int64_t(C) * lv.cells : 0}, x.options().dtype(at::kInt));
   MLIC_DISPATCH(x.scalar_type(), "mlic_pool_forward_cpu", [&] {
     using A = typename Acc<scalar_t>::type;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    int* am = a.mode == 0 ? argmax.data_ptr<int>() : nullptr;
-    // Offset of plane p's cells of level l in `out` (and `argmax`).
-    auto cells_at = [&](int64_t p, const int* lp) {
+    int* am = is_max ? argmax.data_ptr<int>() : nullptr;
+    // Offset of plane p's cells of a level in `out` (and `argmax`).
+    auto cells_at = [&](int64_t p, const PoolLevel& lp) {
       const int64_t n = p / C;
       const int c = static_cast<int>(p - n * C);
-      return n * C * a.S + static_cast<int64_t>(C) * lp[8] + static_cast<int64_t>(c) * lp[6] * lp[7];
+      return n * C * lv.cells + static_cast<int64_t>(C) * lp.offset + static_cast<int64_t>(c) * lp.oh * lp.ow;
     };
     at::parallel_for(0, N * C, kGroup, [&](int64_t p0, int64_t p1) {
       int dummy[1];
@@ -171,8 +192,8 @@ std::tuple<Tensor, Tensor> pool_forward_cpu(const Tensor& x_, const PoolArgs& a)
       for (; p + kGroup <= p1; p += kGroup) {
         const scalar_t* planes[kGroup];
         for (int k = 0; k < kGroup; ++k) planes[k] = xp + (p + k) * H * W;
-        for (int l = 0; l < nlev; ++l) {
-          const int* lp = a.lp.data() + MLIC_LP * l;
+        for (int l = 0; l < lv.count; ++l) {
+          const PoolLevel& lp = lv.level[l];
           scalar_t* outs[kGroup];
           int* ams[kGroup];
           for (int k = 0; k < kGroup; ++k) {
@@ -180,21 +201,21 @@ std::tuple<Tensor, Tensor> pool_forward_cpu(const Tensor& x_, const PoolArgs& a)
             outs[k] = o + off;
             ams[k] = am ? am + off : dummy;
           }
-          pool_level_group<scalar_t, A>(planes, H, W, lp, a.mode, outs, ams);
+          pool_level_group<scalar_t, A>(planes, H, W, lp, lv.mode, outs, ams);
         }
       }
       for (; p < p1; ++p) {  // the last planes of the chunk, one at a time
         const scalar_t* plane = xp + p * H * W;
-        for (int l = 0; l < nlev; ++l) {
-          const int* lp = a.lp.data() + MLIC_LP * l;
+        for (int l = 0; l < lv.count; ++l) {
+          const PoolLevel& lp = lv.level[l];
           const int64_t base = cells_at(p, lp);
-          for (int oy = 0; oy < lp[6]; ++oy)
-            for (int ox = 0; ox < lp[7]; ++ox) {
+          for (int oy = 0; oy < lp.oh; ++oy)
+            for (int ox = 0; ox < lp.ow; ++ox) {
               A val;
               int idx;
-              pool_cell<scalar_t, A>(plane, H, W, lp, oy, ox, a.mode, val, idx);
-              o[base + oy * lp[7] + ox] = static_cast<scalar_t>(val);
-              if (am) am[base + oy * lp[7] + ox] = idx;
+              pool_cell<scalar_t, A>(plane, H, W, lp, oy, ox, lv.mode, val, idx);
+              o[base + oy * lp.ow + ox] = static_cast<scalar_t>(val);
+              if (am) am[base + oy * lp.ow + ox] = idx;
             }
         }
       }
@@ -205,16 +226,17 @@ std::tuple<Tensor, Tensor> pool_forward_cpu(const Tensor& x_, const PoolArgs& a)
 
 // Scatter per plane (each thread owns whole planes): every pixel receives its terms in
 // level order and row-major cell order, the order of the GPU's gather (pool_pixel_grad).
-Tensor pool_backward_cpu(const Tensor& grad_, const Tensor& argmax_, const PoolArgs& a, at::IntArrayRef in_shape) {
+Tensor pool_backward(const Tensor& grad_, const Tensor& argmax_, const PoolArgs& a, at::IntArrayRef in_shape) {
   const Tensor grad = grad_.contiguous(), argmax = argmax_.contiguous();
   const int C = in_shape[1], H = in_shape[2], W = in_shape[3];
+  const PoolLevels& lv = a.levels;
   Tensor gin = at::empty(in_shape, grad.options());
-  const int nlev = a.lp.size() / MLIC_LP;
-  const int64_t row = static_cast<int64_t>(C) * a.S;
+  const int64_t row = static_cast<int64_t>(C) * lv.cells;
+  std::atomic<bool> bad_argmax{false};
   MLIC_DISPATCH(grad.scalar_type(), "mlic_pool_backward_cpu", [&] {
     using A = typename Acc<scalar_t>::type;
     const scalar_t* g = grad.data_ptr<scalar_t>();
-    const int* am = a.mode == 0 ? argmax.data_ptr<int>() : nullptr;
+    const int* am = lv.mode == MLIC_POOL_MAX ? argmax.data_ptr<int>() : nullptr;
     scalar_t* o = gin.data_ptr<scalar_t>();
     at::parallel_for(0, gin.size(0) * C, 4, [&](int64_t p0, int64_t p1) {
       std::vector<A> buf(static_cast<size_t>(H) * W);
@@ -223,20 +245,26 @@ Tensor pool_backward_cpu(const Tensor& grad_, const Tensor& argmax_, const PoolA
         const int c = p - n * C;
         std::fill(buf.begin(), buf.end(), static_cast<A>(0));
         A* __restrict__ b = buf.data();
-        for (int l = 0; l < nlev; ++l) {
-          const int* lp = a.lp.data() + MLIC_LP * l;
-          const int oh = lp[6], ow = lp[7];
-          const int64_t base = n * row + static_cast<int64_t>(C) * lp[8] + static_cast<int64_t>(c) * oh * ow;
-          if (a.mode == 0) {
-            for (int q = 0; q < oh * ow; ++q)
-              if (am[base + q] >= 0) b[am[base + q]] += static_cast<A>(g[base + q]);
+        for (int l = 0; l < lv.count; ++l) {
+          const PoolLevel& lp = lv.level[l];
+          const int64_t base = n * row + static_cast<int64_t>(C) * lp.offset + static_cast<int64_t>(c) * lp.oh * lp.ow;
+          if (lv.mode == MLIC_POOL_MAX) {
+            for (int q = 0; q < lp.oh * lp.ow; ++q) {
+              const int idx = am[base + q];
+              if (idx < 0) continue;
+              if (idx >= H * W) {
+                bad_argmax = true;
+                continue;
+              }
+              b[idx] += static_cast<A>(g[base + q]);
+            }
             continue;
           }
-          for (int oy = 0; oy < oh; ++oy)
-            for (int ox = 0; ox < ow; ++ox) {
+          for (int oy = 0; oy < lp.oh; ++oy)
+            for (int ox = 0; ox < lp.ow; ++ox) {
               int hs, he, ws, we;
               const int pool_size = pool_window(H, W, lp, oy, ox, hs, he, ws, we);
-              const A v = static_cast<A>(g[base + oy * ow + ox]) / static_cast<A>(pool_size);
+              const A v = static_cast<A>(g[base + oy * lp.ow + ox]) / static_cast<A>(pool_size);
               for (int y = hs; y < he; ++y) {
                 A* __restrict__ r = b + static_cast<int64_t>(y) * W;
                 for (int x = ws; x < we; ++x) r[x] += v;
@@ -248,7 +276,45 @@ Tensor pool_backward_cpu(const Tensor& grad_, const Tensor& argmax_, const PoolA
       }
     });
   });
+  check_argmax_seen(bad_argmax, int64_t(H) * W, "mlic.spp_backward / mlic.caffe_pool2d_backward");
   return gin;
 }
 
+// The two-stream head on the CPU: the ATen composite (softmax over classes, softmax over
+// regions, their product, its sum over regions), in float32 for float16/bfloat16. ATen's
+// softmax takes the maximum, exp of the difference and the sum as Caffe does, then
+// scales by the reciprocal of the sum. The head costs under 0.1% of a training step: no
+// CPU kernel of its own.
+std::tuple<Tensor, Tensor, Tensor, Tensor> two_stream_forward(const Tensor& cls, const Tensor& det) {
+  const auto acc = cls.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const Tensor pc = at::softmax(cls, 2, acc), pd = at::softmax(det, 1, acc);
+  const Tensor region = pc * pd;
+  const Tensor image = region.sum(1);
+  const auto t = cls.scalar_type();
+  return {image.to(t), region.to(t), pc.to(t), pd.to(t)};
+}
+
+// With G the upstream gradient of region (plus that of image, broadcast over regions):
+// d cls = pc*(G*pd - sum over classes of G*pd*pc), d det = pd*(G*pc - sum over regions of G*pc*pd).
+std::tuple<Tensor, Tensor> two_stream_backward(const Tensor& g_image, const Tensor& g_region, const Tensor& pc_,
+                                               const Tensor& pd_) {
+  const auto acc = pc_.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const Tensor pc = pc_.to(acc), pd = pd_.to(acc);
+  Tensor g = g_region.defined() ? g_region.to(acc) : Tensor();
+  if (g_image.defined()) {
+    const Tensor gi = g_image.to(acc).unsqueeze(1);
+    g = g.defined() ? g + gi : gi.expand_as(pc);
+  }
+  // region = pc * pd: the softmaxes' upstream gradients, then softmax's own backward.
+  const Tensor d_cls = at::_softmax_backward_data(g * pd, pc, 2, acc);
+  const Tensor d_det = at::_softmax_backward_data(g * pc, pd, 1, acc);
+  return {d_cls.to(pc_.scalar_type()), d_det.to(pc_.scalar_type())};
+}
+
+}  // namespace cpu
+
+MLIC_BACKEND_STRUCT(CpuBackend, cpu, true)
+
 }  // namespace mlic
+
+TORCH_LIBRARY_IMPL(mlic, CPU, m) { mlic::OpKernels<mlic::CpuBackend>::register_kernels(m); }

@@ -42,6 +42,40 @@ template <> MLIC_HD double lowest<double>() { return static_cast<double>(-3.4028
 MLIC_HD int imin(int a, int b) { return a < b ? a : b; }
 MLIC_HD int imax(int a, int b) { return a > b ? a : b; }
 
+// Levels of one op call, passed to the kernels by value (no device copy, no host sync).
+// The host side (frontend) fills them and checks that every size and index product the
+// kernels form in int fits in int.
+#define MLIC_MAX_LEVELS 16
+
+// One grid of RoI pooling: h x w bins; `offset` counts the cells per channel of the
+// levels before it (the level's block starts at C * offset in a RoI's output row).
+struct RoiLevel {
+  int h, w, offset;
+};
+struct RoiLevels {
+  int count;  // levels in use
+  int cells;  // S: cells per channel of one RoI, sum of h * w
+  RoiLevel level[MLIC_MAX_LEVELS];
+};
+
+// One level of Caffe pooling: kernel, stride, padding and output size per axis;
+// `offset` as RoiLevel's.
+struct PoolLevel {
+  int kh, kw, sh, sw, pad_h, pad_w, oh, ow, offset;
+};
+struct PoolLevels {
+  int count;
+  int cells;  // S: output cells per channel, sum of oh * ow
+  int mode;   // MLIC_POOL_MAX or MLIC_POOL_AVE
+  PoolLevel level[MLIC_MAX_LEVELS];
+};
+
+// Largest |coordinate * spatial_scale| of a RoI (2^29): sums of two fit an int.
+#define MLIC_ROI_COORD_LIMIT 536870912.0
+
+#define MLIC_POOL_MAX 0
+#define MLIC_POOL_AVE 1
+
 // Max over [hs,he) x [ws,we) of one plane, as Caffe's MAX pooling and ROIPooling: strict
 // '>' from -FLT_MAX, so the first maximum in row-major order wins; index h*W+w, -1 if none.
 template <typename T, typename A>

@@ -1,30 +1,46 @@
 // RoI max pooling as the authors' Caffe ROIPooling layer, generalised to several
 // grids ("levels") per RoI whose outputs are concatenated per RoI (roi_spp).
 //
-// Output of one RoI: for each level l, a [C, h_l, w_l] block, blocks back to back.
-// `lv` holds 3 ints per level: h_l, w_l, off_l (cells per channel before level l);
-// S = sum of h_l*w_l. roi_pool is the single-level case, laid out as [K, C, ph, pw].
+// Output of one RoI: for each level l, a [C, h_l, w_l] block, blocks back to back
+// (RoiLevels); roi_pool is the single-level case, laid out as [K, C, ph, pw].
+//
+// Any RoI values are safe here (the CPU back end validates them; the CUDA back ends do
+// not read them on the host): a batch index outside [0, N) gives an empty RoI (output 0,
+// argmax -1), coordinates are clamped to +-2^29 (NaN to -2^29) before rounding to int.
 #pragma once
 #include "common.cuh"
 
 namespace mlic {
 
 template <typename A>
+MLIC_HD int roi_coord(A v) {
+  const A lim = static_cast<A>(MLIC_ROI_COORD_LIMIT);
+  const A c = v > -lim ? (v < lim ? v : lim) : -lim;  // NaN fails `v > -lim`
+  return static_cast<int>(c_round(c));
+}
+
+// Image index of a RoI (C's truncation), or -1 outside [0, N) or for NaN.
+template <typename A>
+MLIC_HD int roi_batch(A v, int N) {
+  return (v > static_cast<A>(-1) && v < static_cast<A>(N)) ? static_cast<int>(v) : -1;
+}
+
+template <typename A>
 struct RoiBox {
-  int b;        // image index (already validated by the host)
+  int b;        // image index, -1 when outside [0, N)
   int x1, y1;   // rounded start in feature coordinates
   int w, h;     // extent, at least 1
   A factor;     // score_scale * score + score_bias
 };
 
 template <typename T, typename A>
-MLIC_HD RoiBox<A> roi_box(const T* roi, int roi_cols, A spatial_scale, A score_scale, A score_bias) {
+MLIC_HD RoiBox<A> roi_box(const T* roi, int roi_cols, int N, A spatial_scale, A score_scale, A score_bias) {
   RoiBox<A> r;
-  r.b = static_cast<int>(static_cast<A>(roi[0]));
-  r.x1 = static_cast<int>(c_round(static_cast<A>(roi[1]) * spatial_scale));
-  r.y1 = static_cast<int>(c_round(static_cast<A>(roi[2]) * spatial_scale));
-  const int x2 = static_cast<int>(c_round(static_cast<A>(roi[3]) * spatial_scale));
-  const int y2 = static_cast<int>(c_round(static_cast<A>(roi[4]) * spatial_scale));
+  r.b = roi_batch(static_cast<A>(roi[0]), N);
+  r.x1 = roi_coord(static_cast<A>(roi[1]) * spatial_scale);
+  r.y1 = roi_coord(static_cast<A>(roi[2]) * spatial_scale);
+  const int x2 = roi_coord(static_cast<A>(roi[3]) * spatial_scale);
+  const int y2 = roi_coord(static_cast<A>(roi[4]) * spatial_scale);
   r.w = imax(x2 - r.x1 + 1, 1);
   r.h = imax(y2 - r.y1 + 1, 1);
   const A score = roi_cols >= 6 ? static_cast<A>(roi[5]) : static_cast<A>(1);
@@ -54,11 +70,11 @@ MLIC_HD void bin_max(const T* plane, int W, int hs, int he, int ws, int we, A& v
 }
 
 // Decodes j in [0, C*S) of one RoI's row into (level, channel, ph, pw).
-MLIC_HD void roi_row_decode(int j, int C, const int* lv, int nlev, int& l, int& c, int& ph, int& pw) {
+MLIC_HD void roi_row_decode(int j, int C, const RoiLevels& lv, int& l, int& c, int& ph, int& pw) {
   l = 0;
-  while (l + 1 < nlev && j >= C * lv[3 * (l + 1) + 2]) ++l;
-  const int hl = lv[3 * l], wl = lv[3 * l + 1];
-  const int jj = j - C * lv[3 * l + 2];
+  while (l + 1 < lv.count && j >= C * lv.level[l + 1].offset) ++l;
+  const int hl = lv.level[l].h, wl = lv.level[l].w;
+  const int jj = j - C * lv.level[l].offset;
   c = jj / (hl * wl);
   const int cell = jj - c * hl * wl;
   ph = cell / wl;
@@ -69,23 +85,23 @@ MLIC_HD void roi_row_decode(int j, int C, const int* lv, int nlev, int& l, int& 
 
 template <typename T, typename A>
 __global__ void roi_pool_forward_kernel(const T* __restrict__ feat, const T* __restrict__ rois, int roi_cols,
-                                        mlic_int64 K, int N, int C, int H, int W, const int* __restrict__ lv,
-                                        int nlev, int S, A spatial_scale, A score_scale, A score_bias,
-                                        T* __restrict__ out, int* __restrict__ argmax) {
-  const mlic_int64 total = K * C * S;
-  const mlic_int64 row = static_cast<mlic_int64>(C) * S;
+                                        mlic_int64 K, int N, int C, int H, int W, RoiLevels lv, A spatial_scale,
+                                        A score_scale, A score_bias, T* __restrict__ out,
+                                        int* __restrict__ argmax) {
+  const mlic_int64 row = static_cast<mlic_int64>(C) * lv.cells;
+  const mlic_int64 total = K * row;
   for (mlic_int64 i = blockIdx.x * static_cast<mlic_int64>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<mlic_int64>(gridDim.x) * blockDim.x) {
     const mlic_int64 k = i / row;
     int l, c, ph, pw;
-    roi_row_decode(static_cast<int>(i - k * row), C, lv, nlev, l, c, ph, pw);
-    const RoiBox<A> r = roi_box<T, A>(rois + k * roi_cols, roi_cols, spatial_scale, score_scale, score_bias);
+    roi_row_decode(static_cast<int>(i - k * row), C, lv, l, c, ph, pw);
+    const RoiBox<A> r = roi_box<T, A>(rois + k * roi_cols, roi_cols, N, spatial_scale, score_scale, score_bias);
     A val = static_cast<A>(0);
     int idx = -1;
-    if (r.b >= 0 && r.b < N) {  // the host validated this; never read outside `feat`
+    if (r.b >= 0) {
       int hs, he, ws, we;
-      roi_bin<A>(ph, lv[3 * l], r.h, r.y1, H, hs, he);
-      roi_bin<A>(pw, lv[3 * l + 1], r.w, r.x1, W, ws, we);
+      roi_bin<A>(ph, lv.level[l].h, r.h, r.y1, H, hs, he);
+      roi_bin<A>(pw, lv.level[l].w, r.w, r.x1, W, ws, we);
       bin_max<T, A>(feat + (static_cast<mlic_int64>(r.b) * C + c) * H * W, W, hs, he, ws, we, val, idx);
     }
     out[i] = static_cast<T>(val * r.factor);
@@ -93,24 +109,25 @@ __global__ void roi_pool_forward_kernel(const T* __restrict__ feat, const T* __r
   }
 }
 
-// Fast backward: one thread per output cell, atomics into an accumulator of type A.
+// Fast backward: one thread per output cell, atomics into an accumulator of type A. An
+// argmax outside the plane (never produced by the forward) is skipped, not written.
 template <typename T, typename A>
 __global__ void roi_pool_backward_atomic_kernel(const T* __restrict__ grad, const T* __restrict__ rois, int roi_cols,
                                                 const int* __restrict__ argmax, mlic_int64 K, int N, int C, int H,
-                                                int W, const int* __restrict__ lv, int nlev, int S, A score_scale,
-                                                A score_bias, A* __restrict__ grad_in) {
-  const mlic_int64 total = K * C * S;
-  const mlic_int64 row = static_cast<mlic_int64>(C) * S;
+                                                int W, RoiLevels lv, A score_scale, A score_bias,
+                                                A* __restrict__ grad_in) {
+  const mlic_int64 row = static_cast<mlic_int64>(C) * lv.cells;
+  const mlic_int64 total = K * row;
   for (mlic_int64 i = blockIdx.x * static_cast<mlic_int64>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<mlic_int64>(gridDim.x) * blockDim.x) {
     const int idx = argmax[i];
-    if (idx < 0) continue;
+    if (idx < 0 || idx >= H * W) continue;
     const mlic_int64 k = i / row;
     const T* roi = rois + k * roi_cols;
-    const int b = static_cast<int>(static_cast<A>(roi[0]));
-    if (b < 0 || b >= N) continue;
+    const int b = roi_batch(static_cast<A>(roi[0]), N);
+    if (b < 0) continue;
     int l, c, ph, pw;
-    roi_row_decode(static_cast<int>(i - k * row), C, lv, nlev, l, c, ph, pw);
+    roi_row_decode(static_cast<int>(i - k * row), C, lv, l, c, ph, pw);
     const A score = roi_cols >= 6 ? static_cast<A>(roi[5]) : static_cast<A>(1);
     const A factor = score_scale * score + score_bias;
     MLIC_ATOMIC_ADD(grad_in + (static_cast<mlic_int64>(b) * C + c) * H * W + idx, static_cast<A>(grad[i]) * factor);
@@ -127,9 +144,9 @@ __global__ void roi_pool_backward_atomic_kernel(const T* __restrict__ grad, cons
 template <typename T, typename A>
 __global__ void roi_pool_backward_gather_kernel(const T* __restrict__ grad, const T* __restrict__ rois, int roi_cols,
                                                 const int* __restrict__ argmax, const mlic_int64* __restrict__ order,
-                                                const mlic_int64* __restrict__ starts, int C, int H, int W,
-                                                const int* __restrict__ lv, int nlev, int S, A spatial_scale,
-                                                A score_scale, A score_bias, A* __restrict__ grad_in) {
+                                                const mlic_int64* __restrict__ starts, int N, int C, int H, int W,
+                                                RoiLevels lv, A spatial_scale, A score_scale, A score_bias,
+                                                A* __restrict__ grad_in) {
   __shared__ int s_geo[MLIC_GATHER_TILE][4];
   __shared__ A s_factor[MLIC_GATHER_TILE];
   __shared__ mlic_int64 s_k[MLIC_GATHER_TILE];
@@ -139,7 +156,7 @@ __global__ void roi_pool_backward_gather_kernel(const T* __restrict__ grad, cons
   const bool active = pix < H * W;
   const int h = active ? pix / W : 0;
   const int w = active ? pix - h * W : 0;
-  const mlic_int64 row = static_cast<mlic_int64>(C) * S;
+  const mlic_int64 row = static_cast<mlic_int64>(C) * lv.cells;
   A acc[MLIC_GATHER_CH];
   for (int q = 0; q < MLIC_GATHER_CH; ++q) acc[q] = static_cast<A>(0);
   const mlic_int64 begin = starts[b], end = starts[b + 1];
@@ -147,7 +164,7 @@ __global__ void roi_pool_backward_gather_kernel(const T* __restrict__ grad, cons
     __syncthreads();
     for (int t = threadIdx.x; t < MLIC_GATHER_TILE && t0 + t < end; t += blockDim.x) {
       const mlic_int64 k = order[t0 + t];
-      const RoiBox<A> r = roi_box<T, A>(rois + k * roi_cols, roi_cols, spatial_scale, score_scale, score_bias);
+      const RoiBox<A> r = roi_box<T, A>(rois + k * roi_cols, roi_cols, N, spatial_scale, score_scale, score_bias);
       s_geo[t][0] = r.x1;
       s_geo[t][1] = r.y1;
       s_geo[t][2] = r.w;
@@ -163,8 +180,8 @@ __global__ void roi_pool_backward_gather_kernel(const T* __restrict__ grad, cons
       // The bins cover at most [start, start+len]: a cheap reject before the exact test.
       if (h < y1 || h > y1 + rh || w < x1 || w > x1 + rw) continue;
       const mlic_int64 base = s_k[t] * row;
-      for (int l = 0; l < nlev; ++l) {
-        const int hl = lv[3 * l], wl = lv[3 * l + 1], off = lv[3 * l + 2];
+      for (int l = 0; l < lv.count; ++l) {
+        const int hl = lv.level[l].h, wl = lv.level[l].w, off = lv.level[l].offset;
         const A bh = static_cast<A>(rh) / static_cast<A>(hl);
         const A bw = static_cast<A>(rw) / static_cast<A>(wl);
         const int ph0 = imax(static_cast<int>(c_floor(static_cast<A>(h - y1) / bh)) - 1, 0);

@@ -39,8 +39,9 @@ inline std::mutex& launch_mutex() {
 }
 
 // A kernel without __syncthreads: every (block, thread) in order on this thread.
-template <typename... KArgs, typename... Args>
-void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, Stream, Args&&... args) {
+template <typename K, typename... Args>
+void launch(K k, dim3 grid, dim3 block, Stream, Args&&... args) {
+  const auto kernel = k.fn;
   std::lock_guard<std::mutex> lock(launch_mutex());
   gridDim = grid;
   blockDim = block;
@@ -57,8 +58,9 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, Stream, Args&&... a
 }
 
 // A kernel that synchronises its block: one host thread per CUDA thread of a block.
-template <typename... KArgs, typename... Args>
-void launch_block_sync(void (*kernel)(KArgs...), dim3 grid, dim3 block, Stream, Args&&... args) {
+template <typename K, typename... Args>
+void launch_block_sync(K k, dim3 grid, dim3 block, Stream, Args&&... args) {
+  const auto kernel = k.fn;
   std::lock_guard<std::mutex> lock(launch_mutex());
   const unsigned n = block.x * block.y * block.z;
   std::barrier<> barrier(n);
