@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     nus.add_argument("--keep-empty", action="store_true", help="keep images with no concept")
     for p in (coco, nus):
         p.add_argument("--out", required=True, help="datalist file to write")
+        p.add_argument("--class-names-out", metavar="FILE",
+                       help="also write the class names, one per line in the list's label order (what "
+                            "--class-names of tools/test.py and tools/convert_caffemodel.py read)")
         p.add_argument("--image-prefix", default="", help="prepended to every image path in the list")
         p.add_argument("--image-root", default="", help="where the listed paths are found (for reading images)")
         p.add_argument("--bbox-num", type=int, default=500, help="proposals per line (default 500, as released)")
@@ -86,6 +89,14 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def write_class_names(path: str, names) -> None:
+    try:
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(f"{name}\n" for name in names)
+    except OSError as exc:
+        raise UserInputError(f"--class-names-out: cannot write {path} ({exc.strerror or exc})") from None
+
+
 def make(args) -> None:
     if args.bbox_num < 1:
         raise UserInputError(f"--bbox-num must be at least 1 (the method pools features over proposals), "
@@ -96,6 +107,8 @@ def make(args) -> None:
         labels = coco_multilabels(args.instances, args.image_prefix, drop_empty=args.drop_empty)
     else:
         labels = nuswide_multilabels(args.root, args.split, args.image_prefix, drop_empty=not args.keep_empty)
+    if args.class_names_out:
+        write_class_names(args.class_names_out, labels.class_names)
     if args.proposals:
         one_based = None if args.one_based is None else args.one_based == "yes"
         source = PrecomputedProposals(args.proposals, order=args.box_order, one_based=one_based)
@@ -115,7 +128,14 @@ def make(args) -> None:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    return run_tool("make_datalist.py", lambda: make(args), debug=args.debug)
+    try:
+        return run_tool("make_datalist.py", lambda: make(args), debug=args.debug)
+    except KeyboardInterrupt:
+        partial = f"{args.out}.partial"
+        kept = (f"the finished lines are kept in {partial}, and the same command continues from there"
+                if os.path.exists(partial) else "no line was written yet")
+        print(f"make_datalist.py: interrupted; {kept}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

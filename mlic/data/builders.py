@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -523,6 +524,12 @@ def _init_worker(source, image_root: str) -> None:
     _WORKER.update(source=source, image_root=image_root)
 
 
+def _init_pool_worker(source, image_root: str) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, workers stay quiet
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(source, image_root)
+
+
 def _image_job(job):
     """In a worker (or inline): read the image when needed -> (size, proposals or None)."""
     path, key, size, read = job
@@ -642,7 +649,7 @@ def build_datalist(labelset: MultiLabelSet, out_path: str, *, bbox_num: int, new
                 ctx.set_forkserver_preload([__name__])
             else:
                 ctx = mp.get_context("spawn")
-            pool = ctx.Pool(int(workers), initializer=_init_worker, initargs=(worker_source, image_root))
+            pool = ctx.Pool(int(workers), initializer=_init_pool_worker, initargs=(worker_source, image_root))
             results = pool.imap(_image_job, jobs(), chunksize=1 if needs_image else 16)
         else:
             _init_worker(worker_source, image_root)
