@@ -9,3 +9,8 @@ sentence on stderr and exit status 2.
 class UserInputError(ValueError):
     """Bad input from the user (a flag, a config field, a file): the message is one
     sentence naming the argument or file and what is wrong with it."""
+
+
+class RunStopped(RuntimeError):
+    """A run stopped for a reason its message states in one sentence (training diverged,
+    a checkpoint could not be written); the tools exit with status 1 without a traceback."""

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Callable, Dict
 
 from mlic.engine import distributed as D
-from mlic.engine.checkpoint import atomic_save, checkpoint_path
+from mlic.engine.checkpoint import (atomic_save, checkpoint_dir, checkpoint_path, list_checkpoints,
+                                    remove_checkpoint, remove_stale_partials)
 
 
 class HookBase:
@@ -26,26 +27,83 @@ class HookBase:
 
 
 class PeriodicCheckpointer(HookBase):
-    """Writes the whole training state every `period` iterations and after the last one."""
+    """Writes the whole training state every `period` iterations (0: never), except at the
+    last iteration, whose weights final.pt holds; keeps the newest `keep` checkpoints (0:
+    all). Before the first step it removes the partial files an interrupted write left.
+    A state with inf or nan is never written: training stops instead."""
 
-    def __init__(self, period: int, keep: int = 3):
+    def __init__(self, period: int, keep: int = 2):
+        if period < 0 or keep < 0:
+            raise ValueError(f"period and keep must be >= 0, got {period} and {keep}")
         self.period, self.keep = period, keep
 
-    def _save(self):
+    def before_train(self):
         t = self.trainer
         if not D.is_main():
             return
+        freed = remove_stale_partials(t.out_dir) + remove_stale_partials(checkpoint_dir(t.out_dir))
+        if freed:
+            t.log(f"removed partial files of an interrupted checkpoint write ({freed / 2**20:.1f} MB)")
+
+    def _save(self):
+        t = self.trainer
+        if t.suspect:
+            t.log(f"no checkpoint at iteration {t.iter}: {t.suspect}")
+            return
+        t.check_finite_state()  # every rank: they hold the same parameters
+        if not D.is_main():
+            return
         path = atomic_save(t.state_dict(), checkpoint_path(t.out_dir, t.iter))
+        t.last_checkpoint = path
         t.log(f"checkpoint written: {path}")
         if self.keep > 0:
-            old = sorted(path.parent.glob("iter_*.pt"))[:-self.keep]
-            for p in old:
-                p.unlink(missing_ok=True)
+            for _, old in list_checkpoints(t.out_dir)[self.keep:]:
+                remove_checkpoint(old)
 
     def after_step(self):
         it = self.trainer.iter
-        if (self.period > 0 and it % self.period == 0) or it == self.trainer.max_iter:
+        if self.period > 0 and it % self.period == 0 and it != self.trainer.max_iter:
             self._save()
+
+
+class DivergenceWatch(HookBase):
+    """Stops training when it has diverged in ways a clamped loss hides:
+    - the gradient norm grows past `grad_factor` times its median over the first
+      `warmup` iterations of this run;
+    - the step reports `pinned_key` (e.g. every image score at the loss's clamp bounds,
+      positives at the bottom) for `patience` iterations in a row.
+    (inf/nan in the loss, the gradients or the parameters stop the loop itself.)"""
+
+    def __init__(self, grad_factor: float = 1e4, warmup: int = 10, pinned_key: str = "scores_pinned",
+                 patience: int = 3):
+        self.grad_factor, self.warmup, self.pinned_key, self.patience = grad_factor, warmup, pinned_key, patience
+        self._norms, self._pinned = [], 0
+
+    def before_train(self):
+        self._norms, self._pinned = [], 0
+        self.trainer.suspect = None
+
+    def after_step(self):
+        t = self.trainer
+        norm = t.metrics.get("grad_norm")
+        if norm is not None:
+            if len(self._norms) < self.warmup:
+                self._norms.append(norm)
+            else:
+                ref = sorted(self._norms)[len(self._norms) // 2]
+                if ref > 0 and norm > self.grad_factor * ref:
+                    t.stop(f"the gradient norm {norm:.3g} is {norm / ref:.3g} times its median over the first "
+                           f"{self.warmup} iterations ({ref:.3g})", iteration=t.iter)
+        if t.metrics.get(self.pinned_key, 0.0) >= 1.0:
+            self._pinned += 1
+            # no checkpoint of a state that may be the start of a divergence
+            t.suspect = "every image score is at the loss's clamp bounds (watching for divergence)"
+            if self._pinned >= self.patience:
+                t.stop(f"every image score has sat at the loss's clamp bounds, most positive labels at the "
+                       f"bottom, for {self.patience} iterations (the activations have exploded)", iteration=t.iter)
+        else:
+            self._pinned = 0
+            t.suspect = None
 
 
 class EvalHook(HookBase):

@@ -5,8 +5,10 @@ One iteration = `iter_size` forward/backward passes whose gradients accumulate, 
 (model, solver history, iteration, RNG streams) is checkpointed so that a resumed run
 continues exactly where the interrupted one stopped (bit-identical on CPU).
 """
+import math
 import random
 import time
+from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
@@ -14,7 +16,33 @@ import torch
 from torch import nn
 
 from mlic.engine import distributed as D
+from mlic.engine.checkpoint import CheckpointError, latest_intact_checkpoint
 from mlic.engine.hooks import HookBase
+from mlic.errors import RunStopped
+
+
+class TrainingDiverged(RunStopped):
+    """Training stopped because the numbers left the range where they mean anything."""
+
+
+def _all_finite(tensors) -> bool:
+    tensors = [t.detach() for t in tensors if t is not None and t.is_floating_point() and t.numel()]
+    if not tensors:
+        return True
+    # the largest magnitude per tensor: inf and nan propagate, no overflow of a sum
+    peaks = torch._foreach_norm(tensors, float("inf"))
+    return bool(torch.isfinite(torch.stack([p.float() for p in peaks])).all())  # one host sync
+
+
+def _state_tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _state_tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _state_tensors(v)
 
 
 def rng_state() -> dict:
@@ -40,12 +68,15 @@ class Trainer:
                 divides the accumulated gradients by iter_size (as CaffeSGD does)
     batches:    callable(start) -> iterator of batches, `start` = number of batches already consumed
     step_fn:    callable(model, batch) -> dict of scalar tensors; "loss" is the objective to minimise
+    exclude:    predicate on state-dict keys left out of checkpoints (weights that never change
+                and that the caller restores from elsewhere, e.g. a frozen teacher from its file)
     """
 
     def __init__(self, model: nn.Module, solver, batches: Callable[[int], Iterator], step_fn: Callable,
                  max_iter: int, out_dir: Optional[str], iter_size: int = 1, hooks: Iterable[HookBase] = (),
                  images_per_batch: int = 1, log: Callable[[str], None] = print, amp: bool = False,
-                 device: str = "cpu", meta: Optional[dict] = None):
+                 device: str = "cpu", meta: Optional[dict] = None,
+                 exclude: Optional[Callable[[str], bool]] = None):
         if iter_size < 1:
             raise ValueError(f"iter_size must be >= 1, got {iter_size}")
         if max_iter < 0:
@@ -54,6 +85,9 @@ class Trainer:
         self.max_iter, self.out_dir, self.iter_size = max_iter, out_dir, iter_size
         self.images_per_batch, self._log, self.amp, self.device = images_per_batch, log, amp, device
         self.meta = meta or {}
+        self.exclude = exclude
+        self.last_checkpoint: Optional[Path] = None  # written or resumed from by this run
+        self.suspect: Optional[str] = None  # why the current state should not be checkpointed
         self.iter = 0
         self.completed = False
         self.metrics: Dict[str, float] = {}
@@ -68,12 +102,39 @@ class Trainer:
             self._log(msg)
 
     # ------------------------------------------------------------------ state
+    def model_state(self) -> dict:
+        return {k: v for k, v in self.model.state_dict().items() if not (self.exclude and self.exclude(k))}
+
     def state_dict(self) -> dict:
-        return {"iter": self.iter, "model": self.model.state_dict(), "solver": self.solver.state_dict(),
+        return {"iter": self.iter, "model": self.model_state(), "solver": self.solver.state_dict(),
                 "rng": rng_state(), "meta": self.meta}
 
+    def check_finite_state(self) -> None:
+        """Raises TrainingDiverged when a parameter, buffer or solver history holds inf/nan."""
+        if not _all_finite(list(self.model.parameters()) + list(self.model.buffers())):
+            self.stop("a parameter holds inf or nan")
+        if not _all_finite(list(_state_tensors(self.solver.state_dict()))):
+            self.stop("the solver's history holds inf or nan")
+
+    def stop(self, reason: str, iteration: Optional[int] = None) -> None:
+        """Raise TrainingDiverged naming the iteration (1-based, as the progress bar counts;
+        default: the one being computed) and the last checkpoint that exists and is intact."""
+        ck = self.last_checkpoint
+        if ck is None or not Path(ck).is_file():
+            ck = latest_intact_checkpoint(self.out_dir) if self.out_dir else None
+        if ck is not None:
+            where = f"the last checkpoint, {ck}, is intact: lower the rate and continue from it with --resume"
+        else:
+            where = "no checkpoint was written before it, so there is nothing to resume from"
+        it = self.iter + 1 if iteration is None else iteration
+        raise TrainingDiverged(f"training diverged at iteration {it}: {reason}; {where}")
+
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        missing = [k for k in missing if not (self.exclude and self.exclude(k))]
+        if missing or unexpected:
+            raise CheckpointError(f"the checkpoint does not fit the model: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
         self.solver.load_state_dict(state["solver"])
         self.iter = int(state["iter"])
         set_rng_state(state["rng"])
@@ -99,20 +160,28 @@ class Trainer:
             with torch.autocast(device_type=self.device.split(":")[0], enabled=self.amp):
                 out = self.step_fn(self.model, batch)
             loss = out["loss"]
-            if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {self.iter}; stopping "
-                                         f"(the last checkpoint in {self.out_dir} is intact)")
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                self.stop(f"the loss is {value}")
             loss.backward()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
         # Caffe: accumulate, average over ranks, then the solver divides by iter_size.
-        D.average_gradients([p for p in self.model.parameters() if p.requires_grad])
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        D.average_gradients(params)
+        grads = [p.grad.detach() for p in params if p.grad is not None]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) if grads else 0.0
+        if not math.isfinite(grad_norm):
+            self.stop(f"the gradient norm is {grad_norm} (nothing was updated)")
         get_lr = getattr(self.solver, "get_lr", None)
         lr = get_lr() if get_lr is not None else None
         ret = self.solver.step()
         lr = ret if lr is None else lr
+        if not _all_finite(params):
+            self.stop("the update left inf or nan in the parameters")
         dt = time.perf_counter() - t0
         self.metrics = {k: v / self.iter_size for k, v in sums.items()}
+        self.metrics["grad_norm"] = grad_norm
         self.metrics["lr"] = float(lr if lr is not None else getattr(self.solver, "lr", float("nan")))
         self.metrics["img_per_s"] = self.images_per_batch * self.iter_size * D.world_size() / max(dt, 1e-9)
 

@@ -98,8 +98,13 @@ class CaffeSGD(Optimizer):
             raise ValueError(f"iter_size must be >= 1, got {iter_size}")
         if regularization_type not in ("L1", "L2"):
             raise ValueError(f"regularization_type must be 'L1' or 'L2', got {regularization_type!r}")
-        if not math.isfinite(base_lr) or base_lr < 0:
-            raise ValueError(f"base_lr must be a finite non-negative number, got {base_lr}")
+        for name, value in (("base_lr", base_lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            try:
+                ok = math.isfinite(float(value)) and float(value) >= 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"{name} must be a finite non-negative number, got {value}")
         groups = self._expand(params)
         super().__init__(groups, dict(lr_mult=1.0, decay_mult=1.0))
         self.base_lr = base_lr

@@ -11,20 +11,32 @@ from mlic.caffe.errors import CaffeError
 from mlic.data.builders import DatasetFormatError
 from mlic.data.datalist import DatalistError
 from mlic.engine import distributed as D
-from mlic.errors import UserInputError
+from mlic.errors import RunStopped, UserInputError
 
 # The errors whose message is a sentence about the user's input (a flag or a file).
 USER_ERRORS = (UserInputError, CaffeError, DatalistError, DatasetFormatError)
 EXIT_USER_ERROR = 2
+EXIT_RUN_STOPPED = 1
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 def setup_console_logging() -> None:
     """INFO lines of the mlic loggers on stderr (once per process)."""
     logger = logging.getLogger("mlic")
-    if not any(getattr(h, "_mlic_console", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-        handler._mlic_console = True
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -32,15 +44,17 @@ def setup_console_logging() -> None:
 
 def run_tool(prog: str, fn: Callable[[], object], debug: bool = False) -> int:
     """Runs `fn` as a tool's body: 0 when it returns, 2 with one sentence on stderr when it
-    raises a user error (and its traceback first with `debug`)."""
+    raises a user error, 1 when the run stopped for a stated reason (divergence, a full
+    disk); the traceback comes first only with `debug`."""
     setup_console_logging()
     try:
         fn()
         return 0
-    except USER_ERRORS as exc:
+    except (USER_ERRORS + (RunStopped,)) as exc:
         if debug:
             traceback.print_exc()
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return EXIT_RUN_STOPPED if isinstance(exc, RunStopped) and not isinstance(exc, USER_ERRORS) \
+            else EXIT_USER_ERROR
     finally:
         D.cleanup()

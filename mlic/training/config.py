@@ -34,7 +34,7 @@ STAGE_DEFAULTS = {  # batch, base_lr, max_iter
 }
 # --prototxt nets take the teacher's rates unless given
 PROTOTXT_DEFAULTS = STAGE_DEFAULTS["wsddn"]
-DEFAULT_KEEP_CHECKPOINTS = 3
+DEFAULT_KEEP_CHECKPOINTS = 2
 
 
 @dataclass
@@ -86,8 +86,9 @@ class SolverConfig:
 class RunConfig:
     """How the run is carried out. checkpoint_period: iterations between checkpoints (0:
     none before final.pt); keep_checkpoints: how many of them stay on disk (0: all);
-    eval_period: 0 evaluates only after the last iteration; embed_teacher: KD checkpoints
-    carry the teacher's weights instead of referring to its file (path and hash)."""
+    eval_period: 0 evaluates only after the last iteration; embed_teacher: a KD stage's
+    final.pt (and with a frozen teacher its checkpoints) carry the teacher's weights instead
+    of referring to the --teacher file by path and SHA-256."""
 
     resume: bool = False
     checkpoint_period: int = 1000

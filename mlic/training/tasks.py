@@ -47,6 +47,19 @@ def _loss_sum(out: Dict[str, Tensor], names) -> Dict[str, Tensor]:
     return {"loss": total, **{k: v.detach() for k, v in losses.items()}} if len(losses) > 1 else {"loss": total}
 
 
+def scores_pinned(image_scores: Tensor, labels: Tensor) -> Tensor:
+    """1 when every image score sits at CrossEntropyLoss's clamp bounds and most positive
+    labels at the bottom one (a diverged WSDDN: its loss stays finite and its scores say
+    nothing), else 0."""
+    from mlic.caffe.functional import CE_EPS
+
+    p = image_scores.detach().reshape(labels.shape).float()
+    at_bounds = ((p <= CE_EPS) | (p >= 1 - CE_EPS)).all()
+    pos = labels.reshape(p.shape) > 0.5
+    low = ((p <= CE_EPS) & pos).sum() * 2 > pos.sum()
+    return (at_bounds & low & pos.any()).float()
+
+
 def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str = "cpu") -> Task:
     from prototxt_ports import WSDDN, KDStage1, KDStage2, Student
     from prototxt_ports.losses import sigmoid_cross_entropy_loss
@@ -59,7 +72,8 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
         model = WSDDN(cfg)
 
         def step(m, b):
-            return _loss_sum(m(b.data, b.rois, b.labels), ["loss"])
+            out = m(b.data, b.rois, b.labels)
+            return {**_loss_sum(out, ["loss"]), "scores_pinned": scores_pinned(out["image_level_score"], b.labels)}
 
         def predict(m, b):
             return m.predict(b.data, b.rois)

@@ -26,6 +26,7 @@ def load_trained(weights: str, device: str = "cpu"):
     """(task, meta) from a checkpoint or final.pt written by tools/train.py."""
     from prototxt_ports import NetConfig
     from mlic.training.tasks import Switches, build_task
+    from mlic.training.weights import load_referenced_teacher
 
     path = Path(weights)
     if not path.is_file():
@@ -46,7 +47,16 @@ def load_trained(weights: str, device: str = "cpu"):
             net[k] = tuple(net[k])
     cfg = NetConfig(**net)
     task = build_task(meta["stage"], cfg, Switches(**meta.get("switches", {})), device)
-    task.model.load_state_dict(state["model"])
+    missing, unexpected = task.model.load_state_dict(state["model"], strict=False)
+    teacher_keys = [k for k in missing if k.startswith("teacher.")]
+    if unexpected or len(teacher_keys) != len(missing) or (teacher_keys and not meta.get("teacher")):
+        raise UserInputError(f"--weights: {path} does not fit its own stage's net (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+    if teacher_keys:  # a KD checkpoint that refers to its teacher
+        try:
+            load_referenced_teacher(task.model, meta["teacher"], str(path))
+        except UserInputError as exc:
+            log.warning("%s; only the student is loaded (all that testing uses)", exc)
     task.model.eval()
     return task, meta
 

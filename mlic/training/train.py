@@ -18,7 +18,8 @@ import torch
 from mlic.caffe.torchvision_vgg import InputTransform
 from mlic.caffe.weight_files import initialize_weights
 from mlic.engine import distributed as D
-from mlic.engine import EvalHook, MetricsWriter, PeriodicCheckpointer, Trainer, latest_checkpoint, load_checkpoint
+from mlic.engine import (DivergenceWatch, EvalHook, MetricsWriter, PeriodicCheckpointer, Trainer,
+                         load_newest_intact)
 from mlic.engine.checkpoint import atomic_save
 from mlic.errors import UserInputError
 from mlic.solver import LR_POLICIES, CaffeSGD
@@ -26,6 +27,7 @@ from mlic.training.cli import run_tool
 from mlic.training.config import (BGR_MEAN, DEFAULT_KEEP_CHECKPOINTS, PROTOTXT_DEFAULTS, RELEASED_SCALES,  # noqa: F401
                                   STAGE_DEFAULTS, DataConfig, RunConfig, SolverConfig, TrainConfig)
 from mlic.training.tasks import STAGES, Switches, Task, build_prototxt_task, build_task
+from mlic.training.weights import check_teacher_reference, is_teacher_key, teacher_reference
 
 log = logging.getLogger("mlic.train")
 
@@ -73,23 +75,28 @@ def _train_log(out: Optional[Path]):
 
 
 def _train(cfg: TrainConfig, device: str, out: Path) -> Path:
+    solver_file = read_solver_file(cfg.solver.file) if cfg.solver.file else None  # before the slow parts
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     task, data, defaults = build_model_and_data(cfg, device)
-    load_initial_weights(task, cfg, data.train_cfg)
+    teacher = load_initial_weights(task, cfg, data.train_cfg)
     # Same initial weights on every rank (seeded above, and broadcast); each rank then gets
     # its own stream for dropout.
     D.broadcast_parameters(task.model)
     if D.rank() > 0:
         torch.manual_seed(cfg.run.seed + 1000003 * D.rank())
-    solver, max_iter = build_solver(cfg.solver, task.model, defaults)
-    trainer = build_trainer(cfg, task, data, solver, max_iter, device, out)
+    solver, max_iter = build_solver(cfg.solver, task.model, defaults, solver_file)
+    trainer = build_trainer(cfg, task, data, solver, max_iter, device, out, teacher)
     if cfg.run.resume:
-        resume(trainer, out)
+        resume(trainer, out, teacher)
     trainer.train()
     final = out / "final.pt"
     if D.is_main():
-        atomic_save({"model": task.model.state_dict(), "meta": trainer.meta}, final)
-        log.info("final weights: %s", final)
+        model_state = task.model.state_dict()
+        if teacher is not None and not cfg.run.embed_teacher:
+            model_state = {k: v for k, v in model_state.items() if not is_teacher_key(k)}
+        atomic_save({"model": model_state, "meta": trainer.meta}, final)
+        log.info("final weights: %s%s", final, "" if teacher is None or cfg.run.embed_teacher else
+                 f" (the teacher by reference: {teacher['path']}, SHA-256 {teacher['sha256'][:16]}...)")
     D.barrier()
     return final
 
@@ -187,9 +194,11 @@ def data_layer_config(data: DataConfig, input_size: int, source: str, batch: int
                               scale=data.input_scale)
 
 
-def load_initial_weights(task: Task, cfg: TrainConfig, data_layer) -> None:
+def load_initial_weights(task: Task, cfg: TrainConfig, data_layer) -> Optional[dict]:
     """--weights files in order, then --teacher (mlic.caffe.weight_files); the log says
-    which layer came from which file."""
+    which layer came from which file. Returns the teacher file's reference (path and
+    SHA-256), or None without a teacher."""
+    teacher = teacher_reference(cfg.teacher) if cfg.teacher else None
     init = initialize_weights(task.model, cfg.weights, cfg.teacher,
                               allow_untrained_teacher=cfg.allow_untrained_teacher,
                               transform=InputTransform.from_values(data_layer.mean_values, data_layer.scale))
@@ -197,20 +206,32 @@ def load_initial_weights(task: Task, cfg: TrainConfig, data_layer) -> None:
         log.info("%s", line)
     if init.warning():
         log.warning("%s", init.warning())
+    return teacher
 
 
-def build_solver(s: SolverConfig, model, defaults: tuple) -> Tuple[CaffeSGD, int]:
-    """CaffeSGD from a solver file or the fields, and the number of iterations."""
+def read_solver_file(path: str):
+    """The SolverParameter of a solver.prototxt, its settings checked as CaffeSGD will."""
+    from mlic.caffe.io import read_solver
+
+    sp, _ = read_solver(path)
+    try:
+        CaffeSGD.from_solver_param(sp, [torch.nn.Parameter(torch.zeros(1))])
+    except ValueError as exc:
+        raise UserInputError(f"--solver {path}: {exc}") from None
+    return sp
+
+
+def build_solver(s: SolverConfig, model, defaults: tuple, sp=None) -> Tuple[CaffeSGD, int]:
+    """CaffeSGD from a solver file (its SolverParameter `sp`) or the fields, and the
+    number of iterations."""
     _, lr_default, iters_default = defaults
     if s.file:
-        from mlic.caffe.io import read_solver
-
-        sp, _ = read_solver(s.file)
-        try:
-            solver = CaffeSGD.from_solver_param(sp, model.param_groups())
-        except ValueError as exc:
-            raise UserInputError(f"--solver {s.file}: {exc}") from None
-        return solver, s.max_iter or sp.max_iter
+        solver = CaffeSGD.from_solver_param(sp, model.param_groups())
+        max_iter = s.max_iter or sp.max_iter
+        if not max_iter:
+            log.warning("--solver %s sets no max_iter and --max-iter is not given: 0 iterations will run and "
+                        "final.pt will hold the initial weights", s.file)
+        return solver, max_iter
     max_iter = s.max_iter or iters_default
     try:
         solver = CaffeSGD(model.param_groups(), base_lr=s.base_lr if s.base_lr is not None else lr_default,
@@ -223,7 +244,7 @@ def build_solver(s: SolverConfig, model, defaults: tuple) -> Tuple[CaffeSGD, int
 
 
 def build_trainer(cfg: TrainConfig, task: Task, data: _Data, solver, max_iter: int, device: str,
-                  out: Path) -> Trainer:
+                  out: Path, teacher: Optional[dict] = None) -> Trainer:
     from mlic.data import build_loader
 
     train_loader = build_loader(data.train_cfg, seed=cfg.run.seed, num_workers=cfg.data.workers,
@@ -244,8 +265,11 @@ def build_trainer(cfg: TrainConfig, task: Task, data: _Data, solver, max_iter: i
             return evaluate_model(task, trainer.model, test_loader)
 
         hooks.append(EvalHook(cfg.run.eval_period, eval_fn))
-    hooks += [PeriodicCheckpointer(cfg.run.checkpoint_period, keep=cfg.run.keep_checkpoints),
-              MetricsWriter(period=cfg.run.log_period, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress)]
+    # the step's row is logged before the watch may stop training, and nothing it stops
+    # for is checkpointed
+    hooks += [MetricsWriter(period=cfg.run.log_period, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress),
+              DivergenceWatch(),
+              PeriodicCheckpointer(cfg.run.checkpoint_period, keep=cfg.run.keep_checkpoints)]
     meta = {"stage": task.stage, "net": None, "input_scale": cfg.data.input_scale, "switches": None,
             "config": cfg.to_dict(), "world_size": D.world_size()}
     if cfg.prototxt:
@@ -255,17 +279,31 @@ def build_trainer(cfg: TrainConfig, task: Task, data: _Data, solver, max_iter: i
 
         meta["net"] = asdict(task.net)
         meta["switches"] = asdict(cfg.switches)
+    # A frozen teacher never changes: checkpoints refer to its file (path and hash) instead of
+    # copying it. Under caffe-decay weight decay moves it, so checkpoints carry it for an
+    # exact resume; final.pt refers to it either way (testing and export use the student).
+    exclude = None
+    if teacher is not None:
+        meta["teacher"] = dict(teacher, embedded=cfg.run.embed_teacher)
+        if cfg.stage and cfg.switches.teacher == "frozen" and not cfg.run.embed_teacher:
+            exclude = is_teacher_key
     return Trainer(task.model, solver, batches, task.step, max_iter, str(out), iter_size=solver.iter_size,
                    hooks=hooks, images_per_batch=data.train_cfg.batch_size, log=log.info, amp=cfg.run.amp,
-                   device=device, meta=meta)
+                   device=device, meta=meta, exclude=exclude)
 
 
-def resume(trainer: Trainer, out: Path) -> None:
-    ck = latest_checkpoint(out)
-    if ck is None:
+def resume(trainer: Trainer, out: Path, teacher: Optional[dict] = None) -> None:
+    """Continue from the newest intact checkpoint in `out` (a corrupt newer one is skipped
+    with a warning); a KD checkpoint's teacher must be the --teacher given now."""
+    found = load_newest_intact(out)
+    if found is None:
         log.info("--resume: no checkpoint in %s, starting from scratch", out)
         return
-    trainer.load_state_dict(load_checkpoint(ck))
+    ck, state = found
+    if teacher is not None:
+        check_teacher_reference(state.get("meta", {}).get("teacher"), teacher, f"--resume: {ck}")
+    trainer.load_state_dict(state)
+    trainer.last_checkpoint = ck
     log.info("resumed from %s at iteration %d", ck, trainer.iter)
 
 
@@ -368,6 +406,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--amp", action="store_true", help="mixed precision (fp32 is the faithful mode)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs (log.csv is always written)")
+    g.add_argument("--embed-teacher", action="store_true",
+                   help="KD stages: final.pt (and, with --teacher-mode frozen, the checkpoints) carry the teacher's "
+                        "weights; by default they refer to the --teacher file by path and SHA-256")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     return p
@@ -449,7 +490,8 @@ def config_from_args(args) -> TrainConfig:
         run=RunConfig(resume=args.resume, checkpoint_period=args.checkpoint_period,
                       keep_checkpoints=args.keep_checkpoints, eval_period=args.eval_period,
                       log_period=args.log_period, seed=args.seed, deterministic=args.deterministic, amp=args.amp,
-                      device=args.device, tensorboard=not args.no_tensorboard, progress=not args.quiet))
+                      device=args.device, tensorboard=not args.no_tensorboard, progress=not args.quiet,
+                      embed_teacher=args.embed_teacher))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

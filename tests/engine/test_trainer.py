@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from mlic.engine import EvalHook, MetricsWriter, PeriodicCheckpointer, Trainer, latest_checkpoint, load_checkpoint
-from mlic.engine.checkpoint import atomic_save
+from mlic.engine import (DivergenceWatch, EvalHook, HookBase, MetricsWriter, PeriodicCheckpointer, Trainer,
+                         TrainingDiverged, latest_checkpoint, load_checkpoint)
+from mlic.engine.checkpoint import atomic_save, list_checkpoints
 
 
 class TorchSGD:
@@ -28,7 +29,7 @@ class TorchSGD:
         self.opt.load_state_dict(s)
 
 
-def make(tmp_path, max_iter, period=0, iter_size=1):
+def make(tmp_path, max_iter, period=0, iter_size=1, lr=0.01, keep=2):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 1))
     data_gen = torch.Generator().manual_seed(1)
@@ -47,8 +48,8 @@ def make(tmp_path, max_iter, period=0, iter_size=1):
         loss = ((m(x) - y) ** 2).mean()
         return {"loss": loss}
 
-    hooks = [PeriodicCheckpointer(period), MetricsWriter(period=1, tensorboard=False, progress=False)]
-    return Trainer(model, TorchSGD(model.parameters()), batches, step_fn, max_iter, str(tmp_path),
+    hooks = [MetricsWriter(period=1, tensorboard=False, progress=False), PeriodicCheckpointer(period, keep=keep)]
+    return Trainer(model, TorchSGD(model.parameters(), lr=lr), batches, step_fn, max_iter, str(tmp_path),
                    iter_size=iter_size, hooks=hooks, images_per_batch=4, log=lambda m: None)
 
 
@@ -63,7 +64,7 @@ def test_resume_is_bit_identical(tmp_path, iter_size):
     full.train()
     part = make(tmp_path / "part", 8, period=3, iter_size=iter_size)
     # Killed after iteration 5: the last checkpoint is iteration 3.
-    class Kill(PeriodicCheckpointer.__bases__[0]):
+    class Kill(HookBase):
         def after_step(self):
             if self.trainer.iter == 5:
                 raise KeyboardInterrupt
@@ -103,8 +104,75 @@ def test_loss_decreases_and_eval_hook_runs(tmp_path):
 def test_non_finite_loss_stops_with_clear_error(tmp_path):
     t = make(tmp_path, 3)
     t.step_fn = lambda m, b: {"loss": m(b[0]).sum() * float("nan")}
-    with pytest.raises(FloatingPointError, match="iteration 0"):
+    with pytest.raises(TrainingDiverged, match="at iteration 1: the loss is nan; no checkpoint was written"):
         t.train()
+
+
+def test_a_diverging_run_never_checkpoints_inf_and_names_the_last_real_checkpoint(tmp_path):
+    """A rate of 1e38 with a checkpoint every iteration: the update that overflows is
+    caught before anything is written; the message names the last checkpoint on disk."""
+    t = make(tmp_path, 50, period=1, lr=0.01, keep=0)
+
+    class Boost(HookBase):  # the rate jumps after iteration 3
+        def after_step(self):
+            if self.trainer.iter == 3:
+                self.trainer.solver.opt.param_groups[0]["lr"] = 1e38
+
+    boost = Boost()
+    boost.trainer = t
+    t.hooks.insert(0, boost)
+    with pytest.raises(TrainingDiverged) as err:
+        t.train()
+    msg = str(err.value)
+    assert "training diverged at iteration" in msg
+    written = [p for _, p in list_checkpoints(tmp_path)]
+    assert written, "the healthy iterations were checkpointed"
+    assert f"the last checkpoint, {written[0]}, is intact" in msg
+    for p in written:
+        state = load_checkpoint(p)
+        assert all(torch.isfinite(v).all() for v in state["model"].values())
+    stopped_at = int(msg.split("iteration ")[1].split(":")[0])
+    assert int(written[0].stem.split("_")[1]) == stopped_at - 1
+
+
+def test_non_finite_solver_history_is_never_written(tmp_path):
+    t = make(tmp_path, 2, period=1)
+    t.train()
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    t.iter = 5
+    buf = next(iter(t.solver.opt.state.values()))["momentum_buffer"]
+    buf[0] = float("inf")
+    with pytest.raises(TrainingDiverged, match="solver's history holds inf or nan"):
+        t.hooks[1]._save()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_gradient_explosion_and_pinned_scores_stop_training(tmp_path):
+    t = make(tmp_path, 40)
+    watch = DivergenceWatch(grad_factor=100, warmup=5)
+    watch.trainer = t
+    t.hooks.insert(1, watch)
+    step = t.step_fn
+    t.step_fn = lambda m, b: {"loss": step(m, b)["loss"] * (1e6 if t.iter >= 8 else 1.0)}
+    with pytest.raises(TrainingDiverged, match=r"at iteration 9: the gradient norm .* times its median"):
+        t.train()
+
+    t = make(tmp_path / "p", 40)
+    watch = DivergenceWatch(patience=3)
+    watch.trainer = t
+    t.hooks.insert(1, watch)
+    t.step_fn = lambda m, b: {**step(m, b), "scores_pinned": torch.tensor(float(t.iter >= 4))}
+    with pytest.raises(TrainingDiverged, match="at iteration 7: every image score"):
+        t.train()
+
+
+def test_checkpoints_kept_and_none_at_the_last_iteration(tmp_path):
+    t = make(tmp_path, 10, period=2, keep=2)
+    t.train()
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [8, 6]  # 10 is the last: final.pt's
+    t = make(tmp_path / "all", 10, period=3, keep=0)
+    t.train()
+    assert [it for it, _ in list_checkpoints(tmp_path / "all")] == [9, 6, 3]
 
 
 def test_atomic_save_keeps_old_file_on_failure(tmp_path):
@@ -118,4 +186,4 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_save({"a": Boom()}, path)
     assert torch.load(path) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt", "x.pt.sha256"]

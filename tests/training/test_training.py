@@ -5,44 +5,22 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from mlic import _ext
+from tests.training.helpers import NET, REPO, final_state, train_args  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C is not built")
-REPO = Path(__file__).resolve().parents[2]
-NET = ["--input-size", "64", "--student-size", "32", "--pooled-size", "1", "--width", "0.0625",
-       "--fc-dim", "16", "--scales", "released"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from mlic.data.synthetic import SyntheticConfig, generate_dataset
-
-    out = tmp_path_factory.mktemp("synthetic")
-    return generate_dataset(str(out), SyntheticConfig(num_train=12, num_test=6, bbox_num=6, image_size=64,
-                                                      num_classes=4, seed=3))
-
-
-def train_args(data, out, stage="wsddn", iters=4, batch=4, extra=()):
-    return ["--stage", stage, "--datalist", data["train"], "--root-folder", data["root_folder"], "--out", str(out),
-            "--max-iter", str(iters), "--batch-size", str(batch), "--base-lr", "0.01", "--seed", "5",
-            "--no-tensorboard", "--quiet", "--checkpoint-period", "2", *NET, *extra]
-
-
-def final_state(out):
-    return torch.load(Path(out) / "final.pt", map_location="cpu", weights_only=False)["model"]
 
 
 def test_resume_continues_bit_identically(tiny_data, tmp_path):
     from mlic.training.train import main
 
     main(train_args(tiny_data, tmp_path / "straight", iters=4))
-    # An interrupted run: 2 iterations (checkpoint at 2), then --resume to 4.
-    main(train_args(tiny_data, tmp_path / "resumed", iters=2))
+    # An interrupted run: 3 iterations (checkpoint at 2), then --resume to 4.
+    main(train_args(tiny_data, tmp_path / "resumed", iters=3))
     (tmp_path / "resumed" / "final.pt").unlink()
     main(train_args(tiny_data, tmp_path / "resumed", iters=4, extra=["--resume"]))
     a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "resumed")
@@ -206,7 +184,7 @@ def test_lr_mult_reaches_the_solver(tiny_data, tmp_path):
     """With head=0 the classifier heads never move; the body does."""
     from mlic.training.train import main
 
-    main(train_args(tiny_data, tmp_path / "t", iters=2, extra=["--lr-mult", "head=0,0", "--checkpoint-period", "1"]))
+    main(train_args(tiny_data, tmp_path / "t", iters=3, extra=["--lr-mult", "head=0,0", "--checkpoint-period", "1"]))
     load = lambda it: torch.load(tmp_path / "t" / "checkpoints" / f"iter_{it:08d}.pt", map_location="cpu",
                                  weights_only=False)["model"]
     first, second = load(1), load(2)
