@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, Dict
 
 from mlic.engine import distributed as D
+from mlic.engine.progress import Progress
 from mlic.engine.checkpoint import (atomic_save, checkpoint_dir, checkpoint_path, list_checkpoints,
                                     remove_checkpoint, remove_stale_partials)
 
@@ -142,10 +143,11 @@ def _drop_rows_after(path: Path, iteration: int) -> None:
 
 
 class MetricsWriter(HookBase):
-    """CSV (always) and TensorBoard (when available) logs, and a progress line."""
+    """CSV (always) and TensorBoard (when available) logs, and the progress: a bar on a
+    terminal, plain lines through the trainer's log otherwise (mlic.engine.progress)."""
 
-    def __init__(self, period: int = 1, tensorboard: bool = True, progress: bool = True):
-        self.period, self.tensorboard, self.progress = period, tensorboard, progress
+    def __init__(self, period: int = 1, tensorboard: bool = True, progress: bool = True, desc: str = "train"):
+        self.period, self.tensorboard, self.progress, self.desc = period, tensorboard, progress, desc
         self._tb = None
         self._bar = None
 
@@ -164,13 +166,7 @@ class MetricsWriter(HookBase):
             except Exception as exc:  # tensorboard missing: CSV is enough
                 t.log(f"tensorboard logging disabled ({exc})")
         if self.progress:
-            try:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=t.max_iter, initial=t.iter, dynamic_ncols=True, leave=True,
-                                 disable=os.environ.get("MLIC_NO_PROGRESS") == "1")
-            except ImportError:
-                self._bar = None
+            self._bar = Progress(t.max_iter, initial=t.iter, desc=self.desc, unit="iterations", emit=t.log)
         self._last_iter = t.iter
 
     def after_step(self):
@@ -180,8 +176,8 @@ class MetricsWriter(HookBase):
         train = {"iter": t.iter, **{k: float(v) for k, v in t.metrics.items() if not k.startswith("eval/")}}
         evals = {k[5:]: float(v) for k, v in t.metrics.items() if k.startswith("eval/")}
         if self._bar is not None:
-            self._bar.update(t.iter - self._last_iter)
-            self._bar.set_postfix({k: f"{v:.4g}" for k, v in train.items() if k in ("loss", "lr", "img_per_s")})
+            self._bar.update(t.iter - self._last_iter,
+                             {k: f"{v:.4g}" for k, v in train.items() if k in ("loss", "lr", "img_per_s")})
         self._last_iter = t.iter
         if t.iter % self.period == 0 or t.iter == t.max_iter:
             self._append("log.csv", train)

@@ -20,7 +20,8 @@ EXIT_RUN_STOPPED = 1
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of each record."""
+    """Writes to whatever sys.stderr is at the time of each record, above a progress bar
+    rather than onto its line."""
 
     @property
     def stream(self):
@@ -29,6 +30,14 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
 
 
 def setup_console_logging() -> None:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from mlic.errors import UserInputError
@@ -141,10 +142,50 @@ def build_prototxt_task(path: str, device: str, source: Optional[str] = None, ro
         near = os.path.join(os.path.dirname(os.path.abspath(path)), data.source)
         if os.path.isfile(near):
             data = replace(data, source=near)
+    loss_tops = list(net.loss_tops)
 
     def step(m, b):
         m(**{top_data: b.data, top_label: b.label_roi})
-        return {"loss": m.objective}
+        if len(loss_tops) == 1:
+            return {"loss": m.objective}
+        # each loss top as well, as a stage's own step reports them
+        return {"loss": m.objective, **{t: m.blobs[t].detach().reshape(()) for t in loss_tops}}
+
+    score = classifier_scores(net, top_label)
+    predict = None
+    if score is not None:
+        blob, sigmoid = score
+
+        def predict(m, b):
+            m(**{top_data: b.data, top_label: b.label_roi})
+            s = m.blobs[blob].detach().reshape(b.labels.shape)
+            return (torch.sigmoid(s) if sigmoid else s), None
 
     describe = f"{path} (net '{net.name}', losses {dict(net.loss_tops)})"
-    return Task("prototxt", net.to(device), step, None, describe), data
+    if score is not None:
+        describe += f"; image scores for testing: {'sigmoid of ' if score[1] else ''}blob '{score[0]}'"
+    return Task("prototxt", net.to(device), step, predict, describe), data
+
+
+def classifier_scores(net, label_top: str) -> Optional[Tuple[str, bool]]:
+    """(blob, through a sigmoid) of a Caffe net's image scores: the first bottom of its
+    CrossEntropyLoss (probabilities) or SigmoidCrossEntropyLoss (logits) against the
+    labels sliced from the data layer's label_roi top; None when the net has no such loss
+    (train_stage1 only matches features)."""
+    source = {}  # a Split layer's tops (inserted for blobs with several consumers) -> its bottom
+    for lp in net.layer_params:
+        if lp.type == "Split":
+            source.update({t: lp.bottom[0] for t in lp.top})
+
+    def origin(blob):
+        while blob in source:
+            blob = source[blob]
+        return blob
+
+    labels = {lp.top[0] for lp in net.layer_params
+              if lp.type == "Slice" and [origin(b) for b in lp.bottom] == [label_top]}
+    for lp in net.layer_params:
+        if lp.type in ("CrossEntropyLoss", "SigmoidCrossEntropyLoss") and len(lp.bottom) == 2 \
+                and origin(lp.bottom[1]) in labels:
+            return origin(lp.bottom[0]), lp.type == "SigmoidCrossEntropyLoss"
+    return None

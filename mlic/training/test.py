@@ -15,6 +15,7 @@ import torch
 from mlic.caffe.student_export import build_student, student_export
 from mlic.caffe.weight_files import STUDENT_FORMAT, WeightFile, state_dict_to_param_dict, torch_load
 from mlic.data.annotations import GT_FORMAT_HELP
+from mlic.engine.progress import Progress
 from mlic.errors import UserInputError
 from mlic.training.cli import run_tool
 from mlic.training.config import BGR_MEAN, RELEASED_SCALES, EvalConfig
@@ -80,28 +81,36 @@ def _fixed_batches(dataset, batch_size: int, scale: float, mirror: bool):
         yield dataset[BatchSpec(idx, scale=scale, mirror=(mirror,) * len(idx))]
 
 
-def predict_dataset(task, dataset, batch_size: int, device: str, scales=(1.0,), mirror: bool = False):
+def predict_dataset(task, dataset, batch_size: int, device: str, scales=(1.0,), mirror: bool = False,
+                    progress: bool = False):
     """Image probabilities [I, C] averaged over the given scales (and their mirrored
-    copies when `mirror`), and the single-scale region scores [I, B, C] (teacher) or None."""
+    copies when `mirror`), and the single-scale region scores [I, B, C] (teacher) or None.
+    `progress`: a bar on a terminal, a plain line now and then otherwise."""
     if task.predict is None:
         raise UserInputError(f"stage {task.stage} has no classifier to test (test the stage-2 or student weights)")
     views = [(s, False) for s in scales] + ([(s, True) for s in scales] if mirror else [])
     total, regions, labels = None, None, None
-    with torch.no_grad():
-        for vi, (scale, flip) in enumerate(views):
-            outs, regs, labs = [], [], []
-            for batch in _fixed_batches(dataset, batch_size, scale, flip):
-                batch = batch.to(device)
-                s, r = task.predict(task.model, batch)
-                outs.append(s.float().cpu())
-                labs.append(batch.labels.float().cpu())
-                if r is not None and vi == 0:
-                    regs.append(r.float().cpu())
-            scores = torch.cat(outs)
-            total = scores if total is None else total + scores
-            if vi == 0:
-                labels = torch.cat(labs)
-                regions = torch.cat(regs) if regs else None
+    bar = Progress(len(views) * len(dataset), desc=f"test ({len(views)} view{'s' if len(views) > 1 else ''})",
+                   unit="image forwards", emit=log.info, enabled=progress)
+    try:
+        with torch.no_grad():
+            for vi, (scale, flip) in enumerate(views):
+                outs, regs, labs = [], [], []
+                for batch in _fixed_batches(dataset, batch_size, scale, flip):
+                    batch = batch.to(device)
+                    s, r = task.predict(task.model, batch)
+                    outs.append(s.float().cpu())
+                    labs.append(batch.labels.float().cpu())
+                    if r is not None and vi == 0:
+                        regs.append(r.float().cpu())
+                    bar.update(s.shape[0])
+                scores = torch.cat(outs)
+                total = scores if total is None else total + scores
+                if vi == 0:
+                    labels = torch.cat(labs)
+                    regions = torch.cat(regs) if regs else None
+    finally:
+        bar.close()
     return (total / len(views)).numpy(), labels.numpy(), None if regions is None else regions.numpy()
 
 
@@ -127,7 +136,8 @@ def evaluate(cfg: EvalConfig) -> Dict[str, float]:
     # read before the forward passes, so that a bad file fails at once
     gt = read_ground_truth(cfg.gt, dl, (size, size), class_names, net["num_classes"]) if cfg.gt else None
     scales = RELEASED_SCALES if cfg.multiscale else (1.0,)
-    scores, labels, regions = predict_dataset(task, dataset, cfg.batch_size, device, scales, cfg.multiscale)
+    scores, labels, regions = predict_dataset(task, dataset, cfg.batch_size, device, scales, cfg.multiscale,
+                                              progress=cfg.progress)
     rep = evaluate_multilabel(scores, labels, class_names=class_names)
     warn = tie_warning(rep.tied_fraction)
     if warn:

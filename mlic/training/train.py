@@ -119,8 +119,8 @@ class _Data:
 
 
 def build_model_and_data(cfg: TrainConfig, device: str) -> Tuple[Task, _Data, tuple]:
-    """The task (model, objective, predictions), the data it trains on, and the
-    (batch, base_lr, max_iter) defaults that apply to it."""
+    """The task (model, objective, predictions), the data it trains on and is tested on,
+    and the (batch, base_lr, max_iter) defaults that apply to it."""
     from mlic.data import read_datalist
 
     if cfg.prototxt:
@@ -130,24 +130,32 @@ def build_model_and_data(cfg: TrainConfig, device: str) -> Tuple[Task, _Data, tu
                                    root_folder=layer_data.root_folder)
         train_cfg = replace(layer_data, att_num=train_list.att_num, bbox_num=train_list.bbox_num)
         log.info("stage %s: %s", task.stage, task.describe)
-        return task, _Data(train_list, train_cfg), PROTOTXT_DEFAULTS
-
-    train_list = read_datalist(cfg.data.train, att_num=cfg.data.num_classes, root_folder=cfg.data.root_folder)
-    net = net_for_data(cfg.net, train_list.att_num, train_list.bbox_num, cfg.data.train)
-    task = build_task(cfg.stage, net, cfg.switches, device)
-    log.info("switches: %s", cfg.switches.describe())
-    log.info("net: %s", describe_net(net))
-    log.info("stage %s: %s", task.stage, task.describe)
-    batch_default = STAGE_DEFAULTS[cfg.stage][0]
-    batch = cfg.data.batch_size or batch_default
-    train_cfg = data_layer_config(cfg.data, net.input_size, cfg.data.train, batch, True, train_list)
-    data = _Data(train_list, train_cfg)
-    if cfg.data.test and task.predict is not None:
-        data.test_list = read_datalist(cfg.data.test, att_num=train_list.att_num, bbox_num=train_list.bbox_num,
-                                       root_folder=cfg.data.root_folder)
-        data.test_cfg = data_layer_config(cfg.data, net.input_size, cfg.data.test,
-                                          cfg.data.test_batch_size or max(1, batch // 2), False, data.test_list)
-    return task, data, STAGE_DEFAULTS[cfg.stage]
+        data, defaults = _Data(train_list, train_cfg), PROTOTXT_DEFAULTS
+        # the layer's own resize, mean and scale; no scale jitter or mirror
+        test_cfg = lambda source, lst: replace(  # noqa: E731
+            train_cfg, source=source, root_folder=cfg.data.root_folder or train_cfg.root_folder, shuffle=False,
+            mirror=False, scale_factors=(), batch_size=cfg.data.test_batch_size or max(1, train_cfg.batch_size // 2))
+    else:
+        train_list = read_datalist(cfg.data.train, att_num=cfg.data.num_classes, root_folder=cfg.data.root_folder)
+        net = net_for_data(cfg.net, train_list.att_num, train_list.bbox_num, cfg.data.train)
+        task = build_task(cfg.stage, net, cfg.switches, device)
+        log.info("switches: %s", cfg.switches.describe())
+        log.info("net: %s", describe_net(net))
+        log.info("stage %s: %s", task.stage, task.describe)
+        batch = cfg.data.batch_size or STAGE_DEFAULTS[cfg.stage][0]
+        data = _Data(train_list, data_layer_config(cfg.data, net.input_size, cfg.data.train, batch, True, train_list))
+        defaults = STAGE_DEFAULTS[cfg.stage]
+        test_cfg = lambda source, lst: data_layer_config(  # noqa: E731
+            cfg.data, net.input_size, source, cfg.data.test_batch_size or max(1, batch // 2), False, lst)
+    if cfg.data.test:
+        if task.predict is None:
+            log.warning("--test-datalist %s: %s has no classifier to evaluate (it only matches features); "
+                        "test the stage-2 or student weights instead", cfg.data.test, task.stage)
+        else:
+            data.test_list = read_datalist(cfg.data.test, att_num=train_list.att_num, bbox_num=train_list.bbox_num,
+                                           root_folder=cfg.data.root_folder or data.train_cfg.root_folder)
+            data.test_cfg = test_cfg(cfg.data.test, data.test_list)
+    return task, data, defaults
 
 
 def net_for_data(net, num_classes: int, num_rois: int, source: str):

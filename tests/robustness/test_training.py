@@ -71,7 +71,7 @@ FLAG_CASES = [
     ("stepvalue not numbers", ["--stepvalue", "10,x"], 2, "--stepvalue: expected comma-separated iterations"),
     ("keep-checkpoints negative", ["--keep-checkpoints", "-1"], 2, "--keep-checkpoints must be 0 or more"),
     ("checkpoint-period negative", ["--checkpoint-period", "-5"], 2, "--checkpoint-period must be 0 or more"),
-    ("missing weights", lambda t: ["--weights", str(t / "nope.caffemodel")], 2, "nope.caffemodel does not exist"),
+    ("missing weights", lambda t: ["--weights", str(t / "nope.caffemodel")], 2, "nope.caffemodel: no such weights file"),
     ("missing datalist", lambda t: ["--datalist", str(t / "nope.txt")], 2, "nope.txt: cannot read the datalist"),
     ("body not a layer list", ["--body", "conv1_1:8,bogus"], 2, "body entry 1 is 'bogus'"),
 ]

@@ -58,3 +58,19 @@ def test_train_log_does_not_change_the_callers_logging(tmp_path):
         logging.getLogger("mlic.train").info("inside")
     assert (logger.level, list(logger.handlers)) == before
     assert "inside" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.parametrize("tool", ["train", "test"])
+def test_every_flag_has_help_and_fixed_choices(tool):
+    import argparse
+    import importlib
+
+    mod = importlib.import_module(f"mlic.training.{tool}")  # the modules, not the train/evaluate functions
+    add = mod.add_train_arguments if tool == "train" else mod.add_test_arguments
+    parser = add(argparse.ArgumentParser())
+    actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert actions
+    assert not [a.option_strings[0] for a in actions if not a.help], "flags without help text"
+    choices = {a.option_strings[0]: a.choices for a in actions if a.choices}
+    if tool == "train":
+        assert set(choices) >= {"--stage", "--lr-policy", "--kd-loss", "--stage1-train", "--teacher-mode", "--regions"}

@@ -151,10 +151,18 @@ def test_tools_test_reports_metrics(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_smoke_runs_end_to_end(tmp_path):
-    from mlic.demo import main
-
-    assert main(["--preset", "smoke", "--out", str(tmp_path), "--quiet"]) == 0
+def test_demo_smoke_runs_end_to_end_with_a_small_redirected_log(tmp_path):
+    """The demo's console output sent to a file: plain progress lines, no bar redraws."""
+    log = tmp_path / "demo.log"
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, str(REPO / "tools" / "demo.py"), "--preset", "smoke", "--out",
+                            str(tmp_path)], stdout=f, stderr=subprocess.STDOUT, timeout=1200,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+    text = log.read_text()
+    assert r.returncode == 0, text[-3000:]
+    assert "\r" not in text and max(map(len, text.splitlines())) < 1000
+    assert len(text.encode()) < 100_000
+    assert "train: " in text  # the plain progress lines
     run = tmp_path / "seed0"
     res = json.loads((run / "results.json").read_text())
     assert set(res) >= {"teacher", "student_kd", "student_kd_l2", "student_no_kd"}
@@ -266,6 +274,74 @@ def test_prototxt_training_runs_a_caffe_net(tiny_data, tmp_path):
     assert "tiny.prototxt" in (out / "train.log").read_text()
 
 
+def test_prototxt_net_logs_each_loss_and_is_tested_on_the_test_datalist(tiny_data, tmp_path):
+    """A Caffe net with two loss tops (as train_stage2): log.csv has each; --test-datalist
+    scores the images with the sigmoid of the SigmoidCrossEntropyLoss's input."""
+    from mlic.training.train import main
+
+    two_losses = TINY_PROTOTXT.replace(
+        'layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "fc" bottom: "labels" top: "loss" loss_weight: 1 }',
+        'layer { name: "loss_sig" type: "SigmoidCrossEntropyLoss" bottom: "fc" bottom: "labels" top: "loss_sig" '
+        'loss_weight: 1 }\n'
+        'layer { name: "loss_l2" type: "EuclideanLoss" bottom: "fc" bottom: "labels" top: "loss_l2" '
+        'loss_weight: 0.5 }')
+    assert "loss_l2" in two_losses
+    proto = tmp_path / "two.prototxt"
+    proto.write_text(two_losses.replace("SOURCE", tiny_data["train"]).replace("ROOT", tiny_data["root_folder"]))
+    out = tmp_path / "run"
+    assert main(["--prototxt", str(proto), "--out", str(out), "--max-iter", "4", "--base-lr", "0.05",
+                 "--no-tensorboard", "--quiet", "--test-datalist", tiny_data["test"], "--eval-period", "2"]) == 0
+    rows = (out / "log.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"loss", "loss_sig", "loss_l2"} <= set(header)
+    for r in rows[1:]:
+        v = dict(zip(header, r.split(",")))
+        assert float(v["loss"]) == pytest.approx(float(v["loss_sig"]) + 0.5 * float(v["loss_l2"]), rel=1e-5)
+    evals = (out / "eval.csv").read_text().splitlines()
+    assert evals[0].startswith("iter,mAP") and [e.split(",")[0] for e in evals[1:]] == ["2", "4"]
+    assert "image scores for testing: sigmoid of blob 'fc'" in (out / "train.log").read_text()
+
+
+def test_tools_test_bad_input_is_one_sentence(tiny_data, tmp_path, capsys):
+    from mlic.training.test import main as test_main
+    from mlic.training.train import main
+
+    assert main(train_args(tiny_data, tmp_path / "t", iters=1)) == 0
+    weights = str(tmp_path / "t" / "final.pt")
+    lines = (tmp_path / "missing.txt")
+    first, *rest = open(tiny_data["test"]).read().splitlines()
+    lines.write_text("\n".join(["no_such_image.jpg " + first.split(" ", 1)[1], *rest]) + "\n")
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_text("img.jpg 1 0 x\n")
+    cases = [
+        ([], "--weights is required"),
+        (["--weights", weights], "--datalist is required"),
+        (["--weights", weights, "--datalist", str(lines), "--root-folder", tiny_data["root_folder"]],
+         "no_such_image.jpg"),
+        (["--weights", weights, "--datalist", str(garbage)], "garbage.txt"),
+        (["--weights", str(tmp_path / "nope.pt"), "--datalist", tiny_data["test"]], "nope.pt does not exist"),
+    ]
+    for argv, fragment in cases:
+        capsys.readouterr()
+        rc = test_main(argv + ["--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and fragment in err and "Traceback" not in err, (argv, err)
+        assert err.strip().splitlines()[-1].startswith("test.py: error: ")
+
+
+def test_tools_test_shows_progress_in_a_redirected_log(tiny_data, tmp_path):
+    from mlic.training.train import main
+
+    assert main(train_args(tiny_data, tmp_path / "t", iters=1)) == 0
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "test.py"), "--weights", str(tmp_path / "t" / "final.pt"),
+                        "--datalist", tiny_data["test"], "--root-folder", tiny_data["root_folder"], "--multiscale",
+                        "--batch-size", "2"], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    progress = [line for line in r.stderr.splitlines() if "test (10 views): " in line]
+    assert progress and progress[-1].split("test (10 views): ")[1].startswith("60/60 image forwards (100%)")
+
+
 def test_prototxt_errors_name_the_problem(tiny_data, tmp_path, capsys):
     from mlic.training.train import main
 
@@ -278,3 +354,18 @@ def test_prototxt_errors_name_the_problem(tiny_data, tmp_path, capsys):
                      .replace(" loss_weight: 1", " loss_weight: 0"))
     rc, err = run_main(main, ["--prototxt", str(proto), "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and "no loss" in err
+
+
+@pytest.mark.parametrize("name,expect", [("wsddn_train", ("image_level_score", False)),
+                                         ("train_stage2", ("fc8_mscoco", True)), ("train_stage1", None)])
+def test_image_scores_of_the_released_train_nets(prototxt_ref, name, expect):
+    """What --test-datalist scores a --prototxt run by: the teacher's image_level_score
+    (probabilities), stage 2's student logits fc8_mscoco through a sigmoid; stage 1 has
+    no classifier."""
+    from types import SimpleNamespace
+
+    from mlic.caffe.io import load_net_spec
+    from mlic.training.tasks import classifier_scores
+
+    spec = load_net_spec(str(prototxt_ref / f"{name}.prototxt"))
+    assert classifier_scores(SimpleNamespace(layer_params=list(spec.param.layer)), "label_roi") == expect
