@@ -26,7 +26,6 @@ which layer came from which file.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections import OrderedDict
@@ -40,6 +39,7 @@ from mlic.caffe import torchvision_vgg as tv
 from mlic.caffe.errors import CaffemodelError
 from mlic.caffe.io import read_caffemodel
 from mlic.caffe.weights import LoadReport, caffemodel_to_param_dict, load_caffemodel, load_param_dict, name_map
+from mlic.integrity import file_sha256
 from prototxt_ports.wsddn import wsddn_to_kd_name
 
 STUDENT_FORMAT = "mlic-student"
@@ -178,14 +178,6 @@ def read_weight_file(source, transform: Optional[tv.InputTransform] = None) -> W
                           f"a 'layer/i' param dict, a student export or a state dict)")
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _with_referenced_teacher(wf: WeightFile) -> WeightFile:
     """A KD checkpoint that refers to its teacher (meta["teacher"]: the --teacher file's
     path and SHA-256) instead of holding it gets the teacher's layers from that file,
@@ -202,8 +194,9 @@ def _with_referenced_teacher(wf: WeightFile) -> WeightFile:
         raise CaffemodelError(f"{wf.source}: refers to its teacher {path}, which has changed since (SHA-256 "
                               f"{got[:16]}... instead of {str(ref.get('sha256'))[:16]}...)")
     teacher, _ = teacher_params(read_weight_file(path))
+    layers = ref.get("layers")  # the teacher layers the run took from the file (a stage-1 net has no heads)
     params = OrderedDict(wf.params)
-    params.update(teacher)
+    params.update((k, v) for k, v in teacher.items() if layers is None or layer_of(k) in layers)
     return WeightFile(wf.source, wf.kind, params, wf.meta, f"{wf.note + ', ' if wf.note else ''}teacher from {path}")
 
 

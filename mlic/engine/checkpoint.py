@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 
 from mlic.errors import RunStopped, UserInputError
+from mlic.integrity import file_sha256
 
 log = logging.getLogger("mlic.engine")
 
@@ -22,7 +23,6 @@ CKPT_RE = re.compile(r"^iter_(\d+)\.pt$")
 HASH_SUFFIX = ".sha256"
 # atomic_save's partial files: ".<name>.<random>.tmp"
 PARTIAL_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
-_CHUNK = 1 << 20
 
 
 class CheckpointError(UserInputError):
@@ -62,14 +62,6 @@ class _HashingWriter:
 def hash_path(path: os.PathLike) -> Path:
     path = Path(path)
     return path.with_name(path.name + HASH_SUFFIX)
-
-
-def file_sha256(path: os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:

@@ -64,6 +64,25 @@ def broadcast_parameters(model) -> None:
         dist.broadcast(t.data, src=0)
 
 
+def _reduce_flag(flag: bool, op, device) -> bool:
+    if world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=op)
+    return bool(t.item())
+
+
+def any_rank(flag: bool, device="cpu") -> bool:
+    """Whether `flag` holds on some rank (every rank gets the same answer, so that every
+    rank stops together instead of the others waiting in the next all-reduce)."""
+    return _reduce_flag(flag, dist.ReduceOp.MAX if world_size() > 1 else None, device)
+
+
+def all_ranks(flag: bool, device="cpu") -> bool:
+    """Whether `flag` holds on every rank (the same answer on all of them)."""
+    return _reduce_flag(flag, dist.ReduceOp.MIN if world_size() > 1 else None, device)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -67,6 +67,11 @@ class PeriodicCheckpointer(HookBase):
             self._save()
 
 
+def _device_of(model):
+    p = next(model.parameters(), None)
+    return p.device if p is not None else "cpu"
+
+
 class DivergenceWatch(HookBase):
     """Stops training when it has diverged in ways a clamped loss hides:
     - the gradient norm grows past `grad_factor` times its median over the first
@@ -95,7 +100,8 @@ class DivergenceWatch(HookBase):
                 if ref > 0 and norm > self.grad_factor * ref:
                     t.stop(f"the gradient norm {norm:.3g} is {norm / ref:.3g} times its median over the first "
                            f"{self.warmup} iterations ({ref:.3g})", iteration=t.iter)
-        if t.metrics.get(self.pinned_key, 0.0) >= 1.0:
+        pinned = self.pinned_key in t.metrics and D.all_ranks(t.metrics[self.pinned_key] >= 1.0, _device_of(t.model))
+        if pinned:
             self._pinned += 1
             # no checkpoint of a state that may be the start of a divergence
             t.suspect = "every image score is at the loss's clamp bounds (watching for divergence)"

@@ -161,8 +161,9 @@ class Trainer:
                 out = self.step_fn(self.model, batch)
             loss = out["loss"]
             value = float(loss.detach())
-            if not math.isfinite(value):
-                self.stop(f"the loss is {value}")
+            if D.any_rank(not math.isfinite(value), loss.device):
+                self.stop(f"the loss is {value}" if not math.isfinite(value) else "the loss is not finite on "
+                          "another process")
             loss.backward()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())

@@ -27,7 +27,7 @@ def load_trained(weights: str, device: str = "cpu"):
     """(task, meta) from a checkpoint or final.pt written by tools/train.py."""
     from prototxt_ports import NetConfig
     from mlic.training.tasks import Switches, build_task
-    from mlic.training.weights import load_referenced_teacher
+    from mlic.training.weights import is_teacher_key, load_referenced_teacher
 
     path = Path(weights)
     if not path.is_file():
@@ -49,7 +49,7 @@ def load_trained(weights: str, device: str = "cpu"):
     cfg = NetConfig(**net)
     task = build_task(meta["stage"], cfg, Switches(**meta.get("switches", {})), device)
     missing, unexpected = task.model.load_state_dict(state["model"], strict=False)
-    teacher_keys = [k for k in missing if k.startswith("teacher.")]
+    teacher_keys = [k for k in missing if is_teacher_key(k)]
     if unexpected or len(teacher_keys) != len(missing) or (teacher_keys and not meta.get("teacher")):
         raise UserInputError(f"--weights: {path} does not fit its own stage's net (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")

@@ -214,6 +214,8 @@ def load_initial_weights(task: Task, cfg: TrainConfig, data_layer) -> Optional[d
         log.info("%s", line)
     if init.warning():
         log.warning("%s", init.warning())
+    if teacher is not None:  # the layers a reader of final.pt takes from the teacher file
+        teacher["layers"] = [l for ld in init.loads if ld.role == "teacher" for l in ld.layers]
     return teacher
 
 

@@ -5,18 +5,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mlic.caffe.weight_files import belongs_to_teacher, initialize_weights
-from mlic.engine.checkpoint import file_sha256, verify
+from mlic.caffe.weight_files import initialize_weights, is_teacher_layer
+from mlic.engine.checkpoint import verify
+from mlic.integrity import file_sha256
 from mlic.errors import UserInputError
 
 log = logging.getLogger("mlic.train")
 
 
 def is_teacher_key(key: str) -> bool:
-    """A state-dict entry of a KD net's teacher (teacher.conv_wsd_1_1.weight in our ports,
-    layers.conv_wsd_1_1.weight in a CaffeNet)."""
+    """A state-dict entry of a layer a KD net takes from the teacher file (*_wsd_*:
+    teacher.conv_wsd_1_1.weight in our ports, layers.conv_wsd_1_1.weight in a CaffeNet).
+    Not the temperature Scale layers: stage 2 trains them, so checkpoints keep them."""
     parts = key.split(".")
-    return key.startswith("teacher.") or (len(parts) >= 2 and belongs_to_teacher(parts[-2]))
+    return len(parts) >= 2 and is_teacher_layer(parts[-2])
 
 
 def teacher_reference(path: str) -> dict:

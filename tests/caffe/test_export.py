@@ -15,7 +15,7 @@ from mlic.caffe import CaffeNet
 from mlic.caffe.convert import main as convert
 from mlic.caffe.io import read_caffemodel
 from mlic.caffe.weight_files import read_weight_file
-from mlic.caffe.weights import caffemodel_to_param_dict
+from mlic.caffe.weights import caffemodel_to_param_dict, load_param_dict
 from tests.caffe.helpers import PORT_NET, STUDENT, released_prototxt, train
 from tests.conftest import REPO
 from tests.ports.helpers import SMALL
@@ -122,7 +122,7 @@ def test_student_of_a_prototxt_run_matches_caffenet(runs, kd_data, tmp_path):
     images = [str(p) for p in _test_images(kd_data)]
     x = load_images(images, info)
     net = CaffeNet(runs["proto"], "TEST")
-    net.load_state_dict(torch.load(runs["stage2_proto"], map_location="cpu", weights_only=False)["model"])
+    load_param_dict(net, read_weight_file(runs["stage2_proto"]).params)  # its teacher by reference
     net.eval()
     from mlic.data import read_datalist
 

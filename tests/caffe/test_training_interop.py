@@ -83,6 +83,6 @@ def test_several_weight_files_and_a_caffemodel_teacher(kd_data, kd_teacher, tmp_
         assert torch.equal(s2.params[k], s1.params[k]) and torch.equal(s2.params[k], t[k.replace("_wsd_", "")]), k
     assert torch.equal(s2.params["fc_wsd_8_c/0"], t["fc8_c/0"])
     log = (out / "train.log").read_text()
-    assert f"weights {s1_final} (checkpoint, stage prototxt): 0 layer(s): -" in log
+    assert f"weights {s1_final} (checkpoint, stage prototxt, teacher from {kd_teacher}): 0 layer(s): -" in log
     assert f"weights {student_final} (checkpoint, stage student): 16 layer(s): conv1_1" in log
     assert f"teacher {t_model} (caffemodel): " in log
