@@ -9,7 +9,11 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from mlic.caffe import CaffeNet
 from mlic.errors import UserInputError
+from mlic.ops.functional import CE_EPS
+from prototxt_ports import WSDDN, KDStage1, KDStage2, Student
+from prototxt_ports.losses import sigmoid_cross_entropy_loss
 
 STAGES = ("wsddn", "stage1", "stage2", "student")
 
@@ -52,8 +56,6 @@ def scores_pinned(image_scores: Tensor, labels: Tensor) -> Tensor:
     """1 when every image score sits at CrossEntropyLoss's clamp bounds and most positive
     labels at the bottom one (a diverged WSDDN: its loss stays finite and its scores say
     nothing), else 0."""
-    from mlic.caffe.functional import CE_EPS
-
     p = image_scores.detach().reshape(labels.shape).float()
     at_bounds = ((p <= CE_EPS) | (p >= 1 - CE_EPS)).all()
     pos = labels.reshape(p.shape) > 0.5
@@ -62,9 +64,6 @@ def scores_pinned(image_scores: Tensor, labels: Tensor) -> Tensor:
 
 
 def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str = "cpu") -> Task:
-    from prototxt_ports import WSDDN, KDStage1, KDStage2, Student
-    from prototxt_ports.losses import sigmoid_cross_entropy_loss
-
     switches = switches or Switches()
     if stage not in STAGES:
         raise UserInputError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -120,8 +119,6 @@ def build_prototxt_task(path: str, device: str, source: Optional[str] = None, ro
     """(Task, HumanAttDataConfig) for a Caffe net: a CaffeNet in phase TRAIN whose objective
     (sum of loss_weight x loss tops) is minimised, fed by its HumanAttData layer's settings;
     source / root_folder / batch_size override the layer's."""
-    from mlic.caffe import CaffeNet
-
     if not os.path.isfile(path):
         raise UserInputError(f"--prototxt: {path} does not exist")
     try:

@@ -14,21 +14,22 @@ import torch
 
 from mlic.caffe.student_export import build_student, student_export
 from mlic.caffe.weight_files import STUDENT_FORMAT, WeightFile, state_dict_to_param_dict, torch_load
-from mlic.data.annotations import GT_FORMAT_HELP
+from mlic.data import BatchSpec, HumanAttDataConfig, HumanAttDataset, read_datalist
+from mlic.data.annotations import GT_FORMAT_HELP, read_ground_truth
+from mlic.evaluation import evaluate_detection, evaluate_multilabel, save_scores, tie_warning, tied_fraction
 from mlic.engine.progress import Progress
 from mlic.errors import UserInputError
 from mlic.training.cli import run_tool
 from mlic.training.config import BGR_MEAN, RELEASED_SCALES, EvalConfig
+from mlic.training.tasks import Switches, build_task
+from mlic.training.weights import is_teacher_key, load_referenced_teacher
+from prototxt_ports import NetConfig
 
 log = logging.getLogger("mlic.test")
 
 
 def load_trained(weights: str, device: str = "cpu"):
     """(task, meta) from a checkpoint or final.pt written by tools/train.py."""
-    from prototxt_ports import NetConfig
-    from mlic.training.tasks import Switches, build_task
-    from mlic.training.weights import is_teacher_key, load_referenced_teacher
-
     path = Path(weights)
     if not path.is_file():
         raise UserInputError(f"--weights: {path} does not exist")
@@ -63,8 +64,6 @@ def load_trained(weights: str, device: str = "cpu"):
 
 
 def _student_task(export: dict, device: str):
-    from mlic.training.tasks import build_task
-
     model, info = build_student(export, device)
     task = build_task("student", info.cfg, device=device)
     task.model = model
@@ -73,8 +72,6 @@ def _student_task(export: dict, device: str):
 
 
 def _fixed_batches(dataset, batch_size: int, scale: float, mirror: bool):
-    from mlic.data import BatchSpec
-
     n = len(dataset)
     for s in range(0, n, batch_size):
         idx = tuple(range(s, min(n, s + batch_size)))
@@ -117,10 +114,6 @@ def predict_dataset(task, dataset, batch_size: int, device: str, scales=(1.0,), 
 def evaluate(cfg: EvalConfig) -> Dict[str, float]:
     """Test trained weights on a datalist; returns the metrics (also written to
     <out>/metrics.json with the per-image scores when cfg.out is set)."""
-    from mlic.data import HumanAttDataConfig, HumanAttDataset, read_datalist
-    from mlic.data.annotations import read_ground_truth
-    from mlic.evaluation import evaluate_detection, evaluate_multilabel, save_scores, tie_warning, tied_fraction
-
     cfg.validate()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     task, meta = load_trained(cfg.weights, device)

@@ -8,26 +8,31 @@ import contextlib
 import logging
 import os
 import random
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from mlic.caffe.io import read_solver
 from mlic.caffe.torchvision_vgg import InputTransform
 from mlic.caffe.weight_files import initialize_weights
 from mlic.engine import distributed as D
 from mlic.engine import (DivergenceWatch, EvalHook, MetricsWriter, PeriodicCheckpointer, Trainer,
                          load_newest_intact)
 from mlic.engine.checkpoint import atomic_save
+from mlic.data import HumanAttDataConfig, build_loader, read_datalist
 from mlic.errors import UserInputError
+from mlic.evaluation import evaluate_multilabel
 from mlic.solver import LR_POLICIES, CaffeSGD
 from mlic.training.cli import run_tool
 from mlic.training.config import (BGR_MEAN, DEFAULT_KEEP_CHECKPOINTS, PROTOTXT_DEFAULTS, RELEASED_SCALES,  # noqa: F401
                                   STAGE_DEFAULTS, DataConfig, RunConfig, SolverConfig, TrainConfig)
 from mlic.training.tasks import STAGES, Switches, Task, build_prototxt_task, build_task
 from mlic.training.weights import check_teacher_reference, is_teacher_key, teacher_reference
+from prototxt_ports import NetConfig
+from prototxt_ports.config import RELEASED_MULTIPLIERS
 
 log = logging.getLogger("mlic.train")
 
@@ -121,8 +126,6 @@ class _Data:
 def build_model_and_data(cfg: TrainConfig, device: str) -> Tuple[Task, _Data, tuple]:
     """The task (model, objective, predictions), the data it trains on and is tested on,
     and the (batch, base_lr, max_iter) defaults that apply to it."""
-    from mlic.data import read_datalist
-
     if cfg.prototxt:
         task, layer_data = build_prototxt_task(cfg.prototxt, device, source=cfg.data.train,
                                                root_folder=cfg.data.root_folder, batch_size=cfg.data.batch_size)
@@ -160,8 +163,6 @@ def build_model_and_data(cfg: TrainConfig, device: str) -> Tuple[Task, _Data, tu
 
 def net_for_data(net, num_classes: int, num_rois: int, source: str):
     """`net` (None: the released sizes) with the datalist's label and box counts."""
-    from prototxt_ports import NetConfig
-
     if net is None:
         return NetConfig(num_classes=num_classes, num_rois=num_rois)
     defaults = NetConfig()
@@ -174,10 +175,6 @@ def net_for_data(net, num_classes: int, num_rois: int, source: str):
 
 def describe_net(net) -> str:
     """The NetConfig fields that differ from the released net, one short line."""
-    from dataclasses import fields
-
-    from prototxt_ports import NetConfig
-
     ref = NetConfig()
     parts = []
     for f in fields(net):
@@ -193,8 +190,6 @@ def describe_net(net) -> str:
 
 
 def data_layer_config(data: DataConfig, input_size: int, source: str, batch: int, train: bool, datalist):
-    from mlic.data import HumanAttDataConfig
-
     return HumanAttDataConfig(source=source, root_folder=data.root_folder, batch_size=batch, shuffle=train,
                               new_width=input_size, new_height=input_size,
                               scale_factors=tuple(data.scales) if train else (), att_num=datalist.att_num,
@@ -221,8 +216,6 @@ def load_initial_weights(task: Task, cfg: TrainConfig, data_layer) -> Optional[d
 
 def read_solver_file(path: str):
     """The SolverParameter of a solver.prototxt, its settings checked as CaffeSGD will."""
-    from mlic.caffe.io import read_solver
-
     sp, _ = read_solver(path)
     try:
         CaffeSGD.from_solver_param(sp, [torch.nn.Parameter(torch.zeros(1))])
@@ -255,8 +248,6 @@ def build_solver(s: SolverConfig, model, defaults: tuple, sp=None) -> Tuple[Caff
 
 def build_trainer(cfg: TrainConfig, task: Task, data: _Data, solver, max_iter: int, device: str,
                   out: Path, teacher: Optional[dict] = None) -> Trainer:
-    from mlic.data import build_loader
-
     train_loader = build_loader(data.train_cfg, seed=cfg.run.seed, num_workers=cfg.data.workers,
                                 num_replicas=D.world_size(), rank=D.rank(), datalist=data.train_list,
                                 pin_memory=device.startswith("cuda"))
@@ -285,8 +276,6 @@ def build_trainer(cfg: TrainConfig, task: Task, data: _Data, solver, max_iter: i
     if cfg.prototxt:
         meta["prototxt"] = str(Path(cfg.prototxt).resolve())
     else:
-        from dataclasses import asdict
-
         meta["net"] = asdict(task.net)
         meta["switches"] = asdict(cfg.switches)
     # A frozen teacher never changes: checkpoints refer to its file (path and hash) instead of
@@ -318,8 +307,6 @@ def resume(trainer: Trainer, out: Path, teacher: Optional[dict] = None) -> None:
 
 
 def evaluate_model(task, model, loader, max_batches: Optional[int] = None) -> Dict[str, float]:
-    from mlic.evaluation import evaluate_multilabel
-
     if task.predict is None:
         return {}
     model.eval()
@@ -437,8 +424,6 @@ def parse_scales(text: str) -> Tuple[float, ...]:
 
 def parse_lr_mults(items: Sequence[str]) -> Dict[str, tuple]:
     """--lr-mult KIND=LR[,DECAY] items -> NetConfig.multipliers (released values elsewhere)."""
-    from prototxt_ports.config import RELEASED_MULTIPLIERS
-
     mults = dict(RELEASED_MULTIPLIERS)
     for item in items:
         kind, eq, value = item.partition("=")
@@ -467,8 +452,6 @@ def _parse_stepvalue(text: str) -> Tuple[int, ...]:
 
 def net_from_args(args):
     """The NetConfig the network flags describe (counts: placeholders the datalist sets)."""
-    from prototxt_ports import NetConfig
-
     kw = dict(input_size=args.input_size, student_size=args.student_size, width=args.width, fc_dim=args.fc_dim,
               dropout=args.dropout, pooled_size=args.pooled_size)
     if args.body:
