@@ -23,6 +23,8 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time of each record, above a progress bar
     rather than onto its line."""
 
+    _mlic_console = True
+
     @property
     def stream(self):
         return sys.stderr
