@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.mlic-installed
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test demo bench sanitize gpu-check clean
+.PHONY: setup build test demo bench readme-check sanitize gpu-check clean
 
 # The package is installed without compiling (MLIC_SKIP_EXTENSION=1): `build` compiles the
 # extension once, in place, and incrementally (ninja) afterwards.
@@ -30,6 +30,11 @@ demo: build
 
 bench: build
 	$(VPY) bench/kernels.py
+
+# Every command of README.md as written: tests/test_readme.py, then the long blocks (make
+# demo, make test) in this checkout; best run in a fresh clone.
+readme-check: build
+	$(VPY) tools/check_readme.py --all
 
 # The op cases under AddressSanitizer: an instrumented CPU-only build of the extension (CPU
 # and emulated CUDA back ends) in build/asan, from a copy of the sources.

@@ -164,3 +164,25 @@ def write_released_prototxts(folder, *, rois: int, input_size: int, batch: int =
             text, div=WIDTH_DIV, classes=80, rois=rois, input_size=input_size, student_size=STUDENT_SIZE,
             fc=FC_DIM, batch=batch))
     return folder
+
+
+def write_torchvision_vgg16(path, seed: int = 1) -> None:
+    """A stand-in for torchvision's vgg16-397923af.pth: its state dict's names and layout
+    (features.N, classifier.N; RGB input in [0, 1] normalised per channel) at the reduced
+    sizes; He-initialised, so activations stay of order 1 on that input."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    state, cin = {}, 3
+    for index, (_, width) in zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28), VGG16_CONVS):
+        cout = width // WIDTH_DIV
+        state[f"features.{index}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (2 / (9 * cin)) ** 0.5
+        state[f"features.{index}.bias"] = torch.randn(cout, generator=g) * 0.01
+        cin = cout
+    fin = cin * 7 * 7
+    for index, fout in ((0, FC_DIM), (3, FC_DIM), (6, 1000)):
+        state[f"classifier.{index}.weight"] = torch.randn(fout, fin, generator=g) * (2 / fin) ** 0.5
+        state[f"classifier.{index}.bias"] = torch.randn(fout, generator=g) * 0.01
+        fin = fout
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, str(path))
