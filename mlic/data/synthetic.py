@@ -66,6 +66,11 @@ class SyntheticConfig:
     size_jitter: float = 0.15  # image width/height vary by this fraction around image_size
     num_distractors: Tuple[int, int] = (3, 8)
     proposal_miss: float = 0.1
+    # Co-occurrence: with scene_groups > 0 the classes are dealt round-robin into that many
+    # scenes; an image draws one scene and each object comes from it with probability
+    # scene_affinity (else from any class), so labels are correlated as in real photos.
+    scene_groups: int = 0
+    scene_affinity: float = 0.8
     seed: int = 0
 
     def __post_init__(self):
@@ -86,10 +91,18 @@ class SyntheticConfig:
             raise ValueError("bbox_num must be >= 1 and image counts >= 0")
         if not 0 <= self.size_jitter < 0.5 or not 0 <= self.proposal_miss <= 1:
             raise ValueError("size_jitter must be in [0, 0.5) and proposal_miss in [0, 1]")
+        if not 0 <= self.scene_groups <= self.num_classes or not 0 <= self.scene_affinity <= 1:
+            raise ValueError(f"need 0 <= scene_groups <= num_classes and scene_affinity in [0, 1], got "
+                             f"{self.scene_groups}, {self.scene_affinity}")
 
     @property
     def class_names(self) -> List[str]:
         return list(SHAPES[: self.num_classes])
+
+    def scenes(self) -> List[List[int]]:
+        """The class indices of each scene (empty when classes are independent)."""
+        g = self.scene_groups
+        return [list(range(i, self.num_classes, g)) for i in range(g)] if g else []
 
 
 # --------------------------------------------------------------------------------------
@@ -227,11 +240,16 @@ def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> Tuple[np.nda
     n_before = int(rng.integers(lo, hi + 1))
     _distractors(rng, img, n_before // 2 + n_before % 2)
     n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    scenes = cfg.scenes()
+    scene = scenes[int(rng.integers(len(scenes)))] if scenes else None
     objects: List[Dict] = []
     tries = 0
     while len(objects) < n_obj and tries < 60:
         tries += 1
-        k = int(rng.integers(cfg.num_classes))
+        if scene is not None and rng.random() < cfg.scene_affinity:
+            k = scene[int(rng.integers(len(scene)))]
+        else:
+            k = int(rng.integers(cfg.num_classes))
         size = s * math.exp(rng.uniform(math.log(cfg.min_object_frac), math.log(cfg.max_object_frac)))
         aspect = math.exp(rng.uniform(-0.2, 0.2))
         half = size / 2 * 1.1

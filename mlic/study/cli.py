@@ -1,0 +1,55 @@
+"""Command line of tools/study.py."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional, Sequence
+
+from mlic.study.driver import StudyError, run_study
+from mlic.study.pipeline import GRID, Arm
+from mlic.study.presets import PRESETS, get_preset
+
+
+def parse_seeds(text: str) -> List[int]:
+    """'0-4' or '0,2,5' (or a mix) -> sorted unique seeds."""
+    seeds = set()
+    for part in text.split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        try:
+            if dash:
+                a, b = int(lo), int(hi)
+                if b < a:
+                    raise ValueError
+                seeds.update(range(a, b + 1))
+            elif part:
+                seeds.add(int(part))
+        except ValueError:
+            raise ValueError(f"--seeds: {part!r} is not a seed or a range like 0-4") from None
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"--seeds: expected non-negative seeds, got {text!r}")
+    return sorted(seeds)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="Run the distillation study: every arm of the SPEC's paper-vs-code "
+                                "switches against the student without KD, over seeds. Rerun the same command to "
+                                "resume; finished jobs are kept.")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="sizes (default: demo)")
+    p.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,1,2 (default 0-4)")
+    p.add_argument("--out", default="study_out", help="output folder (default study_out)")
+    p.add_argument("--arms", default="all", help="'all' (the grid) or comma-separated arm keys, e.g. "
+                   + GRID[0].key)
+    p.add_argument("--workers", type=int, default=2, help="jobs run at once, one process each (default 2)")
+    args = p.parse_args(argv)
+    try:
+        seeds = parse_seeds(args.seeds)
+        arms = GRID if args.arms == "all" else [Arm.from_key(k.strip()) for k in args.arms.split(",")]
+        if args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        summary = run_study(get_preset(args.preset), seeds, args.out, arms, args.workers)
+    except (ValueError, StudyError) as e:
+        print(f"study: {e}", file=sys.stderr)
+        return 2
+    print(summary["table"])
+    return 0

@@ -1,0 +1,149 @@
+"""Jobs of a study: one training stage (and its evaluation) per process, run at most
+`workers` at a time in dependency order, each skipped when its result already exists
+(so an interrupted study resumes where it stopped, redoing only unfinished jobs)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+RESULT = "result.json"
+
+
+@dataclass
+class Job:
+    """One process: train `stage` with `argv` into `out` (weights `init` / `teacher` are
+    other jobs' final weights), then evaluate it. Paths are absolute."""
+
+    key: str                      # unique over the study, e.g. "seed3/kd.ce.decay.fc.all"
+    out: str
+    stage: str
+    argv: List[str]
+    deps: List[str] = field(default_factory=list)
+    evaluate: Dict[str, str] = field(default_factory=dict)  # split -> datalist; "gt_test" -> boxes
+    root_folder: str = ""
+    strip_head: bool = False      # keep only the body and fc6/fc7 of the final weights (stand-in)
+    threads: int = 1
+
+    @property
+    def result_path(self) -> Path:
+        return Path(self.out) / RESULT
+
+    def done(self) -> bool:
+        return self.result_path.is_file()
+
+
+def run_job(job: Job) -> dict:
+    """Runs one job in this process (the worker side). Writes and returns its result."""
+    import torch
+
+    from mlic.engine.checkpoint import atomic_save
+    from mlic.study.evaluate import evaluate_weights
+    from mlic.training.train import main as train_main
+
+    torch.set_num_threads(max(1, job.threads))
+    out = Path(job.out)
+    t0 = time.perf_counter()
+    train_main([*job.argv, "--out", str(out), "--quiet", "--no-tensorboard"])
+    seconds_train = time.perf_counter() - t0
+    final = out / "final.pt"
+    if job.strip_head:
+        state = torch.load(final, map_location="cpu", weights_only=False)
+        keep = {k: v for k, v in state["model"].items() if _is_body_or_fc(k.split(".")[0])}
+        atomic_save({"model": keep, "meta": state["meta"]}, out / "body.pt")
+    metrics = {}
+    for split, datalist in job.evaluate.items():
+        if split.startswith("gt_"):
+            continue
+        metrics[split] = evaluate_weights(str(final), datalist, job.root_folder, gt=job.evaluate.get(f"gt_{split}"))
+    result = {"key": job.key, "stage": job.stage, "seconds_train": seconds_train,
+              "seconds": time.perf_counter() - t0, "metrics": metrics, "argv": job.argv}
+    tmp = job.result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    os.replace(tmp, job.result_path)
+    return result
+
+
+def _is_body_or_fc(layer: str) -> bool:
+    return layer.startswith("conv") or layer in ("fc6", "fc7")
+
+
+def _spec_path(job: Job) -> Path:
+    return Path(job.out).parent / f".{Path(job.out).name}.job.json"
+
+
+def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] = print,
+             python: Optional[str] = None) -> List[str]:
+    """Runs the jobs that are not done, `workers` processes at a time, in order of the list
+    whenever their dependencies are done. Returns the keys of the jobs that failed (their
+    dependants are skipped)."""
+    by_key = {j.key: j for j in jobs}
+    for j in jobs:
+        missing = [d for d in j.deps if d not in by_key]
+        if missing:
+            raise ValueError(f"job {j.key} depends on unknown jobs {missing}")
+    pending = [j for j in jobs if not j.done()]
+    skipped = len(jobs) - len(pending)
+    if skipped:
+        log(f"[study] {skipped} of {len(jobs)} jobs already done (their results are kept)")
+    running: Dict[str, tuple] = {}
+    failed: List[str] = []
+    durations: List[float] = []
+    total = len(pending)
+    finished = 0
+    python = python or sys.executable
+    while pending or running:
+        # start what is ready
+        for j in list(pending):
+            if len(running) >= workers:
+                break
+            if any(d in failed for d in j.deps):  # failures propagate: skipped jobs count as failed
+                pending.remove(j)
+                failed.append(j.key)
+                log(f"[study] skip {j.key}: a job it needs failed")
+                continue
+            if not all(by_key[d].done() for d in j.deps):
+                continue
+            pending.remove(j)
+            if Path(j.out).exists():  # an interrupted attempt: start it afresh
+                shutil.rmtree(j.out)
+            Path(j.out).mkdir(parents=True)
+            spec = _spec_path(j)
+            spec.write_text(json.dumps(asdict(j)))
+            logf = open(Path(j.out) / "job.log", "w")
+            env = dict(os.environ, OMP_NUM_THREADS=str(j.threads), MKL_NUM_THREADS=str(j.threads),
+                       MLIC_NO_PROGRESS="1")
+            proc = subprocess.Popen([python, "-m", "mlic.study", "job", str(spec)], stdout=logf,
+                                    stderr=subprocess.STDOUT, env=env)
+            running[j.key] = (proc, time.perf_counter(), logf)
+            log(f"[study] start {j.key}")
+        if not running:
+            if pending:  # nothing can start: dependencies failed or unknown order
+                for j in pending:
+                    failed.append(j.key)
+                    log(f"[study] skip {j.key}: its dependencies did not finish")
+                pending = []
+            break
+        time.sleep(0.5)
+        for key, (proc, t0, logf) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            logf.close()
+            del running[key]
+            finished += 1
+            dt = time.perf_counter() - t0
+            if proc.returncode == 0 and by_key[key].done():
+                durations.append(dt)
+                left = total - finished
+                eta = sum(durations) / len(durations) * left / max(1, workers)
+                log(f"[study] done {key} in {dt:.0f} s ({finished}/{total}; about {eta / 60:.0f} min left)")
+            else:
+                failed.append(key)
+                log(f"[study] FAILED {key} (exit {proc.returncode}); see {Path(by_key[key].out) / 'job.log'}")
+    return failed

@@ -1,0 +1,179 @@
+"""The method on the embedded benchmark, as jobs: per seed, the data, the pretrained
+stand-in for ImageNet weights, one teacher, the stage-1 variants, the stage-2 arms and
+the student without distillation, all from the same starting weights."""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from mlic.study.jobs import Job
+from mlic.study.presets import PRETRAIN_SYNTHETIC, Preset
+
+BASELINE = "nokd"
+SOLVER_FLAGS = ["--momentum", "0.9", "--weight-decay", "0.0005"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A distilled student: the SPEC section 8 switches (defaults: the released code)."""
+
+    kd_loss: str = "soft-ce"       # soft-ce | l2
+    teacher: str = "caffe-decay"   # caffe-decay | frozen
+    stage1: str = "convs+fc"       # convs+fc | convs | skip
+    regions: str = "all"           # all | topk (stage 1 only)
+
+    def __post_init__(self):
+        if self.kd_loss not in ("soft-ce", "l2") or self.teacher not in ("caffe-decay", "frozen") or \
+                self.stage1 not in ("convs+fc", "convs", "skip") or self.regions not in ("all", "topk"):
+            raise ValueError(f"invalid arm {self}")
+        if self.stage1 == "skip" and self.regions != "all":
+            raise ValueError("regions only applies when stage 1 runs")
+
+    @property
+    def key(self) -> str:
+        s1 = "skip" if self.stage1 == "skip" else f"{'fc' if self.stage1 == 'convs+fc' else 'convs'}-{self.regions}"
+        return f"kd-{'ce' if self.kd_loss == 'soft-ce' else 'l2'}-{'decay' if self.teacher == 'caffe-decay' else 'frozen'}-s1{s1}"
+
+    @property
+    def label(self) -> str:
+        s1 = "no stage 1" if self.stage1 == "skip" else f"stage 1 {self.stage1}, {self.regions} regions"
+        return f"{self.kd_loss}, teacher {self.teacher}, {s1}"
+
+    @property
+    def stage1_key(self) -> Optional[str]:
+        if self.stage1 == "skip":
+            return None
+        return f"stage1-{'fc' if self.stage1 == 'convs+fc' else 'convs'}-{self.regions}-{self.teacher}"
+
+    @classmethod
+    def from_key(cls, key: str) -> "Arm":
+        for arm in GRID:
+            if arm.key == key:
+                return arm
+        raise ValueError(f"unknown arm {key!r}; arms look like {RELEASED.key}")
+
+
+RELEASED = Arm()
+PAPER_L2 = Arm(kd_loss="l2")
+GRID: List[Arm] = [Arm(l, t, s, r) for l, t, (s, r) in itertools.product(
+    ("soft-ce", "l2"), ("caffe-decay", "frozen"),
+    (("convs+fc", "all"), ("convs+fc", "topk"), ("convs", "all"), ("convs", "topk"), ("skip", "all")))]
+
+
+@dataclass
+class SeedData:
+    root: str          # root folder of the image paths
+    fit: str           # training datalist (the training images less the validation ones)
+    val: Optional[str]
+    test: str
+    gt_test: str
+    classes: str
+    pretrain: str      # datalist of the pretraining images
+    pretrain_root: str
+
+
+def prepare_data(preset: Preset, seed: int, folder: Path, workers: int = 2, log=print) -> SeedData:
+    """Writes (or finds, when complete) the benchmark of one seed and its validation split."""
+    from mlic.data.synthetic import SyntheticConfig, generate_dataset
+
+    cfg = SyntheticConfig(num_train=preset.train_images, num_test=preset.test_images, bbox_num=preset.proposals,
+                          image_size=preset.teacher_size, num_classes=preset.classes, seed=seed,
+                          **preset.synthetic)
+    pre = SyntheticConfig(num_train=preset.pretrain_images, num_test=max(8, preset.pretrain_images // 10),
+                          image_size=preset.teacher_size, num_classes=preset.classes, seed=seed + 7919,
+                          frame_width=preset.student_size, frame_height=preset.student_size,
+                          **PRETRAIN_SYNTHETIC)
+    data, pdata = folder / "data", folder / "pretrain_data"
+    for out, c in ((data, cfg), (pdata, pre)):
+        marker = out / "complete.json"
+        if marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(asdict(c))):
+            continue
+        log(f"[study] seed {seed}: writing {c.num_train} + {c.num_test} synthetic images to {out}")
+        generate_dataset(str(out), c, workers=workers)
+        marker.write_text(json.dumps(asdict(c)) + "\n")
+    lines = (data / "train.txt").read_text().splitlines()
+    val = None
+    fit = data / "train.txt"
+    if preset.val_fraction > 0:
+        import numpy as np
+
+        n_val = max(1, int(round(len(lines) * preset.val_fraction)))
+        order = np.random.default_rng([seed, 17]).permutation(len(lines))
+        is_val = np.zeros(len(lines), bool)
+        is_val[order[:n_val]] = True
+        fit, val = data / "fit.txt", data / "val.txt"
+        fit.write_text("".join(l + "\n" for l, v in zip(lines, is_val) if not v))
+        val.write_text("".join(l + "\n" for l, v in zip(lines, is_val) if v))
+    return SeedData(root=str(data) + "/", fit=str(fit), val=None if val is None else str(val),
+                    test=str(data / "test.txt"), gt_test=str(data / "gt_test.json"), classes=str(data / "classes.txt"),
+                    pretrain=str(pdata / "train.txt"), pretrain_root=str(pdata) + "/")
+
+
+class SeedPlan:
+    """Builds the jobs of one seed in `folder`: the shared ones (pretrain, teacher, stage-1
+    variants) once, the students (arms and baseline) per learning-rate setting."""
+
+    def __init__(self, preset: Preset, seed: int, folder: Path, data: SeedData, threads: int = 1):
+        self.preset, self.seed, self.folder, self.data, self.threads = preset, seed, Path(folder).resolve(), data, threads
+        self.body = str(self.folder / "pretrain" / "body.pt")
+        self.teacher = str(self.folder / "teacher" / "final.pt")
+
+    def key(self, name: str) -> str:
+        return f"seed{self.seed}/{name}"
+
+    def _train(self, name: str, stage: str, rate: float, extra: List[str], deps: Sequence[str], evaluate: bool,
+               datalist: Optional[str] = None, root: Optional[str] = None, strip_head: bool = False) -> Job:
+        p, d = self.preset, self.data
+        it = p.iters["pretrain" if name == "pretrain" else stage]
+        argv = ["--stage", stage, "--datalist", datalist or d.fit, "--root-folder", root or d.root,
+                "--max-iter", str(it), "--batch-size", str(p.batch), "--base-lr", repr(rate), *SOLVER_FLAGS,
+                "--seed", str(self.seed), "--checkpoint-period", str(it), "--eval-period", "0", *p.net_flags(), *extra]
+        ev: Dict[str, str] = {}
+        if evaluate:
+            ev["test"] = d.test
+            if d.val:
+                ev["val"] = d.val
+            if stage == "wsddn":
+                ev["gt_test"] = d.gt_test
+        return Job(self.key(name), str(self.folder / name), stage, argv, [self.key(x) for x in deps], ev,
+                   root or d.root, strip_head, self.threads)
+
+    def shared_jobs(self, arms: Iterable[Arm]) -> List[Job]:
+        p, d = self.preset, self.data
+        jobs = [self._train("pretrain", "student", p.base_lr["pretrain"], ["--input-size", str(p.student_size)], (),
+                            False, d.pretrain, d.pretrain_root, strip_head=True),
+                self._train("teacher", "wsddn", p.base_lr["wsddn"], ["--weights", self.body], ["pretrain"], True)]
+        seen = set()
+        for arm in arms:
+            s1 = arm.stage1_key
+            if s1 is None or s1 in seen:
+                continue
+            seen.add(s1)
+            extra = ["--teacher", self.teacher, "--weights", self.body, "--stage1-train", arm.stage1, "--regions",
+                     arm.regions, "--teacher-mode", arm.teacher]
+            if arm.regions == "topk":
+                extra += ["--topk", str(p.topk)]
+            jobs.append(self._train(s1, "stage1", p.base_lr["stage1"], extra, ["pretrain", "teacher"], False))
+        return jobs
+
+    def student_jobs(self, arms: Iterable[Arm], baseline: bool = True, lr: Optional[Dict[str, float]] = None,
+                     subfolder: str = "") -> List[Job]:
+        """The arms' stage-2 jobs and the baseline, at the preset's rates or `lr`
+        ({"stage2": .., "student": ..}), in folder/subfolder."""
+        rates = dict(self.preset.base_lr, **(lr or {}))
+        sub = f"{subfolder}/" if subfolder else ""
+        jobs = []
+        for arm in arms:
+            s1 = arm.stage1_key
+            start = str(self.folder / s1 / "final.pt") if s1 else self.body
+            jobs.append(self._train(sub + arm.key, "stage2", rates["stage2"],
+                                    ["--teacher", self.teacher, "--weights", start, "--kd-loss", arm.kd_loss,
+                                     "--teacher-mode", arm.teacher], ["pretrain", "teacher"] + ([s1] if s1 else []),
+                                    True))
+        if baseline:
+            jobs.append(self._train(sub + BASELINE, "student", rates["student"], ["--weights", self.body],
+                                    ["pretrain"], True))
+        return jobs

@@ -1,0 +1,79 @@
+"""Sizes of the embedded benchmark runs: data, networks, solver and budgets per preset.
+
+"demo" is what `make demo` runs (4 classes, teacher 128 px / student 64 px); "large" is
+nearer the paper's regime (12 co-occurring classes, the paper's teacher:student
+resolution ratio of 3, more proposals); "smoke" checks the whole pipeline in seconds.
+
+No ImageNet weights exist here, so each seed first pretrains the conv body and fc6/fc7
+on separate single-object images of the same shapes ("ImageNet stand-in"); its classifier
+head is dropped before use, so every student starts with a fresh fc8 as the paper's
+students do (fc8_mscoco is not in VGG16).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Tuple
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    classes: int
+    train_images: int
+    test_images: int
+    val_fraction: float        # carved from the training images for model selection
+    proposals: int
+    teacher_size: int          # datalist frame = the teacher's input side (672 in the paper)
+    student_size: int          # the student's side inside the network (224 in the paper)
+    body: str                  # conv body (the released layer names)
+    fc_dim: int
+    pooled: int                # RoI pooling grid (= the student's pool5 side)
+    topk: int                  # the paper's region subset R' in stage 1 (regions=topk)
+    batch: int
+    iters: Dict[str, int]      # pretrain, wsddn, stage1, stage2, student
+    base_lr: Dict[str, float]
+    pretrain_images: int
+    synthetic: Dict[str, object] = field(default_factory=dict)  # SyntheticConfig extras
+    input_scale: float = 1 / 64
+    # the demo's departures from the released recipe (train.py flags): dropout off and
+    # the heads at the body's rate (the released 10x suits fine-tuning from ImageNet)
+    extra_flags: Tuple[str, ...] = ("--dropout", "0", "--lr-mult", "head=1")
+    # learning rates tried on the validation split for the student stages
+    tune_lr: Tuple[float, ...] = ()
+
+    def replace(self, **kw) -> "Preset":
+        return replace(self, **kw)
+
+    def net_flags(self) -> List[str]:
+        return ["--input-size", str(self.teacher_size), "--student-size", str(self.student_size),
+                "--pooled-size", str(self.pooled), "--width", "1", "--fc-dim", str(self.fc_dim),
+                "--body", self.body, "--input-scale", repr(self.input_scale), *self.extra_flags]
+
+
+_SMALL_BODY = "conv1_1:16,pool1,conv2_1:32,pool2,conv3_1:64,pool3,conv4_1:64,pool4,conv5_1:128"
+# one object per pretraining image, seen at the student's side
+PRETRAIN_SYNTHETIC = dict(max_objects=1, min_object_frac=0.3, max_object_frac=0.7, num_distractors=(0, 2),
+                          bbox_num=4)
+DEMO_SYNTHETIC = dict(max_objects=3, min_object_frac=0.15, max_object_frac=0.5, num_distractors=(0, 2))
+
+PRESETS: Dict[str, Preset] = {
+    "demo": Preset(
+        name="demo", classes=4, train_images=2400, test_images=300, val_fraction=0.0, proposals=40,
+        teacher_size=128, student_size=64, body=_SMALL_BODY, fc_dim=128, pooled=2, topk=10, batch=8,
+        iters=dict(pretrain=2000, wsddn=1000, stage1=500, stage2=1000, student=1000),
+        base_lr=dict(pretrain=0.01, wsddn=0.01, stage1=0.0001, stage2=0.01, student=0.01),
+        pretrain_images=3000, synthetic=DEMO_SYNTHETIC),
+    "smoke": Preset(
+        name="smoke", classes=4, train_images=16, test_images=8, val_fraction=0.25, proposals=12,
+        teacher_size=128, student_size=64, body=_SMALL_BODY, fc_dim=128, pooled=2, topk=4, batch=4,
+        iters=dict(pretrain=2, wsddn=4, stage1=2, stage2=3, student=3),
+        base_lr=dict(pretrain=0.01, wsddn=0.01, stage1=0.0001, stage2=0.01, student=0.01),
+        pretrain_images=16, synthetic=DEMO_SYNTHETIC),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

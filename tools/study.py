@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Does distillation help? Runs the paper-vs-code switches against the student without
+KD over seeds and writes a table and a plot (see mlic/study).
+
+  python tools/study.py --preset demo --seeds 0-4 --out study_out
+"""
+import sys
+
+from mlic.study.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
