@@ -193,3 +193,30 @@ class KDStage2(_KDBase):
         out["loss_soft"], out["loss_sig"] = loss_soft, loss_sig
         out["loss"] = self.soft_weight * loss_soft + self.hard_weight * loss_sig
         return out
+
+    @torch.no_grad()
+    def monitor(self, out: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Scalars that explain a stage-2 run, from a forward's blobs: the learnable soft
+        scale (fc8_mscoco_soft: mean, min, max over classes), the soft targets (mean, and the
+        share saturated below 0.01 or above 0.99), and each loss term's gradient at the
+        student's classifier: the norm of d loss / d fc8 weight for the soft and the hard
+        term, and the cosine between the two (negative: the teacher pulls against the labels)."""
+        x = out[self.student.head_name]
+        scale = getattr(self.student, self.student.soft_name).weight
+        t = out["image_level_score"].reshape(x.shape)
+        y = out["label"].reshape(x.shape)
+        num = x.shape[0]
+        p_soft = torch.sigmoid(scale * x)
+        # d loss / d fc8 output (SPEC section 3; the paper's L2 through the sigmoid)
+        g_soft = scale * (p_soft - t) / num
+        if self.kd_loss == "l2":
+            g_soft = g_soft * p_soft * (1 - p_soft)
+        g_soft = self.soft_weight * g_soft
+        g_hard = self.hard_weight * (torch.sigmoid(x) - y) / num
+        fc7 = out["fc7"].reshape(num, -1)
+        w_soft, w_hard = g_soft.t() @ fc7, g_hard.t() @ fc7
+        n_soft, n_hard = w_soft.norm(), w_hard.norm()
+        cos = (w_soft * w_hard).sum() / (n_soft * n_hard).clamp_min(1e-30)
+        return {"soft_scale": scale.mean(), "soft_scale_min": scale.min(), "soft_scale_max": scale.max(),
+                "target_mean": t.mean(), "target_saturated": ((t < 0.01) | (t > 0.99)).float().mean(),
+                "grad_fc8_soft": n_soft, "grad_fc8_hard": n_hard, "grad_fc8_cos": cos}

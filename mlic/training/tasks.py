@@ -105,7 +105,8 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
     model = KDStage2(cfg, kd_loss=switches.kd_loss, teacher=switches.teacher)
 
     def step(m, b):
-        return _loss_sum(m(b.data, label_roi=b.label_roi), ["loss_soft", "loss_sig"])
+        out = m(b.data, label_roi=b.label_roi)
+        return {**_loss_sum(out, ["loss_soft", "loss_sig"]), **m.monitor(out)}  # monitor: logged only
 
     def predict(m, b):
         return m.student.predict(b.data), None

@@ -232,6 +232,33 @@ def test_stage2_l2_loss():
     close(released(data, label_roi)["loss_sig"], out["loss_sig"], rel=1e-6, what="loss_sig unchanged")
 
 
+@pytest.mark.parametrize("kd_loss", ["soft-ce", "l2"])
+def test_stage2_monitor_matches_autograd(kd_loss):
+    """The logged gradient norms at fc8 equal autograd's gradient of each loss term alone."""
+    port = _port("stage2", kd_loss=kd_loss, soft_weight=1.5).eval()
+    with torch.no_grad():
+        port.student.fc8_mscoco_soft.weight.uniform_(0.1, 0.9)
+    data, label_roi = make_inputs(seed=6)
+    out = port(data, label_roi)
+    mon = port.monitor(out)
+    w = port.student.fc8_mscoco.weight
+    grads = {}
+    for term, weight in (("soft", 1.5), ("hard", 1.0)):
+        port.zero_grad()
+        out = port(data, label_roi)
+        (weight * out["loss_soft" if term == "soft" else "loss_sig"]).backward()
+        grads[term] = w.grad.detach().clone()
+    for term in ("soft", "hard"):
+        close(mon[f"grad_fc8_{term}"], grads[term].norm(), rel=1e-5, what=term)
+    cos = (grads["soft"] * grads["hard"]).sum() / (grads["soft"].norm() * grads["hard"].norm())
+    close(mon["grad_fc8_cos"], cos, rel=1e-4, what="cosine")
+    scale = port.student.fc8_mscoco_soft.weight
+    assert float(mon["soft_scale_min"]) == float(scale.detach().min())
+    assert float(mon["soft_scale_max"]) == float(scale.detach().max())
+    t = out["image_level_score"]
+    assert float(mon["target_saturated"]) == float(((t < 0.01) | (t > 0.99)).float().mean())
+
+
 def test_regions_topk():
     k = 3
     port = _port("stage1", regions="topk", topk=k).eval()
