@@ -18,17 +18,18 @@ RESULT = "result.json"
 
 @dataclass
 class Job:
-    """One process: train `stage` with `argv` into `out` (weights `init` / `teacher` are
-    other jobs' final weights), then evaluate it. Paths are absolute."""
+    """One process writing into `out`: kind "train" runs mlic.training.train on `config`
+    (TrainConfig.to_dict(); its out is this job's) and then tests the final weights on
+    each datalist of `evaluate`; kind "standin" pretrains the ImageNet stand-in
+    (mlic.study.standin, `config` its arguments). Paths are absolute."""
 
-    key: str                      # unique over the study, e.g. "seed3/kd.ce.decay.fc.all"
+    key: str                      # unique over the study, e.g. "seed3/kd-ce-decay-s1fc-all"
     out: str
-    stage: str
-    argv: List[str]
+    kind: str
+    config: dict
     deps: List[str] = field(default_factory=list)
-    evaluate: Dict[str, str] = field(default_factory=dict)  # split -> datalist; "gt_test" -> boxes
+    evaluate: Dict[str, str] = field(default_factory=dict)  # split -> datalist; "gt_<split>" -> boxes
     root_folder: str = ""
-    strip_head: bool = False      # keep only the body and fc6/fc7 of the final weights (stand-in)
     threads: int = 1
 
     @property
@@ -43,35 +44,36 @@ def run_job(job: Job) -> dict:
     """Runs one job in this process (the worker side). Writes and returns its result."""
     import torch
 
-    from mlic.engine.checkpoint import atomic_save
-    from mlic.study.evaluate import evaluate_weights
-    from mlic.training.train import main as train_main
+    from mlic.training import EvalConfig, TrainConfig, evaluate, train
 
     torch.set_num_threads(max(1, job.threads))
     out = Path(job.out)
     t0 = time.perf_counter()
-    train_main([*job.argv, "--out", str(out), "--quiet", "--no-tensorboard"])
-    seconds_train = time.perf_counter() - t0
-    final = out / "final.pt"
-    if job.strip_head:
-        state = torch.load(final, map_location="cpu", weights_only=False)
-        keep = {k: v for k, v in state["model"].items() if _is_body_or_fc(k.split(".")[0])}
-        atomic_save({"model": keep, "meta": state["meta"]}, out / "body.pt")
     metrics = {}
-    for split, datalist in job.evaluate.items():
-        if split.startswith("gt_"):
-            continue
-        metrics[split] = evaluate_weights(str(final), datalist, job.root_folder, gt=job.evaluate.get(f"gt_{split}"))
-    result = {"key": job.key, "stage": job.stage, "seconds_train": seconds_train,
-              "seconds": time.perf_counter() - t0, "metrics": metrics, "argv": job.argv}
+    if job.kind == "standin":
+        from prototxt_ports import NetConfig
+        from mlic.study.standin import pretrain_standin
+
+        c = dict(job.config)
+        net = c.pop("net")
+        pretrain_standin(NetConfig(**dict(net, body=tuple(net["body"]))), out=out, threads=job.threads, **c)
+    elif job.kind == "train":
+        cfg = TrainConfig.from_dict(job.config)
+        cfg.out = str(out)
+        final = train(cfg)
+        for split, datalist in job.evaluate.items():
+            if not split.startswith("gt_"):
+                metrics[split] = evaluate(EvalConfig(weights=str(final), datalist=datalist, root_folder=job.root_folder,
+                                                     gt=job.evaluate.get(f"gt_{split}"), out=str(out / f"test_{split}"),
+                                                     progress=False))
+    else:
+        raise ValueError(f"job {job.key}: unknown kind {job.kind!r}")
+    result = {"key": job.key, "kind": job.kind, "seconds": time.perf_counter() - t0, "metrics": metrics,
+              "config": job.config}
     tmp = job.result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
     os.replace(tmp, job.result_path)
     return result
-
-
-def _is_body_or_fc(layer: str) -> bool:
-    return layer.startswith("conv") or layer in ("fc6", "fc7")
 
 
 def _spec_path(job: Job) -> Path:

@@ -11,9 +11,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from mlic.study.jobs import Job
 from mlic.study.presets import PRETRAIN_SYNTHETIC, Preset
+from mlic.training.tasks import Switches
 
 BASELINE = "nokd"
-SOLVER_FLAGS = ["--momentum", "0.9", "--weight-decay", "0.0005"]
 
 
 @dataclass(frozen=True)
@@ -113,50 +113,64 @@ def prepare_data(preset: Preset, seed: int, folder: Path, workers: int = 2, log=
 
 
 class SeedPlan:
-    """Builds the jobs of one seed in `folder`: the shared ones (pretrain, teacher, stage-1
+    """Builds the jobs of one seed in `folder`: the shared ones (stand-in, teacher, stage-1
     variants) once, the students (arms and baseline) per learning-rate setting."""
 
     def __init__(self, preset: Preset, seed: int, folder: Path, data: SeedData, threads: int = 1):
-        self.preset, self.seed, self.folder, self.data, self.threads = preset, seed, Path(folder).resolve(), data, threads
+        self.preset, self.seed, self.folder, self.data = preset, seed, Path(folder).resolve(), data
+        self.threads = threads
         self.body = str(self.folder / "pretrain" / "body.pt")
         self.teacher = str(self.folder / "teacher" / "final.pt")
 
     def key(self, name: str) -> str:
         return f"seed{self.seed}/{name}"
 
-    def _train(self, name: str, stage: str, rate: float, extra: List[str], deps: Sequence[str], evaluate: bool,
-               datalist: Optional[str] = None, root: Optional[str] = None, strip_head: bool = False) -> Job:
-        p, d = self.preset, self.data
-        it = p.iters["pretrain" if name == "pretrain" else stage]
-        argv = ["--stage", stage, "--datalist", datalist or d.fit, "--root-folder", root or d.root,
-                "--max-iter", str(it), "--batch-size", str(p.batch), "--base-lr", repr(rate), *SOLVER_FLAGS,
-                "--seed", str(self.seed), "--checkpoint-period", str(it), "--eval-period", "0", *p.net_flags(), *extra]
+    def train_config(self, stage: str, rate: float, weights: str, teacher: Optional[str] = None,
+                     switches: Optional[Switches] = None):
+        """The TrainConfig of one stage at this preset's sizes (its out is set by the job)."""
+        from mlic.training import DataConfig, RunConfig, SolverConfig, TrainConfig
+
+        p, it = self.preset, self.preset.iters[stage]
+        return TrainConfig(
+            stage=stage, weights=weights, teacher=teacher, net=p.net_config(), switches=switches or Switches(),
+            data=DataConfig(train=self.data.fit, root_folder=self.data.root, batch_size=p.batch,
+                            input_scale=p.input_scale),
+            solver=SolverConfig(base_lr=rate, momentum=0.9, weight_decay=0.0005, max_iter=it),
+            run=RunConfig(checkpoint_period=it, keep_checkpoints=1, seed=self.seed, tensorboard=False,
+                          progress=False))
+
+    def _job(self, name: str, cfg, deps: Sequence[str], evaluate: bool) -> Job:
+        d = self.data
         ev: Dict[str, str] = {}
         if evaluate:
             ev["test"] = d.test
             if d.val:
                 ev["val"] = d.val
-            if stage == "wsddn":
+            if cfg.stage == "wsddn":
                 ev["gt_test"] = d.gt_test
-        return Job(self.key(name), str(self.folder / name), stage, argv, [self.key(x) for x in deps], ev,
-                   root or d.root, strip_head, self.threads)
+        return Job(self.key(name), str(self.folder / name), "train", cfg.to_dict(), [self.key(x) for x in deps], ev,
+                   d.root, self.threads)
 
     def shared_jobs(self, arms: Iterable[Arm]) -> List[Job]:
         p, d = self.preset, self.data
-        jobs = [self._train("pretrain", "student", p.base_lr["pretrain"], ["--input-size", str(p.student_size)], (),
-                            False, d.pretrain, d.pretrain_root, strip_head=True),
-                self._train("teacher", "wsddn", p.base_lr["wsddn"], ["--weights", self.body], ["pretrain"], True)]
+        net = p.net_config()
+        standin = {"net": {"num_classes": p.classes, "num_rois": 4, "input_size": p.student_size,
+                           "student_size": p.student_size, "fc_dim": p.fc_dim, "pooled_size": p.pooled,
+                           "body": list(net.body)},
+                   "datalist": d.pretrain, "root_folder": d.pretrain_root, "iters": p.iters["pretrain"],
+                   "batch": p.pretrain_batch, "lr": p.base_lr["pretrain"], "seed": self.seed,
+                   "input_scale": p.input_scale}
+        jobs = [Job(self.key("pretrain"), str(self.folder / "pretrain"), "standin", standin, [], {}, "", self.threads),
+                self._job("teacher", self.train_config("wsddn", p.base_lr["wsddn"], self.body), ["pretrain"], True)]
         seen = set()
         for arm in arms:
             s1 = arm.stage1_key
             if s1 is None or s1 in seen:
                 continue
             seen.add(s1)
-            extra = ["--teacher", self.teacher, "--weights", self.body, "--stage1-train", arm.stage1, "--regions",
-                     arm.regions, "--teacher-mode", arm.teacher]
-            if arm.regions == "topk":
-                extra += ["--topk", str(p.topk)]
-            jobs.append(self._train(s1, "stage1", p.base_lr["stage1"], extra, ["pretrain", "teacher"], False))
+            sw = Switches(stage1_train=arm.stage1, teacher=arm.teacher, regions=arm.regions, topk=p.topk)
+            jobs.append(self._job(s1, self.train_config("stage1", p.base_lr["stage1"], self.body, self.teacher, sw),
+                                  ["pretrain", "teacher"], False))
         return jobs
 
     def student_jobs(self, arms: Iterable[Arm], baseline: bool = True, lr: Optional[Dict[str, float]] = None,
@@ -169,11 +183,10 @@ class SeedPlan:
         for arm in arms:
             s1 = arm.stage1_key
             start = str(self.folder / s1 / "final.pt") if s1 else self.body
-            jobs.append(self._train(sub + arm.key, "stage2", rates["stage2"],
-                                    ["--teacher", self.teacher, "--weights", start, "--kd-loss", arm.kd_loss,
-                                     "--teacher-mode", arm.teacher], ["pretrain", "teacher"] + ([s1] if s1 else []),
-                                    True))
+            sw = Switches(kd_loss=arm.kd_loss, teacher=arm.teacher)
+            jobs.append(self._job(sub + arm.key, self.train_config("stage2", rates["stage2"], start, self.teacher, sw),
+                                  ["pretrain", "teacher"] + ([s1] if s1 else []), True))
         if baseline:
-            jobs.append(self._train(sub + BASELINE, "student", rates["student"], ["--weights", self.body],
-                                    ["pretrain"], True))
+            jobs.append(self._job(sub + BASELINE, self.train_config("student", rates["student"], self.body),
+                                  ["pretrain"], True))
         return jobs

@@ -12,7 +12,7 @@ students do (fc8_mscoco is not in VGG16).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Tuple
+from typing import Dict, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -31,23 +31,33 @@ class Preset:
     topk: int                  # the paper's region subset R' in stage 1 (regions=topk)
     batch: int
     iters: Dict[str, int]      # pretrain, wsddn, stage1, stage2, student
-    base_lr: Dict[str, float]
+    base_lr: Dict[str, float]  # pretrain: Adam's rate for the stand-in; the others Caffe SGD's
     pretrain_images: int
     synthetic: Dict[str, object] = field(default_factory=dict)  # SyntheticConfig extras
+    pretrain_batch: int = 32
     input_scale: float = 1 / 64
-    # the demo's departures from the released recipe (train.py flags): dropout off and
-    # the heads at the body's rate (the released 10x suits fine-tuning from ImageNet)
-    extra_flags: Tuple[str, ...] = ("--dropout", "0", "--lr-mult", "head=1")
+    # the demo's departures from the released recipe: dropout off and the heads at the
+    # body's rate (None: the released 10x, which suits fine-tuning from ImageNet)
+    dropout: float = 0.0
+    head_lr_mult: Optional[float] = 1.0
     # learning rates tried on the validation split for the student stages
     tune_lr: Tuple[float, ...] = ()
 
     def replace(self, **kw) -> "Preset":
         return replace(self, **kw)
 
-    def net_flags(self) -> List[str]:
-        return ["--input-size", str(self.teacher_size), "--student-size", str(self.student_size),
-                "--pooled-size", str(self.pooled), "--width", "1", "--fc-dim", str(self.fc_dim),
-                "--body", self.body, "--input-scale", repr(self.input_scale), *self.extra_flags]
+    def net_config(self):
+        """The ports' NetConfig (its class and proposal counts come from the datalist)."""
+        from prototxt_ports import NetConfig
+        from prototxt_ports.config import RELEASED_MULTIPLIERS
+
+        mult = dict(RELEASED_MULTIPLIERS)
+        if self.head_lr_mult is not None:
+            h = self.head_lr_mult
+            mult["head"] = ((h, h), (2 * h, 0.0))
+        return NetConfig(num_classes=self.classes, num_rois=self.proposals, input_size=self.teacher_size,
+                         student_size=self.student_size, fc_dim=self.fc_dim, pooled_size=self.pooled,
+                         body=tuple(self.body.split(",")), dropout=self.dropout, multipliers=mult)
 
 
 _SMALL_BODY = "conv1_1:16,pool1,conv2_1:32,pool2,conv3_1:64,pool3,conv4_1:64,pool4,conv5_1:128"
@@ -60,15 +70,15 @@ PRESETS: Dict[str, Preset] = {
     "demo": Preset(
         name="demo", classes=4, train_images=2400, test_images=300, val_fraction=0.0, proposals=40,
         teacher_size=128, student_size=64, body=_SMALL_BODY, fc_dim=128, pooled=2, topk=10, batch=8,
-        iters=dict(pretrain=2000, wsddn=1000, stage1=500, stage2=1000, student=1000),
-        base_lr=dict(pretrain=0.01, wsddn=0.01, stage1=0.0001, stage2=0.01, student=0.01),
+        iters=dict(pretrain=600, wsddn=1000, stage1=500, stage2=1000, student=1000),
+        base_lr=dict(pretrain=0.001, wsddn=0.01, stage1=0.0001, stage2=0.01, student=0.01),
         pretrain_images=3000, synthetic=DEMO_SYNTHETIC),
     "smoke": Preset(
         name="smoke", classes=4, train_images=16, test_images=8, val_fraction=0.25, proposals=12,
         teacher_size=128, student_size=64, body=_SMALL_BODY, fc_dim=128, pooled=2, topk=4, batch=4,
         iters=dict(pretrain=2, wsddn=4, stage1=2, stage2=3, student=3),
-        base_lr=dict(pretrain=0.01, wsddn=0.01, stage1=0.0001, stage2=0.01, student=0.01),
-        pretrain_images=16, synthetic=DEMO_SYNTHETIC),
+        base_lr=dict(pretrain=0.001, wsddn=0.01, stage1=0.0001, stage2=0.01, student=0.01),
+        pretrain_images=16, pretrain_batch=4, synthetic=DEMO_SYNTHETIC),
 }
 
 

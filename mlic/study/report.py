@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mlic.study.evaluate import METRICS
+METRICS = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3")
 from mlic.study.stats import paired_difference, summarize
 
 NAMES = {"mAP": "mAP", "CF1": "CF1", "OF1": "OF1", "CF1_top3": "CF1 top-3", "OF1_top3": "OF1 top-3"}

@@ -178,6 +178,22 @@ class TrainConfig:
             d["net"] = asdict(self.net)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The inverse of to_dict (e.g. after a JSON round trip, which turns tuples into lists)."""
+        from prototxt_ports import NetConfig
+
+        d = dict(d)
+        net = d.pop("net", None)
+        if net is not None:
+            net = dict(net, body=tuple(net["body"]),
+                       multipliers={k: tuple(tuple(x) for x in v) for k, v in net["multipliers"].items()})
+            net = NetConfig(**net)
+        data, solver = dict(d.pop("data")), dict(d.pop("solver"))
+        data["scales"], solver["stepvalue"] = tuple(data["scales"]), tuple(solver["stepvalue"])
+        return cls(net=net, switches=Switches(**d.pop("switches")), data=DataConfig(**data),
+                   solver=SolverConfig(**solver), run=RunConfig(**d.pop("run")), **d)
+
 
 @dataclass
 class EvalConfig:

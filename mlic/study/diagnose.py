@@ -1,0 +1,227 @@
+"""Why a distilled student ends where it does: measurements on a finished study's jobs.
+
+- teacher drift: the teacher's weight norm and test mAP before and after each KD stage
+  (under caffe-decay Caffe's weight decay shrinks it although it gets no gradient);
+- soft targets: the teacher's image scores at the stage-2 temperature on the training
+  images, by label, and how many are saturated;
+- stage 2's dynamics from its log: the learnable soft scale, the two loss terms, their
+  gradients at the student's fc8 and the cosine between them;
+- stage 1: its loss, and how good the student's features are after it (a linear probe:
+  logistic regression on fc7 fitted on the training images, mAP on the test images);
+- budgets: iterations and images each student saw.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mlic.study.pipeline import BASELINE, RELEASED, Arm, SeedData
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _net_config(meta: dict):
+    from prototxt_ports import NetConfig
+
+    net = dict(meta["net"])
+    net["body"] = tuple(net["body"])
+    if "multipliers" in net:
+        net["multipliers"] = {k: tuple(tuple(x) for x in v) for k, v in net["multipliers"].items()}
+    return NetConfig(**net)
+
+
+def teacher_weights(state: dict) -> Dict[str, torch.Tensor]:
+    """The teacher's parameters in KD names (conv_wsd_*, fc_wsd_*) from a WSDDN
+    final.pt or a KD stage's; the temperature layers are left out."""
+    from prototxt_ports.wsddn import wsddn_to_kd_name
+
+    model = state["model"]
+    if state["meta"]["stage"] == "wsddn":
+        out = {}
+        for k, v in model.items():
+            layer, _, rest = k.partition(".")
+            out[f"{wsddn_to_kd_name(layer)}.{rest}"] = v
+        return out
+    return {k[len("teacher."):]: v for k, v in model.items()
+            if k.startswith("teacher.") and not k.startswith("teacher.temp_")}
+
+
+def weight_norm(params: Dict[str, torch.Tensor]) -> float:
+    """L2 norm over all weights (biases and the region sum left out)."""
+    return float(torch.sqrt(sum((v.double() ** 2).sum() for k, v in params.items()
+                                if k.endswith(".weight") and not k.startswith("image_level_score"))))
+
+
+def _dataset(datalist: str, root: str, cfg, input_scale: float, batch: int = 16):
+    from mlic.data import HumanAttDataConfig, HumanAttDataset, read_datalist
+    from mlic.training.config import BGR_MEAN
+
+    dl = read_datalist(datalist, att_num=cfg.num_classes, bbox_num=cfg.num_rois, root_folder=root)
+    size = cfg.input_size
+    return HumanAttDataset(dl, HumanAttDataConfig(source=datalist, root_folder=root, batch_size=batch,
+                                                  new_width=size, new_height=size, att_num=dl.att_num,
+                                                  bbox_num=dl.bbox_num, mean_values=BGR_MEAN, scale=input_scale))
+
+
+def _batches(ds, batch: int = 16):
+    from mlic.data import BatchSpec
+
+    for s in range(0, len(ds), batch):
+        yield ds[BatchSpec(tuple(range(s, min(len(ds), s + batch))))]
+
+
+@torch.no_grad()
+def teacher_scores(params: Dict[str, torch.Tensor], cfg, ds, temperature: float = 1.0):
+    """(image scores [I, C], labels [I, C]) of a teacher with KD names, eval mode; the
+    logits of both streams multiplied by `temperature` (2 in stage 2: T = 0.5)."""
+    from prototxt_ports import WSDDN
+
+    t = WSDDN(cfg, "kd", heads=True, temperature=temperature != 1.0).eval()
+    if temperature != 1.0:
+        t.temp_branch1_learn.weight.fill_(temperature)
+        t.temp_branch2_learn.weight.fill_(temperature)
+    missing, unexpected = t.load_state_dict(params, strict=False)
+    missing = [k for k in missing if not k.startswith("temp_") and not k.startswith("image_level_score")]
+    if missing or unexpected:
+        raise ValueError(f"teacher weights do not fit: missing {missing}, unexpected {unexpected}")
+    scores, labels = [], []
+    for b in _batches(ds):
+        scores.append(t(b.data, b.rois)["image_level_score"])
+        labels.append(b.labels)
+    return torch.cat(scores).numpy(), torch.cat(labels).numpy()
+
+
+def _map(scores, labels) -> float:
+    from mlic.evaluation import evaluate_multilabel
+
+    return float(evaluate_multilabel(scores, labels).mAP)
+
+
+@torch.no_grad()
+def student_features(state: dict, cfg, ds) -> np.ndarray:
+    """fc7 of the student (pool5 path, eval mode) on every image of `ds`."""
+    from prototxt_ports import Student
+
+    s = Student(cfg, head=False).eval()
+    model = state["model"]
+    own = {k[len("student."):]: v for k, v in model.items() if k.startswith("student.")} or dict(model)
+    own = {k: v for k, v in own.items() if k.split(".")[0] in dict(s.named_children())}
+    s.load_state_dict(own, strict=False)
+    return torch.cat([s(b.data)["fc7"] for b in _batches(ds)]).numpy()
+
+
+def linear_probe(train_x, train_y, test_x, test_y) -> float:
+    """Test mAP of one logistic regression per class on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(train_x)
+    a, b = sc.transform(train_x), sc.transform(test_x)
+    scores = np.zeros(test_y.shape, np.float64)
+    for c in range(train_y.shape[1]):
+        if train_y[:, c].min() == train_y[:, c].max():
+            scores[:, c] = train_y[0, c]
+            continue
+        clf = LogisticRegression(C=0.1, max_iter=2000).fit(a, train_y[:, c])
+        scores[:, c] = clf.decision_function(b)
+    return _map(scores, test_y)
+
+
+def read_log(path: Path) -> Dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+
+
+def diagnose_seed(folder: Path, data: SeedData, arms: Sequence[Arm]) -> dict:
+    """Every measurement above for one seed's finished jobs (missing jobs are skipped)."""
+    folder = Path(folder)
+    teacher_state = _load(folder / "teacher" / "final.pt")
+    cfg = _net_config(teacher_state["meta"])
+    scale = teacher_state["meta"].get("input_scale", teacher_state["meta"].get("args", {}).get("input_scale", 1.0))
+    test = _dataset(data.test, data.root, cfg, scale)
+    fit = _dataset(data.fit, data.root, cfg, scale)
+    t0 = teacher_weights(teacher_state)
+    out: dict = {"teacher": {"weight_norm": weight_norm(t0),
+                             "test_mAP": _map(*teacher_scores(t0, cfg, test))}}
+    # soft targets on the training images at the stage-2 temperature (and without it)
+    targets = {}
+    for temp in (1.0, 2.0):
+        s, y = teacher_scores(t0, cfg, fit, temp)
+        pos, neg = s[y > 0.5], s[y < 0.5]
+        targets[f"T={1 / temp:g}"] = {
+            "saturated": float(((s < 0.01) | (s > 0.99)).mean()), "above_0.99": float((s > 0.99).mean()),
+            "below_0.01": float((s < 0.01).mean()), "mean_positive": float(pos.mean()),
+            "mean_negative": float(neg.mean()), "train_mAP": _map(s, y),
+            "hist_positive": np.histogram(pos, 20, (0, 1))[0].tolist(),
+            "hist_negative": np.histogram(neg, 20, (0, 1))[0].tolist()}
+    out["soft_targets"] = targets
+    # drift: the teacher inside each KD job's final weights
+    drift = {}
+    for job in sorted({a.stage1_key for a in arms if a.stage1_key} | {a.key for a in arms}):
+        p = folder / job / "final.pt"
+        if not p.is_file():
+            continue
+        params = teacher_weights(_load(p))
+        entry = {"weight_norm": weight_norm(params)}
+        entry["relative_norm"] = entry["weight_norm"] / out["teacher"]["weight_norm"]
+        heads = {k: v for k, v in t0.items() if k.startswith("fc_wsd_8")}
+        entry["test_mAP"] = _map(*teacher_scores({**heads, **params}, cfg, test))
+        drift[job] = entry
+    out["teacher_drift"] = drift
+    # stage 1: loss and a linear probe of the student's features before and after it
+    sub = fit
+    y_fit = _labels(sub)
+    y_test = _labels(test)
+    body = _load(folder / "pretrain" / "body.pt")
+    cfg_s = _net_config(teacher_state["meta"])
+    probes = {"stand-in (before stage 1)": linear_probe(student_features(body, cfg_s, sub), y_fit,
+                                                        student_features(body, cfg_s, test), y_test)}
+    stage1 = {}
+    for key in sorted({a.stage1_key for a in arms if a.stage1_key}):
+        p = folder / key / "final.pt"
+        if not p.is_file():
+            continue
+        st = _load(p)
+        probes[key] = linear_probe(student_features(st, cfg_s, sub), y_fit, student_features(st, cfg_s, test), y_test)
+        log = read_log(folder / key / "log.csv")
+        stage1[key] = {"loss_first": float(np.nanmean(log["loss"][:20])), "loss_last": float(np.nanmean(log["loss"][-20:]))}
+    for key in [a.key for a in arms] + [BASELINE]:
+        p = folder / key / "final.pt"
+        if p.is_file():
+            st = _load(p)
+            probes[key] = linear_probe(student_features(st, cfg_s, sub), y_fit, student_features(st, cfg_s, test),
+                                       y_test)
+    out["stage1"] = stage1
+    out["linear_probe_mAP"] = probes
+    # budgets
+    budget = {}
+    for key in [a.key for a in arms] + [BASELINE]:
+        r = folder / key / "result.json"
+        if not r.is_file():
+            continue
+        res = json.loads(r.read_text())
+        iters, batch = _flag(res["argv"], "--max-iter"), _flag(res["argv"], "--batch-size")
+        arm = next((a for a in arms if a.key == key), None)
+        s1 = 0
+        if arm is not None and arm.stage1_key:
+            s1r = json.loads((folder / arm.stage1_key / "result.json").read_text())
+            s1 = _flag(s1r["argv"], "--max-iter")
+        budget[key] = {"iterations": iters + s1, "images": (iters + s1) * batch, "stage1_iterations": s1}
+    out["budget"] = budget
+    return out
+
+
+def _flag(argv: List[str], name: str) -> int:
+    return int(argv[argv.index(name) + 1])
+
+
+def _labels(ds) -> np.ndarray:
+    return np.asarray(ds.datalist.labels, np.float64)
