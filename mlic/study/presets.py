@@ -68,7 +68,7 @@ DEMO_SYNTHETIC = dict(max_objects=3, min_object_frac=0.15, max_object_frac=0.5, 
 
 PRESETS: Dict[str, Preset] = {
     "demo": Preset(
-        name="demo", classes=4, train_images=2400, test_images=300, val_fraction=0.0, proposals=40,
+        name="demo", classes=4, train_images=2400, test_images=1000, val_fraction=0.15, proposals=40,
         teacher_size=128, student_size=64, body=_SMALL_BODY, fc_dim=128, pooled=2, topk=10, batch=8,
         iters=dict(pretrain=600, wsddn=1000, stage1=500, stage2=1000, student=1000),
         base_lr=dict(pretrain=0.001, wsddn=0.01, stage1=0.0001, stage2=0.01, student=0.01),
