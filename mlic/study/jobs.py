@@ -68,7 +68,7 @@ def run_job(job: Job) -> dict:
                                                      progress=False))
     else:
         raise ValueError(f"job {job.key}: unknown kind {job.kind!r}")
-    result = {"key": job.key, "kind": job.kind, "seconds": time.perf_counter() - t0, "metrics": metrics,
+    result = {"key": job.key, "kind": job.kind, "seconds": time.perf_counter() - t0, "pid": os.getpid(), "metrics": metrics,
               "config": job.config}
     tmp = job.result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")

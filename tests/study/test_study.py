@@ -1,0 +1,65 @@
+"""The study driver end to end on the smoke preset: two arms, two seeds."""
+import json
+import os
+
+import pytest
+
+from mlic.study import PAPER_L2, RELEASED, get_preset, run_study
+from mlic.study.cli import main as study_main
+from mlic.study.cli import parse_seeds
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    lines = []
+    summary = run_study(get_preset("smoke"), [0, 1], str(out), [RELEASED, PAPER_L2], workers=2, log=lines.append)
+    return out / "smoke", summary, lines
+
+
+def test_table_plot_and_json(smoke_study):
+    root, summary, _ = smoke_study
+    assert (root / "study.png").stat().st_size > 10_000
+    table = (root / "table.md").read_text()
+    for label in ("no KD (student alone)", "(released)", "l2, teacher caffe-decay"):
+        assert label in table
+    data = json.loads((root / "study.json").read_text())
+    arms = data["arms"]
+    assert set(arms) == {RELEASED.key, PAPER_L2.key, "nokd"}
+    for key in (RELEASED.key, PAPER_L2.key):
+        a = arms[key]
+        assert a["seeds"] == [0, 1] and set(a["seconds"]) == {"0", "1"}
+        for m in ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3"):
+            p = a["paired"][m]
+            assert p["n"] == 2
+            # the paired mean is the mean of the per-seed differences of the recorded values
+            base = arms["nokd"]["metrics"][m]["values"]
+            ours = a["metrics"][m]["values"]
+            assert p["mean"] == pytest.approx(sum(x - y for x, y in zip(ours, base)) / 2)
+            assert p["low"] <= p["mean"] <= p["high"]
+
+
+def test_one_process_per_job_and_resume(smoke_study):
+    root, _, _ = smoke_study
+    results = sorted(root.glob("seed*/*/result.json"))
+    assert len(results) == 2 * 6  # stand-in, teacher, stage 1, two arms, baseline
+    pids = {json.loads(p.read_text())["pid"] for p in results}
+    assert len(pids) == len(results) and os.getpid() not in pids
+    # an interrupted study: one job lost its result; rerunning redoes that job only
+    victim = root / "seed1" / PAPER_L2.key / "result.json"
+    before = {p: p.stat().st_mtime_ns for p in results if p != victim}
+    victim.unlink()
+    lines = []
+    run_study(get_preset("smoke"), [0, 1], str(root.parent), [RELEASED, PAPER_L2], workers=2, log=lines.append)
+    assert victim.is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert sum(line.startswith("[study] start ") for line in lines) == 1
+
+
+def test_seed_parsing_and_bad_arguments(capsys):
+    assert parse_seeds("0-2,5") == [0, 1, 2, 5]
+    with pytest.raises(ValueError):
+        parse_seeds("3-1")
+    assert study_main(["--seeds", "x"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert study_main(["--arms", "kd-nonsense"]) == 2
