@@ -6,4 +6,7 @@ import sys
 from mlic.demo import main
 
 if __name__ == "__main__":
+    from mlic.portable import restart_if_requested
+
+    restart_if_requested()
     sys.exit(main())

@@ -11,6 +11,9 @@ With no arguments it runs the embedded demo (tools/demo.py).
 import sys
 
 if __name__ == "__main__":
+    from mlic.portable import restart_if_requested
+
+    restart_if_requested()
     if len(sys.argv) == 1:
         from mlic.demo import main as demo_main
 
