@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 from mlic.study import report
 from mlic.study.jobs import run_jobs
-from mlic.study.pipeline import BASELINE, GRID, Arm, RELEASED, SeedPlan, prepare_data
+from mlic.study.pipeline import BASELINE, BASELINE_EQUAL, GRID, RELEASED, Arm, SeedPlan, prepare_data
 from mlic.study.presets import Preset
 from mlic.study.stats import summarize
 
@@ -20,38 +20,56 @@ class StudyError(RuntimeError):
     pass
 
 
-def choose_rates(preset: Preset, plan: SeedPlan, workers: int, log) -> Dict[str, float]:
-    """Learning rates of stage 2 (the released arm) and of the baseline student, each the
-    best validation mAP among preset.tune_lr, measured on `plan`'s seed. Saved beside the
-    seed folder, so a resumed study keeps its choice."""
+def tune(preset: Preset, plan: SeedPlan, workers: int, log) -> Dict[str, float]:
+    """Hyper-parameters chosen on the validation split of `plan`'s seed, in two steps:
+    the base rate of the student without KD among preset.tune_lr (stage 2 then uses the
+    same rate, so the baseline gets its best); then, at that rate, the soft scale's
+    lr_mult among preset.tune_soft_scale for the released arm. Saved beside the seed
+    folders (a resumed study keeps its choice) and printed."""
     path = plan.folder.parent / "tuning.json"
     if path.is_file():
         chosen = json.loads(path.read_text())["chosen"]
-        log(f"[study] learning rates chosen earlier on the validation split: {chosen}")
+        log(f"[study] chosen earlier on the validation split: {_describe(chosen)}")
         return chosen
-    if not preset.tune_lr or plan.data.val is None:
+    if plan.data.val is None or not (preset.tune_lr or preset.tune_soft_scale):
         return {}
-    jobs = plan.shared_jobs([RELEASED])
-    for lr in preset.tune_lr:
-        jobs += plan.student_jobs([RELEASED], lr={"stage2": lr, "student": lr}, subfolder=f"tune/lr{lr:g}")
-    failed = run_jobs(jobs, workers, log)
-    if failed:
-        raise StudyError(f"tuning jobs failed: {failed}")
-    val: Dict[str, Dict[str, float]] = {"stage2": {}, "student": {}}
-    for lr in preset.tune_lr:
-        for stage, name in (("stage2", RELEASED.key), ("student", BASELINE)):
-            r = json.loads((plan.folder / f"tune/lr{lr:g}" / name / "result.json").read_text())
-            val[stage][f"{lr:g}"] = r["metrics"]["val"]["mAP"]
-    chosen = {stage: float(max(v, key=v.get)) for stage, v in val.items()}
+    val: Dict[str, Dict[str, float]] = {}
+    chosen: Dict[str, float] = {}
+
+    def run(candidates, name, arm_key, jobs_for):
+        jobs = plan.shared_jobs([RELEASED])
+        for c in candidates:
+            jobs += jobs_for(c)
+        failed = run_jobs(jobs, workers, log)
+        if failed:
+            raise StudyError(f"tuning jobs failed: {failed}")
+        scores = {f"{c:g}": json.loads((plan.folder / "tune" / f"{name}{c:g}" / arm_key / "result.json")
+                                       .read_text())["metrics"]["val"]["mAP"] for c in candidates}
+        val[name] = scores
+        chosen[name] = float(max(scores, key=scores.get))
+        log(f"[study] validation mAP by {name}: " + ", ".join(f"{k}: {100 * v:.1f}" for k, v in scores.items())
+            + f" -> {chosen[name]:g}")
+
+    if preset.tune_lr:
+        run(preset.tune_lr, "lr", BASELINE,
+            lambda c: plan.student_jobs([], tuned={"lr": c}, subfolder=f"tune/lr{c:g}"))
+    if preset.tune_soft_scale:
+        run(preset.tune_soft_scale, "soft_scale", RELEASED.key,
+            lambda c: plan.student_jobs([RELEASED], baseline=False, tuned=dict(chosen, soft_scale=c),
+                                        subfolder=f"tune/soft_scale{c:g}"))
     path.write_text(json.dumps({"seed": plan.seed, "validation_mAP": val, "chosen": chosen}, indent=1) + "\n")
-    for stage, v in val.items():
-        log(f"[study] {stage}: validation mAP by learning rate "
-            + ", ".join(f"{k}: {100 * x:.1f}" for k, x in v.items()) + f" -> chosen {chosen[stage]:g}")
+    log(f"[study] chosen on the validation split: {_describe(chosen)}")
     return chosen
 
 
+def _describe(chosen: Dict[str, float]) -> str:
+    names = {"lr": "base learning rate of stage 2 and of the student without KD",
+             "soft_scale": "lr_mult of the soft scale fc8_mscoco_soft"}
+    return "; ".join(f"{names.get(k, k)} {v:g}" for k, v in chosen.items()) or "nothing to choose"
+
+
 def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm] = GRID, workers: int = 2,
-              log=print) -> dict:
+              log=print, equal_budget: bool = True) -> dict:
     """Runs (or resumes) every job and writes table.md, study.json and study.png in
     out/<preset>/. Returns the summary."""
     if not seeds:
@@ -64,12 +82,12 @@ def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm
     for s in seeds:
         folder = root / f"seed{s}"
         plans[s] = SeedPlan(preset, s, folder, prepare_data(preset, s, folder, workers=workers, log=log), threads)
-    rates = choose_rates(preset, plans[seeds[0]], workers, log)
+    tuned = tune(preset, plans[seeds[0]], workers, log)
     jobs: List = []
     for s in seeds:  # seed by seed, so that an early stop leaves whole seeds
-        jobs += plans[s].shared_jobs(arms) + plans[s].student_jobs(arms, lr=rates)
+        jobs += plans[s].shared_jobs(arms) + plans[s].student_jobs(arms, tuned=tuned, equal_budget=equal_budget)
     failed = run_jobs(jobs, workers, log)
-    summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, rates)
+    summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned)
     summary["seconds"] = time.perf_counter() - t0
     if failed:
         raise StudyError(f"{len(failed)} job(s) failed: {', '.join(failed[:8])}; rerun the same command to retry "
@@ -78,10 +96,11 @@ def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm
 
 
 def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], root: Path,
-                 rates: Optional[Dict[str, float]] = None) -> dict:
-    keys = [a.key for a in arms] + [BASELINE]
+                 tuned: Optional[Dict[str, float]] = None) -> dict:
+    keys = [a.key for a in arms] + [BASELINE, BASELINE_EQUAL]
     labels = {a.key: a.label + (" (released)" if a == RELEASED else "") for a in arms}
     labels[BASELINE] = "no KD (student alone)"
+    labels[BASELINE_EQUAL] = f"no KD, {preset.iters['stage1'] + preset.iters['stage2']} iterations (= stage 1 + 2)"
     results = report.collect(seed_folders, keys)
     summary = report.summarize_study(results, BASELINE, labels=labels)
     teacher = report.collect(seed_folders, ["teacher"])["teacher"]
@@ -93,11 +112,10 @@ def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[A
         lines += ["", "Teacher (WSDDN): " + ", ".join(
             f"{m} {report.pm(summarize([100 * r['metrics']['test'][m] for r in teacher.values()]))}"
             for m in ("mAP", "CorLoc"))]
-    if rates:
-        lines += ["", "Learning rates chosen on the validation split: " + ", ".join(f"{k} {v:g}" for k, v in
-                                                                                   rates.items())]
+    if tuned:
+        lines += ["", f"Chosen on the validation split: {_describe(tuned)}."]
     (root / "table.md").write_text("\n".join(lines) + "\n")
-    (root / "study.json").write_text(json.dumps({"preset": preset.name, "rates": rates, "arms": summary},
+    (root / "study.json").write_text(json.dumps({"preset": preset.name, "tuned": tuned, "arms": summary},
                                                 indent=1, default=float) + "\n")
     if any(summary[a]["paired"] for a in summary):
         report.plot_study(summary, BASELINE, root / "study.png", f"preset {preset.name}")

@@ -14,6 +14,7 @@ from mlic.study.presets import PRETRAIN_SYNTHETIC, Preset
 from mlic.training.tasks import Switches
 
 BASELINE = "nokd"
+BASELINE_EQUAL = "nokd-equal-budget"  # as many iterations as stage 1 + stage 2
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,15 @@ class SeedPlan:
         return f"seed{self.seed}/{name}"
 
     def train_config(self, stage: str, rate: float, weights: str, teacher: Optional[str] = None,
-                     switches: Optional[Switches] = None):
+                     switches: Optional[Switches] = None, iters: Optional[int] = None,
+                     soft_scale_lr_mult: Optional[float] = None):
         """The TrainConfig of one stage at this preset's sizes (its out is set by the job)."""
         from mlic.training import DataConfig, RunConfig, SolverConfig, TrainConfig
 
-        p, it = self.preset, self.preset.iters[stage]
+        p, it = self.preset, iters or self.preset.iters[stage]
         return TrainConfig(
-            stage=stage, weights=weights, teacher=teacher, net=p.net_config(), switches=switches or Switches(),
+            stage=stage, weights=weights, teacher=teacher, net=p.net_config(soft_scale_lr_mult),
+            switches=switches or Switches(),
             data=DataConfig(train=self.data.fit, root_folder=self.data.root, batch_size=p.batch,
                             input_scale=p.input_scale),
             solver=SolverConfig(base_lr=rate, momentum=0.9, weight_decay=0.0005, max_iter=it),
@@ -173,20 +176,27 @@ class SeedPlan:
                                   ["pretrain", "teacher"], False))
         return jobs
 
-    def student_jobs(self, arms: Iterable[Arm], baseline: bool = True, lr: Optional[Dict[str, float]] = None,
-                     subfolder: str = "") -> List[Job]:
-        """The arms' stage-2 jobs and the baseline, at the preset's rates or `lr`
-        ({"stage2": .., "student": ..}), in folder/subfolder."""
-        rates = dict(self.preset.base_lr, **(lr or {}))
+    def student_jobs(self, arms: Iterable[Arm], baseline: bool = True, tuned: Optional[Dict[str, float]] = None,
+                     subfolder: str = "", equal_budget: bool = False) -> List[Job]:
+        """The arms' stage-2 jobs and the baseline in folder/subfolder, at the preset's rates
+        or the `tuned` ones ({"lr": base rate of stage 2 and the baseline, "soft_scale":
+        fc8_mscoco_soft's lr_mult}). equal_budget adds the baseline trained for as many
+        iterations as stage 1 and stage 2 together (BASELINE_EQUAL)."""
+        p, tuned = self.preset, tuned or {}
+        lr2, lr_student = tuned.get("lr", p.base_lr["stage2"]), tuned.get("lr", p.base_lr["student"])
         sub = f"{subfolder}/" if subfolder else ""
         jobs = []
         for arm in arms:
             s1 = arm.stage1_key
             start = str(self.folder / s1 / "final.pt") if s1 else self.body
             sw = Switches(kd_loss=arm.kd_loss, teacher=arm.teacher)
-            jobs.append(self._job(sub + arm.key, self.train_config("stage2", rates["stage2"], start, self.teacher, sw),
-                                  ["pretrain", "teacher"] + ([s1] if s1 else []), True))
+            cfg = self.train_config("stage2", lr2, start, self.teacher, sw, soft_scale_lr_mult=tuned.get("soft_scale"))
+            jobs.append(self._job(sub + arm.key, cfg, ["pretrain", "teacher"] + ([s1] if s1 else []), True))
         if baseline:
-            jobs.append(self._job(sub + BASELINE, self.train_config("student", rates["student"], self.body),
+            jobs.append(self._job(sub + BASELINE, self.train_config("student", lr_student, self.body), ["pretrain"],
+                                  True))
+        if equal_budget:
+            it = p.iters["stage1"] + p.iters["stage2"]
+            jobs.append(self._job(sub + BASELINE_EQUAL, self.train_config("student", lr_student, self.body, iters=it),
                                   ["pretrain"], True))
         return jobs

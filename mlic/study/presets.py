@@ -40,14 +40,18 @@ class Preset:
     # body's rate (None: the released 10x, which suits fine-tuning from ImageNet)
     dropout: float = 0.0
     head_lr_mult: Optional[float] = 1.0
-    # learning rates tried on the validation split for the student stages
+    # chosen on the validation split (seed of the study's first seed): the student's base
+    # rate (no KD; stage 2 then uses the same), then stage 2's soft-scale lr_mult
+    # (fc8_mscoco_soft; the released 10 is first)
     tune_lr: Tuple[float, ...] = ()
+    tune_soft_scale: Tuple[float, ...] = ()
 
     def replace(self, **kw) -> "Preset":
         return replace(self, **kw)
 
-    def net_config(self):
-        """The ports' NetConfig (its class and proposal counts come from the datalist)."""
+    def net_config(self, soft_scale_lr_mult: Optional[float] = None):
+        """The ports' NetConfig (its class and proposal counts come from the datalist);
+        soft_scale_lr_mult: fc8_mscoco_soft's lr_mult (None: the released 10)."""
         from prototxt_ports import NetConfig
         from prototxt_ports.config import RELEASED_MULTIPLIERS
 
@@ -55,6 +59,8 @@ class Preset:
         if self.head_lr_mult is not None:
             h = self.head_lr_mult
             mult["head"] = ((h, h), (2 * h, 0.0))
+        if soft_scale_lr_mult is not None:
+            mult["soft_scale"] = ((soft_scale_lr_mult, 0.0),)
         return NetConfig(num_classes=self.classes, num_rois=self.proposals, input_size=self.teacher_size,
                          student_size=self.student_size, fc_dim=self.fc_dim, pooled_size=self.pooled,
                          body=tuple(self.body.split(",")), dropout=self.dropout, multipliers=mult)
@@ -72,13 +78,15 @@ PRESETS: Dict[str, Preset] = {
         teacher_size=128, student_size=64, body=_SMALL_BODY, fc_dim=128, pooled=2, topk=10, batch=8,
         iters=dict(pretrain=600, wsddn=1000, stage1=500, stage2=1000, student=1000),
         base_lr=dict(pretrain=0.001, wsddn=0.01, stage1=0.0001, stage2=0.01, student=0.01),
-        pretrain_images=3000, synthetic=DEMO_SYNTHETIC),
+        pretrain_images=3000, synthetic=DEMO_SYNTHETIC, tune_lr=(0.003, 0.01, 0.03),
+        tune_soft_scale=(10.0, 1.0, 0.1, 0.0)),
     "smoke": Preset(
         name="smoke", classes=4, train_images=16, test_images=8, val_fraction=0.25, proposals=12,
         teacher_size=128, student_size=64, body=_SMALL_BODY, fc_dim=128, pooled=2, topk=4, batch=4,
         iters=dict(pretrain=2, wsddn=4, stage1=2, stage2=3, student=3),
         base_lr=dict(pretrain=0.001, wsddn=0.01, stage1=0.0001, stage2=0.01, student=0.01),
-        pretrain_images=16, pretrain_batch=4, synthetic=DEMO_SYNTHETIC),
+        pretrain_images=16, pretrain_batch=4, synthetic=DEMO_SYNTHETIC, tune_lr=(0.01, 0.03),
+        tune_soft_scale=(10.0, 1.0)),
 }
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlic.caffe.functional import caffe_interp
+from mlic.ops.functional import caffe_interp
 from mlic.training.config import BGR_MEAN, RELEASED_SCALES
 from mlic.ops import geometry
 
