@@ -6,7 +6,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from mlic.study.driver import StudyError, run_study
-from mlic.study.pipeline import GRID, Arm
+from mlic.study.pipeline import ALL_ARMS, GRID, Arm
 from mlic.study.presets import PRESETS, get_preset
 
 
@@ -38,13 +38,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="sizes (default: demo)")
     p.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,1,2 (default 0-4)")
     p.add_argument("--out", default="study_out", help="output folder (default study_out)")
-    p.add_argument("--arms", default="all", help="'all' (the grid) or comma-separated arm keys, e.g. "
-                   + GRID[0].key)
+    p.add_argument("--arms", default="all", help="'all' (the 20 arms of the grid and the released arm at the "
+                   "released soft-scale lr_mult) or comma-separated arm keys, e.g. " + GRID[0].key)
     p.add_argument("--workers", type=int, default=2, help="jobs run at once, one process each (default 2)")
     args = p.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
-        arms = GRID if args.arms == "all" else [Arm.from_key(k.strip()) for k in args.arms.split(",")]
+        arms = ALL_ARMS if args.arms == "all" else [Arm.from_key(k.strip()) for k in args.arms.split(",")]
         if args.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {args.workers}")
         summary = run_study(get_preset(args.preset), seeds, args.out, arms, args.workers)

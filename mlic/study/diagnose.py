@@ -207,21 +207,85 @@ def diagnose_seed(folder: Path, data: SeedData, arms: Sequence[Arm]) -> dict:
         r = folder / key / "result.json"
         if not r.is_file():
             continue
-        res = json.loads(r.read_text())
-        iters, batch = _flag(res["argv"], "--max-iter"), _flag(res["argv"], "--batch-size")
+        cfg = json.loads(r.read_text())["config"]
+        iters, batch = cfg["solver"]["max_iter"], cfg["data"]["batch_size"]
         arm = next((a for a in arms if a.key == key), None)
         s1 = 0
         if arm is not None and arm.stage1_key:
-            s1r = json.loads((folder / arm.stage1_key / "result.json").read_text())
-            s1 = _flag(s1r["argv"], "--max-iter")
+            s1 = json.loads((folder / arm.stage1_key / "result.json").read_text())["config"]["solver"]["max_iter"]
         budget[key] = {"iterations": iters + s1, "images": (iters + s1) * batch, "stage1_iterations": s1}
     out["budget"] = budget
     return out
 
 
-def _flag(argv: List[str], name: str) -> int:
-    return int(argv[argv.index(name) + 1])
-
-
 def _labels(ds) -> np.ndarray:
     return np.asarray(ds.datalist.labels, np.float64)
+
+
+def _smooth(y: np.ndarray, k: int = 25) -> np.ndarray:
+    y = np.asarray(y, np.float64)
+    if len(y) < k:
+        return y
+    c = np.cumsum(np.insert(np.nan_to_num(y), 0, 0.0))
+    out = (c[k:] - c[:-k]) / k
+    return np.concatenate([np.full(k - 1, np.nan), out])
+
+
+def plot_stage2(folders: Dict[int, Path], arms: Sequence[str], labels: Dict[str, str], path: Path) -> None:
+    """Stage 2 of each arm, every seed: the soft scale (mean over classes), the label loss
+    (chance: C ln 2), and the cosine between the two terms' gradients at fc8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    chance = None
+    for i, arm in enumerate(arms):
+        for j, (seed, folder) in enumerate(sorted(folders.items())):
+            p = Path(folder) / arm / "log.csv"
+            if not p.is_file():
+                continue
+            log = read_log(p)
+            it = log["iter"]
+            kw = dict(color=colors[i % len(colors)], lw=1.2, alpha=0.85, label=labels.get(arm, arm) if j == 0 else None)
+            axes[0].plot(it, log["soft_scale"], **kw)
+            axes[1].plot(it, _smooth(log["loss_sig"]), **kw)
+            axes[2].plot(it, _smooth(log["grad_fc8_cos"]), **kw)
+    for ax, title in zip(axes, ("learnable soft scale fc8_mscoco_soft (mean over classes; init 0.2)",
+                                "label loss SigmoidCrossEntropy (running mean of 25)",
+                                "cosine(grad of soft term, grad of label term) at fc8")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("stage-2 iteration")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[2].axhline(0, color="k", lw=0.8)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_targets(diag: dict, path: Path) -> None:
+    """Histograms of the teacher's image scores on the training images, by label, at the
+    teacher's own temperature and at stage 2's (T = 0.5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = diag["soft_targets"]
+    fig, axes = plt.subplots(1, len(t), figsize=(5.2 * len(t), 3.6), sharey=True)
+    edges = np.linspace(0, 1, 21)
+    for ax, (name, d) in zip(np.atleast_1d(axes), t.items()):
+        for key, color, label in (("hist_negative", "tab:blue", "label 0"), ("hist_positive", "tab:orange", "label 1")):
+            h = np.asarray(d[key], np.float64)
+            ax.bar(edges[:-1], h / max(h.sum(), 1), width=0.05, align="edge", alpha=0.6, color=color, label=label)
+        ax.set_title(f"teacher image scores, {name}: {100 * d['saturated']:.0f} % below 0.01 or above 0.99", fontsize=9)
+        ax.set_xlabel("score (the soft target of stage 2)")
+        ax.legend(fontsize=8)
+    np.atleast_1d(axes)[0].set_ylabel("share of (image, class) pairs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

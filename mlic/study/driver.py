@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 from mlic.study import report
 from mlic.study.jobs import run_jobs
-from mlic.study.pipeline import BASELINE, BASELINE_EQUAL, GRID, RELEASED, Arm, SeedPlan, prepare_data
+from mlic.study.pipeline import ALL_ARMS, BASELINE, BASELINE_EQUAL, RELEASED, RELEASED_SOFT_SCALE, Arm, SeedPlan, prepare_data
 from mlic.study.presets import Preset
 from mlic.study.stats import summarize
 
@@ -68,7 +68,7 @@ def _describe(chosen: Dict[str, float]) -> str:
     return "; ".join(f"{names.get(k, k)} {v:g}" for k, v in chosen.items()) or "nothing to choose"
 
 
-def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm] = GRID, workers: int = 2,
+def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm] = ALL_ARMS, workers: int = 2,
               log=print, equal_budget: bool = True) -> dict:
     """Runs (or resumes) every job and writes table.md, study.json and study.png in
     out/<preset>/. Returns the summary."""
@@ -98,7 +98,10 @@ def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm
 def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], root: Path,
                  tuned: Optional[Dict[str, float]] = None) -> dict:
     keys = [a.key for a in arms] + [BASELINE, BASELINE_EQUAL]
-    labels = {a.key: a.label + (" (released)" if a == RELEASED else "") for a in arms}
+    labels = {a.key: a.label for a in arms}
+    for arm, note in ((RELEASED, " (released switches)"), (RELEASED_SOFT_SCALE, " (released recipe)")):
+        if arm.key in labels:
+            labels[arm.key] += note
     labels[BASELINE] = "no KD (student alone)"
     labels[BASELINE_EQUAL] = f"no KD, {preset.iters['stage1'] + preset.iters['stage2']} iterations (= stage 1 + 2)"
     results = report.collect(seed_folders, keys)

@@ -25,6 +25,7 @@ class Arm:
     teacher: str = "caffe-decay"   # caffe-decay | frozen
     stage1: str = "convs+fc"       # convs+fc | convs | skip
     regions: str = "all"           # all | topk (stage 1 only)
+    soft_scale: Optional[float] = None  # fc8_mscoco_soft's lr_mult (None: the study's choice)
 
     def __post_init__(self):
         if self.kd_loss not in ("soft-ce", "l2") or self.teacher not in ("caffe-decay", "frozen") or \
@@ -36,12 +37,15 @@ class Arm:
     @property
     def key(self) -> str:
         s1 = "skip" if self.stage1 == "skip" else f"{'fc' if self.stage1 == 'convs+fc' else 'convs'}-{self.regions}"
-        return f"kd-{'ce' if self.kd_loss == 'soft-ce' else 'l2'}-{'decay' if self.teacher == 'caffe-decay' else 'frozen'}-s1{s1}"
+        ss = "" if self.soft_scale is None else f"-ss{self.soft_scale:g}"
+        return (f"kd-{'ce' if self.kd_loss == 'soft-ce' else 'l2'}-"
+                f"{'decay' if self.teacher == 'caffe-decay' else 'frozen'}-s1{s1}{ss}")
 
     @property
     def label(self) -> str:
         s1 = "no stage 1" if self.stage1 == "skip" else f"stage 1 {self.stage1}, {self.regions} regions"
-        return f"{self.kd_loss}, teacher {self.teacher}, {s1}"
+        ss = "" if self.soft_scale is None else f", soft-scale lr_mult {self.soft_scale:g}"
+        return f"{self.kd_loss}, teacher {self.teacher}, {s1}{ss}"
 
     @property
     def stage1_key(self) -> Optional[str]:
@@ -51,7 +55,7 @@ class Arm:
 
     @classmethod
     def from_key(cls, key: str) -> "Arm":
-        for arm in GRID:
+        for arm in GRID + [RELEASED_SOFT_SCALE]:
             if arm.key == key:
                 return arm
         raise ValueError(f"unknown arm {key!r}; arms look like {RELEASED.key}")
@@ -59,9 +63,12 @@ class Arm:
 
 RELEASED = Arm()
 PAPER_L2 = Arm(kd_loss="l2")
+# the released arm with the released soft-scale lr_mult, whatever the study chose
+RELEASED_SOFT_SCALE = Arm(soft_scale=10.0)
 GRID: List[Arm] = [Arm(l, t, s, r) for l, t, (s, r) in itertools.product(
     ("soft-ce", "l2"), ("caffe-decay", "frozen"),
     (("convs+fc", "all"), ("convs+fc", "topk"), ("convs", "all"), ("convs", "topk"), ("skip", "all")))]
+ALL_ARMS: List[Arm] = GRID + [RELEASED_SOFT_SCALE]
 
 
 @dataclass
@@ -190,7 +197,8 @@ class SeedPlan:
             s1 = arm.stage1_key
             start = str(self.folder / s1 / "final.pt") if s1 else self.body
             sw = Switches(kd_loss=arm.kd_loss, teacher=arm.teacher)
-            cfg = self.train_config("stage2", lr2, start, self.teacher, sw, soft_scale_lr_mult=tuned.get("soft_scale"))
+            ss = arm.soft_scale if arm.soft_scale is not None else tuned.get("soft_scale")
+            cfg = self.train_config("stage2", lr2, start, self.teacher, sw, soft_scale_lr_mult=ss)
             jobs.append(self._job(sub + arm.key, cfg, ["pretrain", "teacher"] + ([s1] if s1 else []), True))
         if baseline:
             jobs.append(self._job(sub + BASELINE, self.train_config("student", lr_student, self.body), ["pretrain"],

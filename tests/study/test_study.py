@@ -21,7 +21,7 @@ def test_table_plot_and_json(smoke_study):
     root, summary, _ = smoke_study
     assert (root / "study.png").stat().st_size > 10_000
     table = (root / "table.md").read_text()
-    for label in ("no KD (student alone)", "(released)", "l2, teacher caffe-decay"):
+    for label in ("no KD (student alone)", "(released switches)", "l2, teacher caffe-decay"):
         assert label in table
     data = json.loads((root / "study.json").read_text())
     arms = data["arms"]
