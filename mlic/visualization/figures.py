@@ -59,7 +59,7 @@ def _vector(x, name: str, n: Optional[int] = None) -> np.ndarray:
 
 def plot_qualitative(image, boxes, objectness, class_names: Sequence[str], scores_kd, scores_no_kd, labels,
                      out_path, num_proposals: int = 10, top_k: int = 3, boxes_frame: Optional[tuple] = None,
-                     title: Optional[str] = None) -> Path:
+                     title: Optional[str] = None, caption: bool = True) -> Path:
     """The paper's qualitative figure for one image.
 
     Top: the image with its ``num_proposals`` proposals of highest teacher objectness
@@ -67,7 +67,8 @@ def plot_qualitative(image, boxes, objectness, class_names: Sequence[str], score
     ``top_k`` labels without and with knowledge distillation, blue when the label is in
     the ground truth and red otherwise. ``boxes_frame=(width, height)`` gives the frame
     the boxes are expressed in (e.g. (672, 672) for datalist boxes) when it differs
-    from the image's size; they are rescaled to the image.
+    from the image's size; they are rescaled to the image. ``caption`` adds a line that
+    says what the numbers and the colours mean, so the picture reads on its own.
     """
     rgb = _load_image(image)
     h, w = rgb.shape[:2]
@@ -90,10 +91,11 @@ def plot_qualitative(image, boxes, objectness, class_names: Sequence[str], score
 
     # figure height follows the image's aspect ratio so the image fills its panel
     img_h, text_h, title_h = 6.2 * h / w, 1.3, 0.35 if title else 0.1
-    total = img_h + text_h + title_h
+    cap_h = 0.55 if caption else 0.0
+    total = img_h + text_h + title_h + cap_h
     fig = Figure(figsize=(6.4, total), dpi=100)
     grid = fig.add_gridspec(2, 2, height_ratios=[img_h, text_h], hspace=0.02, wspace=0.05,
-                            left=0.015, right=0.985, top=1 - title_h / total, bottom=0.01)
+                            left=0.015, right=0.985, top=1 - title_h / total, bottom=0.01 + cap_h / total)
     ax = fig.add_subplot(grid[0, :])
     ax.imshow(rgb)
     ax.set_axis_off()
@@ -117,6 +119,11 @@ def plot_qualitative(image, boxes, objectness, class_names: Sequence[str], score
         for i, c in enumerate(np.argsort(-s, kind="stable")[:top_k]):
             tax.text(0.5, 0.70 - 0.22 * i, f"{names[c]} ({s[c]:.2f})", ha="center", va="top", fontsize=10,
                      color=CORRECT if gt[c] else WRONG, transform=tax.transAxes)
+    if caption:
+        fig.text(0.5, 0.5 * cap_h / total,
+                 f"Boxes: the {len(top)} proposals the teacher (WSDDN) weighs most, with that objectness (its\n"
+                 f"detection-stream score summed over classes). Below: each student's top {top_k} labels and\n"
+                 "probabilities; blue = in the ground truth, red = not.", ha="center", va="center", fontsize=7.5)
     return _save(fig, out_path)
 
 
@@ -211,13 +218,25 @@ def read_csv_log(path) -> tuple:
     return header, data
 
 
+def _running_mean(y: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the last k values at each point (fewer at the start)."""
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    idx = np.arange(1, len(y) + 1)
+    lo = np.maximum(idx - k, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
 def plot_training_curves(csv_paths, out_path, x: str = "iter", columns: Optional[Sequence[str]] = None,
-                         ncols: int = 3, log_scale: Sequence[str] = ("lr",)) -> Path:
+                         ncols: int = 3, log_scale: Sequence[str] = ("lr",), title: Optional[str] = None,
+                         smooth: int = 0, omit: Sequence[str] = ("img_per_s",)) -> Path:
     """One subplot per numeric column of CSV logs (e.g. the trainer's log.csv and eval.csv), against ``x``.
 
     Several files may be given: a column present in more than one is drawn in one
     subplot with a line per file. ``columns`` restricts the plot; ``log_scale`` names
     columns drawn with a logarithmic y axis (when all their values are positive).
+    ``smooth`` > 1 draws the running mean of that many points over the raw values (drawn
+    faint). Without ``columns``, the columns in ``omit`` (throughput: it plots the
+    machine's load) and columns that never change (a fixed learning rate) are left out.
     """
     if isinstance(csv_paths, (str, Path)):
         csv_paths = [csv_paths]
@@ -237,24 +256,33 @@ def plot_training_curves(csv_paths, out_path, x: str = "iter", columns: Optional
             raise ValueError(f"columns: no numeric data for {missing} in {[str(p) for p in csv_paths]}")
         order = list(columns)
     else:
-        order = list(series)
+        order = [h for h in series if h not in omit and
+                 any(len(ys) > 1 and np.ptp(ys) > 0 for _, _, ys in series[h])] or list(series)
     if not order:
         raise ValueError(f"no numeric column besides {x!r} in {[str(p) for p in csv_paths]}")
     ncols = max(1, min(ncols, len(order)))
     nrows = math.ceil(len(order) / ncols)
-    fig = Figure(figsize=(3.4 * ncols, 2.6 * nrows), dpi=100)
+    fig = Figure(figsize=(3.4 * ncols, 2.6 * nrows + (0.35 if title else 0.0)), dpi=100)
     for k, name in enumerate(order):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        for stem, xs, ys in series[name]:
-            ax.plot(xs, ys, lw=1.2, marker="o" if len(xs) < 30 else None, ms=3,
-                    label=stem if len(series[name]) > 1 else None)
+        for i, (stem, xs, ys) in enumerate(series[name]):
+            label = stem if len(series[name]) > 1 else None
+            color = f"C{i}"
+            if smooth > 1 and len(xs) > smooth:
+                ax.plot(xs, ys, lw=0.6, color=color, alpha=0.25)
+                ax.plot(xs, _running_mean(ys, smooth), lw=1.4, color=color, label=label)
+            else:
+                ax.plot(xs, ys, lw=1.2, color=color, marker="o" if len(xs) < 30 else None, ms=3, label=label)
         if name in log_scale and all((ys > 0).all() for _, _, ys in series[name]):
             ax.set_yscale("log")
         if len(series[name]) > 1:
             ax.legend(fontsize=7)
-        ax.set_title(name, fontsize=9)
+        note = f" (running mean of {smooth}, raw faint)" if smooth > 1 and len(series[name][0][1]) > smooth else ""
+        ax.set_title(name + note, fontsize=8)
         ax.set_xlabel(x, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, out_path)

@@ -35,8 +35,11 @@ def _qualitative(tmp_path, image, labels, name):
 def test_qualitative_png(tmp_path):
     img = np.full((160, 240, 3), 128, np.uint8)  # grey: no blue or red of its own
     arr = _png(_qualitative(tmp_path, img, [1, 1, 0, 0, 0], "q.png"))
-    # width 6.4 in at 100 dpi; height follows the image's aspect ratio (+ the label rows)
-    assert arr.shape[1] == 640 and arr.shape[0] == round(100 * (6.2 * 160 / 240 + 1.3 + 0.1))
+    # width 6.4 in at 100 dpi; height follows the image's aspect ratio (+ the label rows and the caption)
+    assert arr.shape[1] == 640 and arr.shape[0] == round(100 * (6.2 * 160 / 240 + 1.3 + 0.1 + 0.55))
+    plain = _png(plot_qualitative(img, [[0, 0, 5, 5]], [0.9], NAMES, [0.1] * 5, [0.1] * 5, [1, 0, 0, 0, 0],
+                                  tmp_path / "plain.png", caption=False))
+    assert plain.shape[0] == round(100 * (6.2 * 160 / 240 + 1.3 + 0.1))
     # top-3 without KD: dog (correct), car, person (correct); with KD: person, dog (correct), bus -> both colours
     assert _near(arr, "#1f4fd8") > 20 and _near(arr, "#d62728") > 20
 
@@ -109,11 +112,24 @@ def test_training_curves_png(tmp_path):
     header, data = read_csv_log(log)
     assert header == ["iter", "loss", "lr", "note", "img_per_s"]
     assert np.isnan(data["note"]).all() and np.isnan(data["img_per_s"][0]) and data["img_per_s"][2] == 25.0
-    # numeric columns besides iter: loss (both files), lr, img_per_s, mAP -> 4 subplots, 3 columns x 2 rows
+    # numeric columns besides iter: loss (both files), lr, mAP; throughput left out -> 3 subplots in a row
     arr = _png(plot_training_curves([log, ev], tmp_path / "curves.png"))
-    assert arr.shape[:2] == (520, 1020)
+    assert arr.shape[:2] == (260, 1020)
     arr = _png(plot_training_curves(log, tmp_path / "loss.png", columns=["loss"]))
     assert arr.shape[:2] == (260, 340)
+    # a rate that never changes is left out too; a title adds a line
+    _write_csv(log, ["iter", "loss", "lr"], [[i, 1.0 / i, 0.01] for i in range(1, 41)])
+    arr = _png(plot_training_curves(log, tmp_path / "one.png", title="stage 2", smooth=5))
+    assert arr.shape[:2] == (295, 340)
+
+
+def test_running_mean_matches_numpy():
+    from mlic.visualization.figures import _running_mean
+
+    y = np.random.default_rng(0).normal(size=50)
+    k = 7
+    ref = [y[max(0, i - k + 1): i + 1].mean() for i in range(len(y))]
+    np.testing.assert_allclose(_running_mean(y, k), ref, rtol=1e-12)
 
 
 def test_training_curves_bad_inputs(tmp_path):
