@@ -1,13 +1,17 @@
 """The embedded demo: the whole method on the synthetic benchmark, on a laptop CPU.
 
-synthetic data -> WSDDN teacher -> KD stage 1 -> KD stage 2 -> no-KD student baseline ->
-tests -> a results table (results.md / results.json) and figures. Every step is the
-library's own training and testing code (tools/train.py, tools/test.py) at a small size.
+For one seed of a preset (mlic.study.presets): synthetic data -> the pretrained stand-in
+for ImageNet weights -> the WSDDN teacher -> KD stage 1 -> KD stage 2 (the released
+soft cross-entropy at the released and at the study's soft-scale rate, and the paper's
+L2) -> the student without KD, every stage in its own process through the library's
+training API, each student tested on the same test images; then a results table
+(results.md / results.json) and figures. Several seeds add a table over seeds.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,33 +20,20 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-# Sizes: "full" is the README's demo (about 4 minutes a seed on 2 CPU cores); "smoke" checks
-# the whole pipeline in well under a minute. No ImageNet weights exist here, so a
-# "pretrain" step stands in for them: the 5-conv VGG-style body (the released layer names,
-# conv1_1 ... conv5_1) learns single-object classification on separate synthetic images,
-# and the teacher and both students start from it, as the paper's start from VGG16.
-# From scratch, WSDDN does not leave chance level in minutes (nor in our tries).
-PRESETS = {
-    "full": dict(num_train=2400, num_test=300, num_classes=4, bbox_num=40, image_size=128, pretrain_images=3000,
-                 pretrain_iters=2000, teacher_iters=1000, stage1_iters=500, stage2_iters=1000, student_iters=1000,
-                 batch=8, eval_period=0),
-    "smoke": dict(num_train=16, num_test=8, num_classes=4, bbox_num=12, image_size=128, pretrain_images=16,
-                  pretrain_iters=2, teacher_iters=4, stage1_iters=2, stage2_iters=3, student_iters=3, batch=4,
-                  eval_period=0),
-}
-# Dropout off and the heads at the body's learning rate: the released 10x head lr_mult
-# suits fine-tuning from ImageNet, not these small nets (it leaves them at chance level).
-NET = ["--input-size", "128", "--student-size", "64", "--pooled-size", "2", "--width", "1", "--fc-dim", "128",
-       "--body", "conv1_1:16,pool1,conv2_1:32,pool2,conv3_1:64,pool3,conv4_1:64,pool4,conv5_1:128",
-       "--input-scale", "0.015625", "--dropout", "0", "--lr-mult", "head=1"]
-SOLVER = {  # base_lr per stage (Caffe SGD, momentum 0.9, weight decay 5e-4)
-    "pretrain": "0.01", "wsddn": "0.01", "stage1": "0.0001", "stage2": "0.01", "stage2_l2": "0.01", "student": "0.01",
-}
-# The benchmark: 4 shape classes, 1-3 objects of 15-50 % of the image, a few distractors.
-SYNTHETIC = dict(max_objects=3, min_object_frac=0.15, max_object_frac=0.5, num_distractors=(0, 2))
-# The ImageNet stand-in: one larger object per image, read at the student's 64 x 64.
-PRETRAIN = dict(max_objects=1, min_object_frac=0.3, max_object_frac=0.7, num_distractors=(0, 2), bbox_num=4,
-                frame_width=64, frame_height=64)
+from mlic.study import report
+from mlic.study.jobs import run_jobs
+from mlic.study.pipeline import BASELINE, PAPER_L2, RELEASED, RELEASED_SOFT_SCALE, SeedPlan, prepare_data
+from mlic.study.presets import PRESETS, Preset, get_preset
+from mlic.study.stats import paired_difference, summarize
+
+# what the demo trains, in the order of its table
+ARMS = [RELEASED_SOFT_SCALE, RELEASED, PAPER_L2]
+ROWS = [("teacher", "teacher (WSDDN, full resolution)"),
+        (RELEASED_SOFT_SCALE.key, "student, KD as released (soft CE, soft-scale lr_mult 10)"),
+        (RELEASED.key, "student, KD soft CE, soft-scale lr_mult chosen on validation"),
+        (PAPER_L2.key, "student, KD with the paper's L2 loss"),
+        (BASELINE, "student without KD")]
+METRICS = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3", "CorLoc")
 
 
 def kernels_demo(device: str = "cpu", seed: int = 0) -> int:
@@ -59,178 +50,165 @@ def kernels_demo(device: str = "cpu", seed: int = 0) -> int:
                       torch.maximum(boxes[:, :2], boxes[:, 2:]), torch.rand(k, 1, device=device)], 1)
     failures = 0
 
-    def report(name, ours, theirs):
+    def check(name, ours, theirs):
         nonlocal failures
         err = (ours - theirs).abs().max().item()
         ok = err <= 1e-5 * (1 + theirs.abs().max().item())
         failures += not ok
         print(f"  {name:<28} max |ours - reference| = {err:.3g}  {'ok' if ok else 'MISMATCH'}")
 
-    report("roi_pool 7x7 (200 RoIs)", ops.roi_pool(feats, rois, 7, 7, 1 / 16)[0], ref.roi_pool_ref(feats, rois, 7, 7, 1 / 16)[0])
-    report("spp (3 levels, max)", ops.spp(feats, 3), ref.spp_ref(feats, 3))
+    check("roi_pool 7x7 (200 RoIs)", ops.roi_pool(feats, rois, 7, 7, 1 / 16)[0], ref.roi_pool_ref(feats, rois, 7, 7, 1 / 16)[0])
+    check("spp (3 levels, max)", ops.spp(feats, 3), ref.spp_ref(feats, 3))
     cls, det = torch.randn(2, 500, 80, device=device), torch.randn(2, 500, 80, device=device)
-    report("wsddn_two_stream", ops.wsddn_two_stream(cls, det)[0], ref.wsddn_two_stream_ref(cls, det)[0])
+    check("wsddn_two_stream", ops.wsddn_two_stream(cls, det)[0], ref.wsddn_two_stream_ref(cls, det)[0])
     print("all ops agree with the reference" if not failures else f"{failures} op(s) disagree")
     return 1 if failures else 0
 
 
-def _train(stage: str, run: Path, data: Dict[str, str], iters: int, batch: int, seed: int, extra: List[str],
-           eval_period: int, quiet: bool, name: Optional[str] = None) -> Path:
-    from mlic.training.train import main as train_main
+def _clean(folder: Path) -> None:
+    """A rerun replaces the seed's folder: everything goes but generated data whose
+    settings match (it is a pure function of them)."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.name in ("data", "pretrain_data") and (p / "complete.json").is_file():
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
-    name = name or stage
-    argv = ["--stage", stage, "--datalist", data["train"], "--test-datalist", data["test"], "--root-folder",
-            data["root_folder"], "--out", str(run / name), "--max-iter", str(iters), "--batch-size", str(batch),
-            "--base-lr", SOLVER[name], "--momentum", "0.9", "--weight-decay", "0.0005", "--seed", str(seed),
-            "--checkpoint-period", str(max(iters, 1)), "--eval-period", str(eval_period), "--no-tensorboard",
-            *NET, *extra] + (["--quiet"] if quiet else [])
+
+def run_demo(out: str = "demo_out", preset: str = "demo", seed: int = 0, workers: int = 2, log=print) -> dict:
+    """Trains and tests everything of one seed; returns {row: metrics} and writes
+    results.md, results.json and figures/ in out/<preset>/seed<seed>."""
+    p = get_preset(preset)
+    run = Path(out) / p.name / f"seed{seed}"
+    _clean(run)
     t0 = time.perf_counter()
-    if train_main(argv) != 0:
-        raise RuntimeError(f"[demo] {name}: training stopped (see the message above)")
-    print(f"[demo] {name}: {iters} iterations in {time.perf_counter() - t0:.0f} s")
-    return run / name / "final.pt"
-
-
-def _test(weights: Path, data: Dict[str, str], out: Path, gt: Optional[str] = None, figures: bool = True) -> dict:
-    from mlic.training.test import main as test_main
-
-    argv = ["--weights", str(weights), "--datalist", data["test"], "--root-folder", data["root_folder"], "--out",
-            str(out), "--class-names", data["classes"], "--batch-size", "16"] + (["--gt", gt] if gt else []) + (
-        ["--figures"] if figures else [])
-    if test_main(argv) != 0:
-        raise RuntimeError(f"[demo] testing {weights} stopped (see the message above)")
-    return json.loads((out / "metrics.json").read_text())
-
-
-def run_demo(out: str = "demo_out", preset: str = "full", seed: int = 0, quiet: bool = False) -> dict:
-    from mlic.data.synthetic import SyntheticConfig, generate_dataset
-
-    if preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    p = PRESETS[preset]
-    run = Path(out) / f"seed{seed}"
-    t0 = time.perf_counter()
-    print(f"[demo] synthetic benchmark ({p['num_train']} train / {p['num_test']} test images, "
-          f"{p['bbox_num']} proposals each) -> {run / 'data'}")
-    data = generate_dataset(str(run / "data"), SyntheticConfig(
-        num_train=p["num_train"], num_test=p["num_test"], bbox_num=p["bbox_num"], image_size=p["image_size"],
-        num_classes=p["num_classes"], seed=seed, **SYNTHETIC), workers=2)
-    pre_data = generate_dataset(str(run / "pretrain_data"), SyntheticConfig(
-        num_train=p["pretrain_images"], num_test=max(8, p["pretrain_images"] // 10), image_size=p["image_size"],
-        num_classes=p["num_classes"], seed=seed + 7919, **PRETRAIN), workers=2)
-    torch.manual_seed(seed)
-    ev = p["eval_period"]
-    pre = _train("student", run, pre_data, p["pretrain_iters"], p["batch"], seed,
-                 ["--input-size", str(PRETRAIN["frame_width"])], ev, quiet, name="pretrain")
-    init = ["--weights", str(pre)]
-    teacher = _train("wsddn", run, data, p["teacher_iters"], p["batch"], seed, init, ev, quiet)
-    s1 = _train("stage1", run, data, p["stage1_iters"], p["batch"], seed, ["--teacher", str(teacher), *init], ev,
-                quiet)
-    s2 = _train("stage2", run, data, p["stage2_iters"], p["batch"], seed,
-                ["--teacher", str(teacher), "--weights", str(s1)], ev, quiet)
-    # the paper's prediction-level loss (SPEC section 8) from the same stage-1 student
-    s2_l2 = _train("stage2", run, data, p["stage2_iters"], p["batch"], seed,
-                   ["--teacher", str(teacher), "--weights", str(s1), "--kd-loss", "l2"], ev, quiet, name="stage2_l2")
-    base = _train("student", run, data, p["student_iters"], p["batch"], seed, init, ev, quiet)
-
-    results = {
-        "teacher": _test(teacher, data, run / "test_teacher", gt=data["gt_test"]),
-        "student_kd": _test(s2, data, run / "test_student_kd"),
-        "student_kd_l2": _test(s2_l2, data, run / "test_student_kd_l2"),
-        "student_no_kd": _test(base, data, run / "test_student_no_kd"),
-    }
-    _figures(run, data, results)
-    table = format_table(results)
-    print(table)
+    data = prepare_data(p, seed, run, workers=workers, log=log)
+    plan = SeedPlan(p, seed, run, data, threads=1 if workers > 1 else 2)
+    jobs = plan.shared_jobs(ARMS) + plan.student_jobs(ARMS)
+    failed = run_jobs(jobs, workers, log)
+    if failed:
+        raise RuntimeError(f"demo: {len(failed)} step(s) failed: {', '.join(failed)}; see their job.log")
+    results = {}
+    for key, _ in ROWS:
+        r = json.loads((run / key / "result.json").read_text())
+        results[key] = {m: v for m, v in r["metrics"]["test"].items() if isinstance(v, (int, float))}
+    _figures(run, p, data, results)
+    table = format_table(results, p)
     (run / "results.md").write_text(table + "\n")
-    summary = {k: {m: v for m, v in r.items() if not isinstance(v, (list, dict))} for k, r in results.items()}
-    summary["seconds"] = time.perf_counter() - t0
+    summary = {"preset": p.name, "seed": seed, "seconds": time.perf_counter() - t0, "results": results}
     (run / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-    print(f"[demo] done in {summary['seconds']:.0f} s; results in {run}")
+    log(table)
+    log(f"[demo] seed {seed} done in {summary['seconds'] / 60:.1f} min; results and figures in {run}")
     return summary
 
 
-def format_table(results: dict) -> str:
-    t, kd, kd2, no = results["teacher"], results["student_kd"], results["student_kd_l2"], results["student_no_kd"]
-
-    def f(r, k):
-        v = r.get(k)
-        return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
-
-    rows = ["| model | mAP | CF1 | OF1 | CF1 top-3 | OF1 top-3 | CorLoc |", "|---|---|---|---|---|---|---|",
-            f"| teacher (WSDDN) | {f(t, 'mAP')} | {f(t, 'CF1')} | {f(t, 'OF1')} | {f(t, 'CF1_top3')} | "
-            f"{f(t, 'OF1_top3')} | {f(t, 'CorLoc')} |",
-            f"| student with KD (released: soft CE) | {f(kd, 'mAP')} | {f(kd, 'CF1')} | {f(kd, 'OF1')} | "
-            f"{f(kd, 'CF1_top3')} | {f(kd, 'OF1_top3')} | |",
-            f"| student with KD (paper: L2) | {f(kd2, 'mAP')} | {f(kd2, 'CF1')} | {f(kd2, 'OF1')} | "
-            f"{f(kd2, 'CF1_top3')} | {f(kd2, 'OF1_top3')} | |",
-            f"| student without KD | {f(no, 'mAP')} | {f(no, 'CF1')} | {f(no, 'OF1')} | {f(no, 'CF1_top3')} | "
-            f"{f(no, 'OF1_top3')} | |"]
-    return "\n".join(rows)
+def _pct(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
 
 
-def _figures(run: Path, data: Dict[str, str], results: dict, count: int = 4) -> None:
-    """Training curves and the paper-style qualitative figure for a few test images."""
+def format_table(results: Dict[str, dict], preset: Preset) -> str:
+    lines = [f"Test set: {preset.test_images} images, {preset.classes} classes; in % (single forward).", "",
+             "| model | mAP | CF1 | OF1 | CF1 top-3 | OF1 top-3 | CorLoc |", "|---|---|---|---|---|---|---|"]
+    for key, name in ROWS:
+        r = results[key]
+        lines.append(f"| {name} | " + " | ".join(_pct(r.get(m)) if m != "CorLoc" or key == "teacher" else ""
+                                                 for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def format_seeds(summaries: Dict[int, dict]) -> str:
+    """Mean ± sd over seeds, and each KD student minus the student without KD paired over
+    seeds (95 % t interval)."""
+    seeds = sorted(summaries)
+    lines = [f"Over seeds {seeds}: mean ± sd; Δ = minus the student without KD, paired over seeds, 95 % t "
+             "interval.", "", "| model | mAP | CF1 | OF1 | Δ mAP | Δ CF1 | Δ OF1 |", "|---|---|---|---|---|---|---|"]
+    for key, name in ROWS:
+        vals = {m: [100 * summaries[s]["results"][key][m] for s in seeds] for m in ("mAP", "CF1", "OF1")}
+        cells = [report.pm(summarize(vals[m])) for m in ("mAP", "CF1", "OF1")]
+        if key in ("teacher", BASELINE):
+            cells += ["", "", ""]
+        else:
+            for m in ("mAP", "CF1", "OF1"):
+                base = [100 * summaries[s]["results"][BASELINE][m] for s in seeds]
+                d = paired_difference(vals[m], base)
+                cells.append(f"{d.mean:+.1f}" if len(seeds) < 2 else f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+STAGE_TITLES = {"teacher": "teacher (WSDDN)", BASELINE: "student without KD"}
+
+
+def _figures(run: Path, preset: Preset, data, results: dict, count: int = 4) -> None:
+    """Training curves of every stage, precision-recall curves of the students, and the
+    paper-style qualitative figure for a few test images."""
     from mlic.data import read_datalist
     from mlic.evaluation import load_scores
-    from mlic.training.test import load_trained, predict_dataset
-    from mlic.visualization import plot_qualitative, plot_training_curves
+    from mlic.training.test import load_trained
+    from mlic.visualization import plot_pr_curves, plot_qualitative, plot_training_curves
 
     figs = run / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    for stage in ("pretrain", "wsddn", "stage1", "stage2", "stage2_l2", "student"):
-        log = run / stage / "log.csv"
-        if log.exists():
-            plot_training_curves([log], figs / f"training_{stage}.png")
-    kd = load_scores(run / "test_student_kd" / "scores.csv")
-    no = load_scores(run / "test_student_no_kd" / "scores.csv")
-    names = [l.strip() for l in Path(data["classes"]).read_text().splitlines() if l.strip()]
-    dl = read_datalist(data["test"], root_folder=data["root_folder"])
-    task, meta = load_trained(str(run / "wsddn" / "final.pt"))
-    from mlic.data import HumanAttDataConfig, HumanAttDataset
-    from mlic.training.train import BGR_MEAN
+    titles = dict(STAGE_TITLES, **{a.key: f"stage 2: {a.label}" for a in ARMS},
+                  **{a.stage1_key: f"stage 1: {a.stage1}, {a.regions} regions" for a in ARMS if a.stage1_key})
+    titles["pretrain"] = "ImageNet stand-in (batch-normalised, Adam; folded afterwards)"
+    for job, title in titles.items():
+        log = run / job / "log.csv"
+        if log.is_file():
+            cols = ["loss"] if job == "pretrain" else None
+            plot_training_curves([log], figs / f"training_{job}.png", title=title, smooth=25, columns=cols)
+    names = [line.strip() for line in Path(data.classes).read_text().splitlines() if line.strip()]
+    for key, name in ROWS[1:]:
+        sc = load_scores(run / key / "test_test" / "scores.csv")
+        plot_pr_curves(sc.scores, sc.labels, figs / f"pr_{key}.png", class_names=names)
+    kd = load_scores(run / RELEASED.key / "test_test" / "scores.csv")
+    no = load_scores(run / BASELINE / "test_test" / "scores.csv")
+    dl = read_datalist(data.test, att_num=preset.classes, bbox_num=preset.proposals, root_folder=data.root)
+    task, meta = load_trained(str(run / "teacher" / "final.pt"))
+    from mlic.data import BatchSpec, HumanAttDataConfig, HumanAttDataset
+    from mlic.training.config import BGR_MEAN
 
-    size = meta["net"]["input_size"]
-    ds = HumanAttDataset(dl, HumanAttDataConfig(source=data["test"], root_folder=data["root_folder"], batch_size=1,
-                                                new_width=size, new_height=size, att_num=dl.att_num,
-                                                bbox_num=dl.bbox_num, mean_values=BGR_MEAN))
+    size = preset.teacher_size
+    ds = HumanAttDataset(dl, HumanAttDataConfig(source=data.test, root_folder=data.root, batch_size=1, new_width=size,
+                                                new_height=size, att_num=dl.att_num, bbox_num=dl.bbox_num,
+                                                mean_values=BGR_MEAN, scale=preset.input_scale))
     for i in range(min(count, len(dl))):
-        from mlic.data import BatchSpec
-
         b = ds[BatchSpec((i,))]
         with torch.no_grad():
             _, region = task.predict(task.model, b)
         objectness = region[0].sum(1).numpy()  # detection-stream mass per region, summed over classes
-        boxes = b.boxes[0, :, :4].numpy()
-        plot_qualitative(str(Path(data["root_folder"]) / dl.paths[i]), boxes, objectness, names, kd.scores[i],
-                         no.scores[i], dl.labels[i], figs / f"qualitative_{i}.png", boxes_frame=(size, size))
+        truth = ", ".join(n for n, y in zip(names, dl.labels[i]) if y)
+        plot_qualitative(str(Path(data.root) / dl.paths[i]), b.boxes[0, :, :4].numpy(), objectness, names,
+                         kd.scores[i], no.scores[i], dl.labels[i], figs / f"qualitative_{i}.png",
+                         boxes_frame=(size, size), title=f"test image {i}: ground truth {truth}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--preset", default="full", choices=sorted(PRESETS))
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (the README's table uses 0,1,2)")
+    p.add_argument("--out", default="demo_out", help="output folder; each preset writes out/<preset>/seed<k>")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="sizes (default: demo)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds or ranges, e.g. 0-4 (default 0)")
+    p.add_argument("--workers", type=int, default=2, help="stages run at once, one process each (default 2)")
     p.add_argument("--kernels", action="store_true", help="only check the ops against the reference")
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.kernels:
         return kernels_demo()
-    summaries = {}
-    for s in [int(x) for x in args.seeds.split(",")]:
-        summaries[s] = run_demo(args.out, args.preset, s, args.quiet)
+    from mlic.study.cli import parse_seeds
+
+    try:
+        seeds = parse_seeds(args.seeds)
+        if args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        summaries = {s: run_demo(args.out, args.preset, s, args.workers) for s in seeds}
+    except ValueError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
     if len(summaries) > 1:
-        print(format_seeds(summaries))
-        (Path(args.out) / "results_seeds.md").write_text(format_seeds(summaries) + "\n")
+        text = format_seeds(summaries)
+        print(text)
+        (Path(args.out) / args.preset / "results_seeds.md").write_text(text + "\n")
     return 0
-
-
-def format_seeds(summaries: Dict[int, dict]) -> str:
-    students = ("student_kd", "student_kd_l2", "student_no_kd")
-    keys = [("teacher", "mAP"), ("teacher", "CorLoc")] + [(m, k) for k in ("mAP", "CF1", "OF1") for m in students]
-    lines = ["| seed | " + " | ".join(f"{m} {k}" for m, k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for s, r in summaries.items():
-        lines.append(f"| {s} | " + " | ".join(f"{100 * r[m].get(k, float('nan')):.1f}" for m, k in keys) + " |")
-    arr = np.array([[r[m].get(k, np.nan) for m, k in keys] for r in summaries.values()]) * 100
-    lines.append("| mean ± sd | " + " | ".join(f"{a:.1f} ± {b:.1f}" for a, b in zip(arr.mean(0), arr.std(0))) + " |")
-    return "\n".join(lines)

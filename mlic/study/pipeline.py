@@ -197,7 +197,7 @@ class SeedPlan:
             s1 = arm.stage1_key
             start = str(self.folder / s1 / "final.pt") if s1 else self.body
             sw = Switches(kd_loss=arm.kd_loss, teacher=arm.teacher)
-            ss = arm.soft_scale if arm.soft_scale is not None else tuned.get("soft_scale")
+            ss = arm.soft_scale if arm.soft_scale is not None else tuned.get("soft_scale", p.soft_scale_lr_mult)
             cfg = self.train_config("stage2", lr2, start, self.teacher, sw, soft_scale_lr_mult=ss)
             jobs.append(self._job(sub + arm.key, cfg, ["pretrain", "teacher"] + ([s1] if s1 else []), True))
         if baseline:

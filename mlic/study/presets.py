@@ -45,6 +45,8 @@ class Preset:
     # (fc8_mscoco_soft; the released 10 is first)
     tune_lr: Tuple[float, ...] = ()
     tune_soft_scale: Tuple[float, ...] = ()
+    # fc8_mscoco_soft's lr_mult where nothing is tuned (the demo): None is the released 10
+    soft_scale_lr_mult: Optional[float] = None
 
     def replace(self, **kw) -> "Preset":
         return replace(self, **kw)
