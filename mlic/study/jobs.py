@@ -31,6 +31,7 @@ class Job:
     evaluate: Dict[str, str] = field(default_factory=dict)  # split -> datalist; "gt_<split>" -> boxes
     root_folder: str = ""
     threads: int = 1
+    expected_seconds: float = 0.0  # typical time of such a job (0: unknown), printed at its start
 
     @property
     def result_path(self) -> Path:
@@ -74,6 +75,10 @@ def run_job(job: Job) -> dict:
     tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
     os.replace(tmp, job.result_path)
     return result
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _spec_path(job: Job) -> Path:
@@ -124,7 +129,8 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
             proc = subprocess.Popen([python, "-m", "mlic.study", "job", str(spec)], stdout=logf,
                                     stderr=subprocess.STDOUT, env=env)
             running[j.key] = (proc, time.perf_counter(), logf)
-            log(f"[study] start {j.key}")
+            eta = f" (typically {_minutes(j.expected_seconds)})" if j.expected_seconds else ""
+            log(f"[study] start {j.key}{eta}")
         if not running:
             if pending:  # nothing can start: dependencies failed or unknown order
                 for j in pending:

@@ -159,7 +159,7 @@ class SeedPlan:
             if cfg.stage == "wsddn":
                 ev["gt_test"] = d.gt_test
         return Job(self.key(name), str(self.folder / name), "train", cfg.to_dict(), [self.key(x) for x in deps], ev,
-                   d.root, self.threads)
+                   d.root, self.threads, self.preset.expected_seconds.get(cfg.stage, 0.0))
 
     def shared_jobs(self, arms: Iterable[Arm]) -> List[Job]:
         p, d = self.preset, self.data
@@ -170,7 +170,8 @@ class SeedPlan:
                    "datalist": d.pretrain, "root_folder": d.pretrain_root, "iters": p.iters["pretrain"],
                    "batch": p.pretrain_batch, "lr": p.base_lr["pretrain"], "seed": self.seed,
                    "input_scale": p.input_scale}
-        jobs = [Job(self.key("pretrain"), str(self.folder / "pretrain"), "standin", standin, [], {}, "", self.threads),
+        jobs = [Job(self.key("pretrain"), str(self.folder / "pretrain"), "standin", standin, [], {}, "", self.threads,
+                    p.expected_seconds.get("pretrain", 0.0)),
                 self._job("teacher", self.train_config("wsddn", p.base_lr["wsddn"], self.body), ["pretrain"], True)]
         seen = set()
         for arm in arms:

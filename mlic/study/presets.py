@@ -47,6 +47,9 @@ class Preset:
     tune_soft_scale: Tuple[float, ...] = ()
     # fc8_mscoco_soft's lr_mult where nothing is tuned (the demo): None is the released 10
     soft_scale_lr_mult: Optional[float] = None
+    # typical seconds per job (pretrain, wsddn, stage1, stage2, student), measured as
+    # the README says; printed when a job starts
+    expected_seconds: Dict[str, float] = field(default_factory=dict)
 
     def replace(self, **kw) -> "Preset":
         return replace(self, **kw)
