@@ -41,12 +41,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--arms", default="all", help="'all' (the 20 arms of the grid and the released arm at the "
                    "released soft-scale lr_mult) or comma-separated arm keys, e.g. " + GRID[0].key)
     p.add_argument("--workers", type=int, default=2, help="jobs run at once, one process each (default 2)")
+    p.add_argument("--diagnose", action="store_true", help="instead of training: measure the finished jobs (teacher "
+                   "drift, soft targets, stage-2 dynamics, stage-1 feature probes, budgets) into "
+                   "<out>/<preset>/diagnosis/")
     args = p.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
         arms = ALL_ARMS if args.arms == "all" else [Arm.from_key(k.strip()) for k in args.arms.split(",")]
         if args.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        if args.diagnose:
+            from mlic.study.diagnose import run_diagnosis, summary_text
+
+            print(summary_text(run_diagnosis(get_preset(args.preset), seeds, args.out, arms)))
+            return 0
         summary = run_study(get_preset(args.preset), seeds, args.out, arms, args.workers)
     except (ValueError, StudyError) as e:
         print(f"study: {e}", file=sys.stderr)

@@ -71,10 +71,15 @@ def _dataset(datalist: str, root: str, cfg, input_scale: float, batch: int = 16)
 
 
 def _batches(ds, batch: int = 16):
+    """The dataset's batches at scale 1, unmirrored; read once per dataset and kept (the
+    diagnosis runs many models over the same images)."""
     from mlic.data import BatchSpec
 
-    for s in range(0, len(ds), batch):
-        yield ds[BatchSpec(tuple(range(s, min(len(ds), s + batch))))]
+    cache = getattr(ds, "_diagnosis_batches", None)
+    if cache is None:
+        cache = [ds[BatchSpec(tuple(range(s, min(len(ds), s + batch))))] for s in range(0, len(ds), batch)]
+        ds._diagnosis_batches = cache
+    return cache
 
 
 @torch.no_grad()
@@ -215,6 +220,8 @@ def diagnose_seed(folder: Path, data: SeedData, arms: Sequence[Arm]) -> dict:
             s1 = json.loads((folder / arm.stage1_key / "result.json").read_text())["config"]["solver"]["max_iter"]
         budget[key] = {"iterations": iters + s1, "images": (iters + s1) * batch, "stage1_iterations": s1}
     out["budget"] = budget
+    out["stage2"] = {a.key: stage2_log_summary(folder / a.key / "log.csv", cfg.num_classes) for a in arms
+                     if (folder / a.key / "log.csv").is_file()}
     return out
 
 
@@ -289,3 +296,86 @@ def plot_targets(diag: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_diagnosis(preset, seeds: Sequence[int], out: str, arms: Sequence[Arm], log=print) -> dict:
+    """diagnose_seed on every seed whose teacher exists, figures, and diagnosis.json in
+    out/<preset>/diagnosis/."""
+    from mlic.study.pipeline import PAPER_L2, RELEASED, RELEASED_SOFT_SCALE, prepare_data
+
+    root = Path(out) / preset.name
+    dest = root / "diagnosis"
+    dest.mkdir(parents=True, exist_ok=True)
+    per_seed, folders = {}, {}
+    for s in seeds:
+        folder = root / f"seed{s}"
+        if not (folder / "teacher" / "final.pt").is_file():
+            log(f"[diagnose] seed {s}: no trained teacher in {folder}, skipped")
+            continue
+        data = prepare_data(preset, s, folder, log=log)
+        log(f"[diagnose] seed {s}")
+        per_seed[s] = diagnose_seed(folder, data, arms)
+        folders[s] = folder
+    if not per_seed:
+        raise ValueError(f"nothing to diagnose in {root}: run the study first")
+    (dest / "diagnosis.json").write_text(json.dumps(per_seed, indent=1, default=float) + "\n")
+    first = min(per_seed)
+    plot_targets(per_seed[first], dest / "soft_targets.png")
+    shown = [a.key for a in (RELEASED_SOFT_SCALE, RELEASED, PAPER_L2) if a.key in {x.key for x in arms}]
+    labels = {a.key: a.label for a in arms}
+    plot_stage2(folders, shown, labels, dest / "stage2_dynamics.png")
+    return per_seed
+
+
+def stage2_log_summary(path: Path, classes: int) -> dict:
+    """What a stage-2 log says about its run (see the module docstring)."""
+    log = read_log(path)
+    scale, cos, hard = log["soft_scale"], log["grad_fc8_cos"], log["grad_fc8_hard"]
+    below = np.nonzero(scale < 0)[0]
+    tail = slice(max(0, len(scale) - 100), None)
+    return {"soft_scale_end": float(scale[-1]), "soft_scale_min_end": float(log["soft_scale_min"][-1]),
+            "first_iter_scale_mean_below_0": int(log["iter"][below[0]]) if len(below) else None,
+            "label_loss_end": float(np.nanmean(log["loss_sig"][tail])), "label_loss_chance": classes * float(np.log(2)),
+            "share_dead_fc7_last100": float((hard[tail] == 0).mean()),
+            "cosine_mean": float(np.nanmean(cos[hard > 0])) if (hard > 0).any() else float("nan"),
+            "share_cosine_negative": float((cos[hard > 0] < 0).mean()) if (hard > 0).any() else float("nan")}
+
+
+def _mean_sd(values) -> str:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if not len(v):
+        return "n/a"
+    return f"{v.mean():.3g}" if len(v) == 1 else f"{v.mean():.3g} ± {v.std(ddof=1):.2g}"
+
+
+def summary_text(per_seed: Dict[int, dict]) -> str:
+    """The measurements averaged over seeds (mean ± sd), one line each."""
+    seeds = sorted(per_seed)
+    d0 = per_seed[seeds[0]]
+    lines = [f"Diagnosis over seeds {seeds} (mean ± sd over seeds):"]
+    lines.append("teacher: test mAP " + _mean_sd([100 * per_seed[s]["teacher"]["test_mAP"] for s in seeds]))
+    for t in d0["soft_targets"]:
+        g = lambda k: [per_seed[s]["soft_targets"][t][k] for s in seeds]  # noqa: E731
+        lines.append(f"soft targets on the training images at {t}: saturated (<0.01 or >0.99) "
+                     f"{_mean_sd([100 * x for x in g('saturated')])} %, mean for label 1 {_mean_sd(g('mean_positive'))}, "
+                     f"for label 0 {_mean_sd(g('mean_negative'))}, their mAP {_mean_sd([100 * x for x in g('train_mAP')])}")
+    for job in sorted({j for s in seeds for j in per_seed[s]["teacher_drift"]}):
+        e = [per_seed[s]["teacher_drift"][job] for s in seeds if job in per_seed[s]["teacher_drift"]]
+        lines.append(f"teacher inside {job}: weight norm x{_mean_sd([x['relative_norm'] for x in e])} of the trained "
+                     f"teacher's, its test mAP {_mean_sd([100 * x['test_mAP'] for x in e])}")
+    for job in sorted({j for s in seeds for j in per_seed[s].get("stage2", {})}):
+        e = [per_seed[s]["stage2"][job] for s in seeds if job in per_seed[s].get("stage2", {})]
+        first = [x["first_iter_scale_mean_below_0"] for x in e]
+        lines.append(f"{job}: soft scale at the end {_mean_sd([x['soft_scale_end'] for x in e])} (its mean went below 0 "
+                     f"in {sum(f is not None for f in first)} of {len(e)} runs); label loss at the end "
+                     f"{_mean_sd([x['label_loss_end'] for x in e])} (chance {e[0]['label_loss_chance']:.2f}); "
+                     f"fc7 dead at the end in {sum(x['share_dead_fc7_last100'] > 0.9 for x in e)} of {len(e)} runs; "
+                     f"gradient cosine soft vs label {_mean_sd([x['cosine_mean'] for x in e])}")
+    for key in d0["linear_probe_mAP"]:
+        lines.append(f"linear probe on fc7, {key}: test mAP "
+                     + _mean_sd([100 * per_seed[s]["linear_probe_mAP"][key] for s in seeds
+                                 if key in per_seed[s]["linear_probe_mAP"]]))
+    for key, b in d0["budget"].items():
+        lines.append(f"budget {key}: {b['iterations']} iterations ({b['stage1_iterations']} in stage 1), "
+                     f"{b['images']} images")
+    return "\n".join(lines)
