@@ -175,8 +175,8 @@ def diagnose_seed(folder: Path, data: SeedData, arms: Sequence[Arm]) -> dict:
         if not p.is_file():
             continue
         params = teacher_weights(_load(p))
-        entry = {"weight_norm": weight_norm(params)}
-        entry["relative_norm"] = entry["weight_norm"] / out["teacher"]["weight_norm"]
+        common = {k: t0[k] for k in params if k in t0}  # the stage-1 teacher has no fc8 heads
+        entry = {"weight_norm": weight_norm(params), "relative_norm": weight_norm(params) / weight_norm(common)}
         heads = {k: v for k, v in t0.items() if k.startswith("fc_wsd_8")}
         entry["test_mAP"] = _map(*teacher_scores({**heads, **params}, cfg, test))
         drift[job] = entry
@@ -212,8 +212,8 @@ def diagnose_seed(folder: Path, data: SeedData, arms: Sequence[Arm]) -> dict:
         r = folder / key / "result.json"
         if not r.is_file():
             continue
-        cfg = json.loads(r.read_text())["config"]
-        iters, batch = cfg["solver"]["max_iter"], cfg["data"]["batch_size"]
+        rc = json.loads(r.read_text())["config"]
+        iters, batch = rc["solver"]["max_iter"], rc["data"]["batch_size"]
         arm = next((a for a in arms if a.key == key), None)
         s1 = 0
         if arm is not None and arm.stage1_key:
