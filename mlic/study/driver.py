@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -21,49 +22,57 @@ class StudyError(RuntimeError):
 
 
 def tune(preset: Preset, plan: SeedPlan, workers: int, log) -> Dict[str, float]:
-    """Hyper-parameters chosen on the validation split of `plan`'s seed, in two steps:
-    the base rate of the student without KD among preset.tune_lr (stage 2 then uses the
-    same rate, so the baseline gets its best); then, at that rate, the soft scale's
-    lr_mult among preset.tune_soft_scale for the released arm. Saved beside the seed
-    folders (a resumed study keeps its choice) and printed."""
+    """Hyper-parameters chosen on the validation split of `plan`'s seed, one after the
+    other, each at the values chosen before it: the teacher's base rate (its validation
+    mAP) among preset.tune_teacher_lr; the base rate of the student without KD among
+    preset.tune_lr (stage 2 then uses the same rate, so the baseline gets its best); the
+    soft scale's lr_mult among preset.tune_soft_scale for the released arm. Saved beside
+    the seed folders (a resumed study keeps its choice) and printed."""
     path = plan.folder.parent / "tuning.json"
     if path.is_file():
         chosen = json.loads(path.read_text())["chosen"]
         log(f"[study] chosen earlier on the validation split: {_describe(chosen)}")
         return chosen
-    if plan.data.val is None or not (preset.tune_lr or preset.tune_soft_scale):
-        return {}
     val: Dict[str, Dict[str, float]] = {}
     chosen: Dict[str, float] = {}
-
-    def run(candidates, name, arm_key, jobs_for):
-        jobs = plan.shared_jobs([RELEASED])
+    if plan.data.val is None:
+        return chosen
+    steps = (("teacher_lr", preset.tune_teacher_lr, "teacher",
+              lambda c: [plan.teacher_job(c, f"tune/teacher_lr{c:g}")]),
+             ("lr", preset.tune_lr, BASELINE,
+              lambda c: plan.student_jobs([], tuned=dict(chosen, lr=c), subfolder=f"tune/lr{c:g}")),
+             ("soft_scale", preset.tune_soft_scale, RELEASED.key,
+              lambda c: plan.student_jobs([RELEASED], baseline=False, tuned=dict(chosen, soft_scale=c),
+                                          subfolder=f"tune/soft_scale{c:g}")))
+    for name, candidates, job, jobs_for in steps:
+        if not candidates:
+            continue
+        jobs = plan.shared_jobs([RELEASED] if name == "soft_scale" else [], tuned=chosen)
         for c in candidates:
             jobs += jobs_for(c)
         failed = run_jobs(jobs, workers, log)
         if failed:
             raise StudyError(f"tuning jobs failed: {failed}")
-        scores = {f"{c:g}": json.loads((plan.folder / "tune" / f"{name}{c:g}" / arm_key / "result.json")
-                                       .read_text())["metrics"]["val"]["mAP"] for c in candidates}
+        scores = {f"{c:g}": json.loads((plan.folder / "tune" / f"{name}{c:g}" / job / "result.json").read_text())
+                  ["metrics"]["val"]["mAP"] for c in candidates}
         val[name] = scores
-        chosen[name] = float(max(scores, key=scores.get))
+        chosen[name] = float(max(scores, key=scores.get))  # the first of equals: candidates list the released first
         log(f"[study] validation mAP by {name}: " + ", ".join(f"{k}: {100 * v:.1f}" for k, v in scores.items())
             + f" -> {chosen[name]:g}")
-
-    if preset.tune_lr:
-        run(preset.tune_lr, "lr", BASELINE,
-            lambda c: plan.student_jobs([], tuned={"lr": c}, subfolder=f"tune/lr{c:g}"))
-    if preset.tune_soft_scale:
-        run(preset.tune_soft_scale, "soft_scale", RELEASED.key,
-            lambda c: plan.student_jobs([RELEASED], baseline=False, tuned=dict(chosen, soft_scale=c),
-                                        subfolder=f"tune/soft_scale{c:g}"))
+        if name == "teacher_lr":  # the seed's own teacher is the chosen run
+            src, dst = plan.folder / "tune" / f"teacher_lr{chosen[name]:g}" / "teacher", plan.folder / "teacher"
+            main = plan.teacher_job(chosen[name])
+            if not main.done():
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst)
     path.write_text(json.dumps({"seed": plan.seed, "validation_mAP": val, "chosen": chosen}, indent=1) + "\n")
     log(f"[study] chosen on the validation split: {_describe(chosen)}")
     return chosen
 
 
 def _describe(chosen: Dict[str, float]) -> str:
-    names = {"lr": "base learning rate of stage 2 and of the student without KD",
+    names = {"teacher_lr": "base learning rate of the teacher",
+             "lr": "base learning rate of stage 2 and of the student without KD",
              "soft_scale": "lr_mult of the soft scale fc8_mscoco_soft"}
     return "; ".join(f"{names.get(k, k)} {v:g}" for k, v in chosen.items()) or "nothing to choose"
 
@@ -85,7 +94,7 @@ def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm
     tuned = tune(preset, plans[seeds[0]], workers, log)
     jobs: List = []
     for s in seeds:  # seed by seed, so that an early stop leaves whole seeds
-        jobs += plans[s].shared_jobs(arms) + plans[s].student_jobs(arms, tuned=tuned, equal_budget=equal_budget)
+        jobs += plans[s].shared_jobs(arms, tuned) + plans[s].student_jobs(arms, tuned=tuned, equal_budget=equal_budget)
     failed = run_jobs(jobs, workers, log)
     summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned)
     summary["seconds"] = time.perf_counter() - t0

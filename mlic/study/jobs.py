@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from mlic import portable
+
 RESULT = "result.json"
 
 
@@ -38,7 +40,15 @@ class Job:
         return Path(self.out) / RESULT
 
     def done(self) -> bool:
-        return self.result_path.is_file()
+        """Its result exists and was made with this job's settings (a changed setting
+        makes the job run again)."""
+        if not self.result_path.is_file():
+            return False
+        try:
+            stored = json.loads(self.result_path.read_text()).get("config")
+        except ValueError:
+            return False
+        return stored == json.loads(json.dumps(self.config))
 
 
 def run_job(job: Job) -> dict:
@@ -77,6 +87,15 @@ def run_job(job: Job) -> dict:
     return result
 
 
+def _up_to_date(job: Job, by_key: Dict[str, Job]) -> bool:
+    """Done with its settings, after everything it depends on (make's rule: a job whose
+    input was made again is made again)."""
+    if not job.done():
+        return False
+    t = job.result_path.stat().st_mtime
+    return all(_up_to_date(by_key[d], by_key) and by_key[d].result_path.stat().st_mtime <= t for d in job.deps)
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
@@ -95,7 +114,7 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
         missing = [d for d in j.deps if d not in by_key]
         if missing:
             raise ValueError(f"job {j.key} depends on unknown jobs {missing}")
-    pending = [j for j in jobs if not j.done()]
+    pending = [j for j in jobs if not _up_to_date(j, by_key)]
     skipped = len(jobs) - len(pending)
     if skipped:
         log(f"[study] {skipped} of {len(jobs)} jobs already done (their results are kept)")
@@ -103,6 +122,7 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
     failed: List[str] = []
     durations: List[float] = []
     total = len(pending)
+    waiting = {j.key for j in pending}
     finished = 0
     python = python or sys.executable
     while pending or running:
@@ -115,17 +135,19 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
                 failed.append(j.key)
                 log(f"[study] skip {j.key}: a job it needs failed")
                 continue
-            if not all(by_key[d].done() for d in j.deps):
+            if any(d in waiting or d in running for d in j.deps):
                 continue
             pending.remove(j)
+            waiting.discard(j.key)
             if Path(j.out).exists():  # an interrupted attempt: start it afresh
                 shutil.rmtree(j.out)
             Path(j.out).mkdir(parents=True)
             spec = _spec_path(j)
             spec.write_text(json.dumps(asdict(j)))
             logf = open(Path(j.out) / "job.log", "w")
-            env = dict(os.environ, OMP_NUM_THREADS=str(j.threads), MKL_NUM_THREADS=str(j.threads),
-                       MLIC_NO_PROGRESS="1")
+            env = dict(os.environ, OMP_NUM_THREADS=str(j.threads), MLIC_NO_PROGRESS="1")
+            if not portable.requested():  # portable mode holds MKL to one thread
+                env["MKL_NUM_THREADS"] = str(j.threads)
             proc = subprocess.Popen([python, "-m", "mlic.study", "job", str(spec)], stdout=logf,
                                     stderr=subprocess.STDOUT, env=env)
             running[j.key] = (proc, time.perf_counter(), logf)

@@ -161,7 +161,9 @@ class SeedPlan:
         return Job(self.key(name), str(self.folder / name), "train", cfg.to_dict(), [self.key(x) for x in deps], ev,
                    d.root, self.threads, self.preset.expected_seconds.get(cfg.stage, 0.0))
 
-    def shared_jobs(self, arms: Iterable[Arm]) -> List[Job]:
+    def shared_jobs(self, arms: Iterable[Arm], tuned: Optional[Dict[str, float]] = None) -> List[Job]:
+        """The stand-in, the teacher (at tuned["teacher_lr"] when given) and the stage-1
+        variants the arms need."""
         p, d = self.preset, self.data
         net = p.net_config()
         standin = {"net": {"num_classes": p.classes, "num_rois": 4, "input_size": p.student_size,
@@ -172,7 +174,7 @@ class SeedPlan:
                    "input_scale": p.input_scale}
         jobs = [Job(self.key("pretrain"), str(self.folder / "pretrain"), "standin", standin, [], {}, "", self.threads,
                     p.expected_seconds.get("pretrain", 0.0)),
-                self._job("teacher", self.train_config("wsddn", p.base_lr["wsddn"], self.body), ["pretrain"], True)]
+                self.teacher_job((tuned or {}).get("teacher_lr", p.base_lr["wsddn"]))]
         seen = set()
         for arm in arms:
             s1 = arm.stage1_key
@@ -183,6 +185,10 @@ class SeedPlan:
             jobs.append(self._job(s1, self.train_config("stage1", p.base_lr["stage1"], self.body, self.teacher, sw),
                                   ["pretrain", "teacher"], False))
         return jobs
+
+    def teacher_job(self, lr: float, subfolder: str = "") -> Job:
+        sub = f"{subfolder}/" if subfolder else ""
+        return self._job(sub + "teacher", self.train_config("wsddn", lr, self.body), ["pretrain"], True)
 
     def student_jobs(self, arms: Iterable[Arm], baseline: bool = True, tuned: Optional[Dict[str, float]] = None,
                      subfolder: str = "", equal_budget: bool = False) -> List[Job]:
