@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.mlic-installed
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test demo bench readme-check sanitize gpu-check clean
+.PHONY: setup build test demo study bench readme-check sanitize gpu-check clean
 
 # The package is installed without compiling (MLIC_SKIP_EXTENSION=1): `build` compiles the
 # extension once, in place, and incrementally (ninja) afterwards.
@@ -27,6 +27,11 @@ test: build
 
 demo: build
 	$(VPY) tools/demo.py $(DEMO_ARGS)
+
+# The distillation study (docs/study.md): every paper-vs-code switch against the student
+# without KD over seeds; rerunning resumes. STUDY_ARGS="--preset large --seeds 0" etc.
+study: build
+	$(VPY) tools/study.py $(STUDY_ARGS)
 
 bench: build
 	$(VPY) bench/kernels.py
