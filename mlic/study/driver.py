@@ -93,15 +93,33 @@ def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm
         plans[s] = SeedPlan(preset, s, folder, prepare_data(preset, s, folder, workers=workers, log=log), threads)
     tuned = tune(preset, plans[seeds[0]], workers, log)
     jobs: List = []
-    for s in seeds:  # seed by seed, so that an early stop leaves whole seeds
+    for s in seeds:
         jobs += plans[s].shared_jobs(arms, tuned) + plans[s].student_jobs(arms, tuned=tuned, equal_budget=equal_budget)
-    failed = run_jobs(jobs, workers, log)
+    failed = run_jobs(in_priority_order(jobs, arms), workers, log)
     summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned)
     summary["seconds"] = time.perf_counter() - t0
     if failed:
         raise StudyError(f"{len(failed)} job(s) failed: {', '.join(failed[:8])}; rerun the same command to retry "
                          "them (finished jobs are kept)")
     return summary
+
+
+def in_priority_order(jobs: List, arms: Sequence[Arm]) -> List:
+    """Every seed's stand-in and teacher first, then arm by arm (in the order of `arms`,
+    each over all seeds, its stage 1 just before it), so that a study stopped early has
+    its first arms on every seed."""
+    rank = {"pretrain": 0, "teacher": 1, BASELINE: 2}
+    for i, arm in enumerate(arms):
+        rank[arm.key] = 10 + 2 * i
+        if arm.stage1_key:
+            rank.setdefault(arm.stage1_key, 9 + 2 * i)
+    rank[BASELINE_EQUAL] = 10 + 2 * len(arms)
+
+    def key(job):
+        seed, _, name = job.key.partition("/")
+        return rank.get(name, 10 ** 6), int(seed[len("seed"):])
+
+    return sorted(jobs, key=key)
 
 
 def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], root: Path,

@@ -68,7 +68,11 @@ RELEASED_SOFT_SCALE = Arm(soft_scale=10.0)
 GRID: List[Arm] = [Arm(l, t, s, r) for l, t, (s, r) in itertools.product(
     ("soft-ce", "l2"), ("caffe-decay", "frozen"),
     (("convs+fc", "all"), ("convs+fc", "topk"), ("convs", "all"), ("convs", "topk"), ("skip", "all")))]
-ALL_ARMS: List[Arm] = GRID + [RELEASED_SOFT_SCALE]
+# the grid in the order a study runs it: the released recipe and one switch at a time
+# first, the all-paper arm next, then the rest
+_FIRST = [RELEASED, RELEASED_SOFT_SCALE, PAPER_L2, Arm(teacher="frozen"), Arm(stage1="skip"), Arm(stage1="convs"),
+          Arm(regions="topk"), Arm("l2", "frozen", "convs", "topk")]
+ALL_ARMS: List[Arm] = _FIRST + [a for a in GRID if a not in _FIRST]
 
 
 @dataclass
