@@ -150,8 +150,10 @@ class SeedPlan:
             data=DataConfig(train=self.data.fit, root_folder=self.data.root, batch_size=p.batch,
                             input_scale=p.input_scale),
             solver=SolverConfig(base_lr=rate, momentum=0.9, weight_decay=0.0005, max_iter=it),
+            # KD runs keep their teacher in final.pt: under caffe-decay it is not the file's any more
+            # (the diagnosis measures how far it moved)
             run=RunConfig(checkpoint_period=it, keep_checkpoints=1, seed=self.seed, tensorboard=False,
-                          progress=False))
+                          progress=False, embed_teacher=teacher is not None))
 
     def _job(self, name: str, cfg, deps: Sequence[str], evaluate: bool) -> Job:
         d = self.data
