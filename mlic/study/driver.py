@@ -48,6 +48,8 @@ def tune(preset: Preset, plan: SeedPlan, workers: int, log) -> Dict[str, float]:
         if not candidates:
             continue
         jobs = plan.shared_jobs([RELEASED] if name == "soft_scale" else [], tuned=chosen)
+        if name == "teacher_lr":  # the candidates are the teachers
+            jobs = [j for j in jobs if not j.key.endswith("/teacher")]
         for c in candidates:
             jobs += jobs_for(c)
         failed = run_jobs(jobs, workers, log)
