@@ -25,7 +25,7 @@ def test_table_plot_and_json(smoke_study):
         assert label in table
     data = json.loads((root / "study.json").read_text())
     arms = data["arms"]
-    assert set(arms) == {RELEASED.key, PAPER_L2.key, "nokd"}
+    assert set(arms) == {RELEASED.key, PAPER_L2.key, "nokd", "nokd-equal-budget"}
     for key in (RELEASED.key, PAPER_L2.key):
         a = arms[key]
         assert a["seeds"] == [0, 1] and set(a["seconds"]) == {"0", "1"}
@@ -42,7 +42,7 @@ def test_table_plot_and_json(smoke_study):
 def test_one_process_per_job_and_resume(smoke_study):
     root, _, _ = smoke_study
     results = sorted(root.glob("seed*/*/result.json"))
-    assert len(results) == 2 * 6  # stand-in, teacher, stage 1, two arms, baseline
+    assert len(results) == 2 * 7  # stand-in, teacher, stage 1, two arms, two baselines
     pids = {json.loads(p.read_text())["pid"] for p in results}
     assert len(pids) == len(results) and os.getpid() not in pids
     # an interrupted study: one job lost its result; rerunning redoes that job only
