@@ -22,7 +22,7 @@ def test_demo_smoke_end_to_end_small_redirected_log_and_clean_rerun(tmp_path):
     assert "\r" not in text and max(map(len, text.splitlines())) < 1000 and len(text.encode()) < 100_000
     run = tmp_path / "smoke" / "seed0"
     res = json.loads((run / "results.json").read_text())["results"]
-    assert set(res) == {key for key, _ in ROWS} and len(ARMS) == 3
+    assert set(res) == {key for key, _ in ROWS} and len(ARMS) == 2
     assert "CorLoc" in res["teacher"] and "CorLoc" not in res[BASELINE]
     table = (run / "results.md").read_text()
     for _, name in ROWS:
