@@ -41,6 +41,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--arms", default="all", help="'all' (the 20 arms of the grid and the released arm at the "
                    "released soft-scale lr_mult) or comma-separated arm keys, e.g. " + GRID[0].key)
     p.add_argument("--workers", type=int, default=2, help="jobs run at once, one process each (default 2)")
+    p.add_argument("--rate", type=float, action="append", default=[], help="also train, on every seed, the "
+                   "released arm (soft-scale lr_mult 10 and 1) and the student alone at this base rate instead of "
+                   "the tuned one (repeatable; a table each)")
     p.add_argument("--diagnose", action="store_true", help="instead of training: measure the finished jobs (teacher "
                    "drift, soft targets, stage-2 dynamics, stage-1 feature probes, budgets) into "
                    "<out>/<preset>/diagnosis/")
@@ -55,7 +58,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             print(summary_text(run_diagnosis(get_preset(args.preset), seeds, args.out, arms)))
             return 0
-        summary = run_study(get_preset(args.preset), seeds, args.out, arms, args.workers)
+        if any(not r > 0 for r in args.rate):
+            raise ValueError(f"--rate must be positive, got {args.rate}")
+        summary = run_study(get_preset(args.preset), seeds, args.out, arms, args.workers, rates=args.rate)
     except (ValueError, StudyError) as e:
         print(f"study: {e}", file=sys.stderr)
         return 2

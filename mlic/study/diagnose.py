@@ -220,8 +220,10 @@ def diagnose_seed(folder: Path, data: SeedData, arms: Sequence[Arm]) -> dict:
             s1 = json.loads((folder / arm.stage1_key / "result.json").read_text())["config"]["solver"]["max_iter"]
         budget[key] = {"iterations": iters + s1, "images": (iters + s1) * batch, "stage1_iterations": s1}
     out["budget"] = budget
-    out["stage2"] = {a.key: stage2_log_summary(folder / a.key / "log.csv", cfg.num_classes) for a in arms
-                     if (folder / a.key / "log.csv").is_file()}
+    # the arms' stage 2, and those run at an untuned rate (tools/study.py --rate, in lr<rate>/)
+    keys = [a.key for a in arms] + sorted(str(p.parent.relative_to(folder)) for p in folder.glob("lr*/kd-*/log.csv"))
+    out["stage2"] = {k: stage2_log_summary(folder / k / "log.csv", cfg.num_classes) for k in keys
+                     if (folder / k / "log.csv").is_file()}
     return out
 
 
@@ -301,7 +303,7 @@ def plot_targets(diag: dict, path: Path) -> None:
 def run_diagnosis(preset, seeds: Sequence[int], out: str, arms: Sequence[Arm], log=print) -> dict:
     """diagnose_seed on every seed whose teacher exists, figures, and diagnosis.json in
     out/<preset>/diagnosis/."""
-    from mlic.study.pipeline import PAPER_L2, RELEASED, RELEASED_SOFT_SCALE, prepare_data
+    from mlic.study.pipeline import PAPER_L2, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, prepare_data
 
     root = Path(out) / preset.name
     dest = root / "diagnosis"
@@ -323,6 +325,10 @@ def run_diagnosis(preset, seeds: Sequence[int], out: str, arms: Sequence[Arm], l
     plot_targets(per_seed[first], dest / "soft_targets.png")
     shown = [a.key for a in (RELEASED_SOFT_SCALE, RELEASED, PAPER_L2) if a.key in {x.key for x in arms}]
     labels = {a.key: a.label for a in arms}
+    for rate in sorted({k.partition("/")[0] for d in per_seed.values() for k in d["stage2"] if "/" in k}):
+        for a in RATE_ARMS:
+            shown.append(f"{rate}/{a.key}")
+            labels[shown[-1]] = f"{a.label} at base rate {rate[2:]}"
     plot_stage2(folders, shown, labels, dest / "stage2_dynamics.png")
     return per_seed
 

@@ -12,7 +12,8 @@ from typing import Dict, List, Optional, Sequence
 
 from mlic.study import report
 from mlic.study.jobs import run_jobs
-from mlic.study.pipeline import ALL_ARMS, BASELINE, BASELINE_EQUAL, RELEASED, RELEASED_SOFT_SCALE, Arm, SeedPlan, prepare_data
+from mlic.study.pipeline import (ALL_ARMS, BASELINE, BASELINE_EQUAL, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, Arm,
+                                 SeedPlan, prepare_data)
 from mlic.study.presets import Preset
 from mlic.study.stats import summarize
 
@@ -80,9 +81,11 @@ def _describe(chosen: Dict[str, float]) -> str:
 
 
 def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm] = ALL_ARMS, workers: int = 2,
-              log=print, equal_budget: bool = True) -> dict:
+              log=print, equal_budget: bool = True, rates: Sequence[float] = ()) -> dict:
     """Runs (or resumes) every job and writes table.md, study.json and study.png in
-    out/<preset>/. Returns the summary."""
+    out/<preset>/. `rates`: base rates of stage 2 and the student at which RATE_ARMS and
+    the student alone also run on every seed (in seed<k>/lr<rate>/, a table each), to
+    see what the tuned rate hides. Returns the summary."""
     if not seeds:
         raise StudyError("no seeds given")
     root = Path(out) / preset.name
@@ -97,8 +100,10 @@ def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm
     jobs: List = []
     for s in seeds:
         jobs += plans[s].shared_jobs(arms, tuned) + plans[s].student_jobs(arms, tuned=tuned, equal_budget=equal_budget)
+        for r in rates:
+            jobs += plans[s].student_jobs(RATE_ARMS, tuned=dict(tuned, lr=r), subfolder=f"lr{r:g}")
     failed = run_jobs(in_priority_order(jobs, arms), workers, log)
-    summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned)
+    summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned, rates)
     summary["seconds"] = time.perf_counter() - t0
     if failed:
         raise StudyError(f"{len(failed)} job(s) failed: {', '.join(failed[:8])}; rerun the same command to retry "
@@ -125,21 +130,17 @@ def in_priority_order(jobs: List, arms: Sequence[Arm]) -> List:
 
 
 def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], root: Path,
-                 tuned: Optional[Dict[str, float]] = None) -> dict:
-    keys = [a.key for a in arms] + [BASELINE, BASELINE_EQUAL]
-    labels = {a.key: a.label for a in arms}
-    for arm, note in ((RELEASED, " (released switches)"), (RELEASED_SOFT_SCALE, " (released recipe)")):
-        if arm.key in labels:
-            labels[arm.key] += note
-    labels[BASELINE] = "no KD (student alone)"
-    labels[BASELINE_EQUAL] = f"no KD, {preset.iters['stage1'] + preset.iters['stage2']} iterations (= stage 1 + 2)"
-    results = report.collect(seed_folders, keys)
-    summary = report.summarize_study(results, BASELINE, labels=labels)
-    teacher = report.collect(seed_folders, ["teacher"])["teacher"]
-    table = report.format_table(summary, BASELINE)
+                 tuned: Optional[Dict[str, float]] = None, rates: Sequence[float] = ()) -> dict:
+    summary, table = _arm_table(seed_folders, arms, preset, "", equal=True)
     lines = [f"Preset `{preset.name}`, test set ({preset.test_images} images), mean ± sd over seeds "
              f"{sorted(seed_folders)}; Δ = arm minus no KD paired over seeds, 95 % t interval (* excludes 0).", "",
              table]
+    teacher = report.collect(seed_folders, ["teacher"])["teacher"]
+    by_rate = {}
+    for r in rates:
+        by_rate[f"{r:g}"], t = _arm_table(seed_folders, RATE_ARMS, preset, f"lr{r:g}/", equal=False)
+        lines += ["", f"At base rate {r:g} for stage 2 and the student alone (not tuned), same teachers and "
+                  "stage 1:", "", t]
     if teacher:
         lines += ["", "Teacher (WSDDN): " + ", ".join(
             f"{m} {report.pm(summarize([100 * r['metrics']['test'][m] for r in teacher.values()]))}"
@@ -147,9 +148,23 @@ def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[A
     if tuned:
         lines += ["", f"Chosen on the validation split: {_describe(tuned)}."]
     (root / "table.md").write_text("\n".join(lines) + "\n")
-    (root / "study.json").write_text(json.dumps({"preset": preset.name, "tuned": tuned, "arms": summary},
-                                                indent=1, default=float) + "\n")
+    (root / "study.json").write_text(json.dumps({"preset": preset.name, "tuned": tuned, "arms": summary,
+                                                 "at_rate": by_rate}, indent=1, default=float) + "\n")
     if any(summary[a]["paired"] for a in summary):
         report.plot_study(summary, BASELINE, root / "study.png", f"preset {preset.name}")
-    return {"table": "\n".join(lines), "arms": summary}
+    return {"table": "\n".join(lines), "arms": summary, "at_rate": by_rate}
 
+
+
+def _arm_table(seed_folders: Dict[int, Path], arms: Sequence[Arm], preset: Preset, prefix: str, equal: bool):
+    """The summary and markdown table of `arms` and the baseline(s) in seed<k>/<prefix>."""
+    keys = [a.key for a in arms] + [BASELINE] + ([BASELINE_EQUAL] if equal else [])
+    labels = {a.key: a.label for a in arms}
+    for arm, note in ((RELEASED, " (released switches)"), (RELEASED_SOFT_SCALE, " (released recipe)")):
+        if arm.key in labels:
+            labels[arm.key] += note
+    labels[BASELINE] = "no KD (student alone)"
+    labels[BASELINE_EQUAL] = f"no KD, {preset.iters['stage1'] + preset.iters['stage2']} iterations (= stage 1 + 2)"
+    results = report.collect(seed_folders, [prefix + k for k in keys])
+    summary = report.summarize_study({k[len(prefix):]: v for k, v in results.items()}, BASELINE, labels=labels)
+    return summary, report.format_table(summary, BASELINE)

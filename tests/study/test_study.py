@@ -5,6 +5,7 @@ import os
 import pytest
 
 from mlic.study import PAPER_L2, RELEASED, get_preset, run_study
+from mlic.study.pipeline import RATE_ARMS
 from mlic.study.cli import main as study_main
 from mlic.study.cli import parse_seeds
 
@@ -13,7 +14,8 @@ from mlic.study.cli import parse_seeds
 def smoke_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     lines = []
-    summary = run_study(get_preset("smoke"), [0, 1], str(out), [RELEASED, PAPER_L2], workers=2, log=lines.append)
+    summary = run_study(get_preset("smoke"), [0, 1], str(out), [RELEASED, PAPER_L2], workers=2, log=lines.append,
+                        rates=[0.02])
     return out / "smoke", summary, lines
 
 
@@ -37,6 +39,19 @@ def test_table_plot_and_json(smoke_study):
             ours = a["metrics"][m]["values"]
             assert p["mean"] == pytest.approx(sum(x - y for x, y in zip(ours, base)) / 2)
             assert p["low"] <= p["mean"] <= p["high"]
+
+
+def test_untuned_rate_table(smoke_study):
+    root, summary, _ = smoke_study
+    assert "At base rate 0.02" in (root / "table.md").read_text()
+    at = json.loads((root / "study.json").read_text())["at_rate"]["0.02"]
+    assert set(at) == {a.key for a in RATE_ARMS} | {"nokd"}
+    for key in at:
+        cfg = json.loads((root / "seed0" / "lr0.02" / key / "result.json").read_text())["config"]
+        assert cfg["solver"]["base_lr"] == pytest.approx(0.02)
+    mults = {json.loads((root / "seed0" / "lr0.02" / a.key / "result.json").read_text())["config"]["net"]
+             ["multipliers"]["soft_scale"][0][0] for a in RATE_ARMS}
+    assert mults == {10.0, 1.0}
 
 
 def test_one_process_per_job_and_resume(smoke_study):
