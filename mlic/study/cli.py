@@ -6,7 +6,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from mlic.study.driver import StudyError, run_study
-from mlic.study.pipeline import ALL_ARMS, GRID, Arm
+from mlic.study.pipeline import ARM_SETS, GRID, Arm
 from mlic.study.presets import PRESETS, get_preset
 
 
@@ -38,8 +38,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="sizes (default: demo)")
     p.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,1,2 (default 0-4)")
     p.add_argument("--out", default="study_out", help="output folder (default study_out)")
-    p.add_argument("--arms", default="all", help="'all' (the 20 arms of the grid and the released arm at the "
-                   "released soft-scale lr_mult) or comma-separated arm keys, e.g. " + GRID[0].key)
+    p.add_argument("--arms", default="main", help="a named set: 'core' (the released arm and four single "
+                   "switches: L2, frozen teacher, no stage 1, top-k regions), 'main' (default: core, stage 1 on "
+                   "the convs, and every paper switch at once), 'all' (the 20 arms of the grid and the released "
+                   "arm at the released soft-scale lr_mult); or comma-separated arm keys, e.g. " + GRID[0].key)
     p.add_argument("--workers", type=int, default=2, help="jobs run at once, one process each (default 2)")
     p.add_argument("--rate", type=float, action="append", default=[], help="also train, on every seed, the "
                    "released arm (soft-scale lr_mult 10 and 1) and the student alone at this base rate instead of "
@@ -50,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
-        arms = ALL_ARMS if args.arms == "all" else [Arm.from_key(k.strip()) for k in args.arms.split(",")]
+        arms = ARM_SETS.get(args.arms) or [Arm.from_key(k.strip()) for k in args.arms.split(",")]
         if args.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {args.workers}")
         if args.diagnose:

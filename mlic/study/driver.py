@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 from mlic.study import report
 from mlic.study.jobs import run_jobs
-from mlic.study.pipeline import (ALL_ARMS, BASELINE, BASELINE_EQUAL, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, Arm,
+from mlic.study.pipeline import (BASELINE, BASELINE_EQUAL, MAIN_ARMS, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, Arm,
                                  SeedPlan, prepare_data)
 from mlic.study.presets import Preset
 from mlic.study.stats import summarize
@@ -80,7 +80,7 @@ def _describe(chosen: Dict[str, float]) -> str:
     return "; ".join(f"{names.get(k, k)} {v:g}" for k, v in chosen.items()) or "nothing to choose"
 
 
-def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm] = ALL_ARMS, workers: int = 2,
+def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm] = MAIN_ARMS, workers: int = 2,
               log=print, equal_budget: bool = True, rates: Sequence[float] = ()) -> dict:
     """Runs (or resumes) every job and writes table.md, study.json and study.png in
     out/<preset>/. `rates`: base rates of stage 2 and the student at which RATE_ARMS and

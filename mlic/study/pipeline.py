@@ -73,6 +73,11 @@ GRID: List[Arm] = [Arm(l, t, s, r) for l, t, (s, r) in itertools.product(
 _FIRST = [RELEASED, RELEASED_SOFT_SCALE, PAPER_L2, Arm(teacher="frozen"), Arm(stage1="skip"), Arm(stage1="convs"),
           Arm(regions="topk"), Arm("l2", "frozen", "convs", "topk")]
 ALL_ARMS: List[Arm] = _FIRST + [a for a in GRID if a not in _FIRST]
+# named sets for --arms: "core" the released arm and four single switches; "main" adds
+# stage 1 on the convs alone and the arm with every paper switch; "all" the whole grid
+CORE_ARMS = [RELEASED, PAPER_L2, Arm(teacher="frozen"), Arm(stage1="skip"), Arm(regions="topk")]
+MAIN_ARMS = CORE_ARMS + [Arm(stage1="convs"), Arm("l2", "frozen", "convs", "topk")]
+ARM_SETS: Dict[str, List[Arm]] = {"core": CORE_ARMS, "main": MAIN_ARMS, "all": ALL_ARMS}
 # what runs at an untuned rate (tools/study.py --rate): the released arm at the released
 # soft-scale lr_mult and at lr_mult 1, against the student alone at the same rate
 RATE_ARMS = [RELEASED_SOFT_SCALE, Arm(soft_scale=1.0)]
