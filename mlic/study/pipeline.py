@@ -58,7 +58,7 @@ class Arm:
         for arm in GRID + [RELEASED_SOFT_SCALE]:
             if arm.key == key:
                 return arm
-        raise ValueError(f"unknown arm {key!r}; arms look like {RELEASED.key}")
+        raise ValueError(f"unknown arm {key!r}; arms look like {RELEASED.key}, or name a set: core, main, all")
 
 
 RELEASED = Arm()
