@@ -166,5 +166,8 @@ def _arm_table(seed_folders: Dict[int, Path], arms: Sequence[Arm], preset: Prese
     labels[BASELINE] = "no KD (student alone)"
     labels[BASELINE_EQUAL] = f"no KD, {preset.iters['stage1'] + preset.iters['stage2']} iterations (= stage 1 + 2)"
     results = report.collect(seed_folders, [prefix + k for k in keys])
-    summary = report.summarize_study({k[len(prefix):]: v for k, v in results.items()}, BASELINE, labels=labels)
+    # the student alone at each arm's budget: stage 2's iterations, or stage 1's and stage 2's
+    same = {a.key: BASELINE if a.stage1_key is None else BASELINE_EQUAL for a in arms} if equal else None
+    summary = report.summarize_study({k[len(prefix):]: v for k, v in results.items()}, BASELINE, labels=labels,
+                                     equal=same)
     return summary, report.format_table(summary, BASELINE)

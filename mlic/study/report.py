@@ -27,27 +27,31 @@ def collect(seed_folders: Dict[int, Path], arms: Sequence[str], split: str = "te
 
 
 def summarize_study(results: Dict[str, Dict[int, dict]], baseline: str, split: str = "test",
-                    labels: Optional[Dict[str, str]] = None) -> dict:
+                    labels: Optional[Dict[str, str]] = None, equal: Optional[Dict[str, str]] = None) -> dict:
     """Per arm: mean ± sd of each metric over its seeds, the paired difference to the
-    baseline over the seeds both have (95 % t interval), and the runtimes."""
-    base = results.get(baseline, {})
+    baseline over the seeds both have (95 % t interval; "paired"), the same against the
+    student alone trained for as many iterations as the arm (`equal`: {arm: that
+    baseline}; "paired_equal"), and the runtimes."""
+    equal = equal or {}
     out = {}
     for arm, by_seed in results.items():
         seeds = sorted(by_seed)
         if not seeds:
             continue
         entry = {"label": (labels or {}).get(arm, arm), "seeds": seeds, "metrics": {}, "paired": {},
-                 "seconds": {str(s): round(by_seed[s]["seconds"], 1) for s in seeds}}
+                 "paired_equal": {}, "seconds": {str(s): round(by_seed[s]["seconds"], 1) for s in seeds}}
         for m in METRICS:
             vals = [100 * by_seed[s]["metrics"][split][m] for s in seeds]
             sm = summarize(vals)
             entry["metrics"][m] = {"mean": sm.mean, "sd": sm.sd, "values": vals}
-            common = [s for s in seeds if s in base]
-            if arm != baseline and common:
-                d = paired_difference([100 * by_seed[s]["metrics"][split][m] for s in common],
-                                      [100 * base[s]["metrics"][split][m] for s in common])
-                entry["paired"][m] = {"n": d.n, "mean": d.mean, "sd": d.sd, "low": d.low, "high": d.high,
-                                      "wins": d.wins, "excludes_zero": d.excludes_zero}
+            for field, other in (("paired", baseline), ("paired_equal", equal.get(arm))):
+                base = results.get(other, {}) if other else {}
+                common = [s for s in seeds if s in base]
+                if arm != other and arm != baseline and common:
+                    d = paired_difference([100 * by_seed[s]["metrics"][split][m] for s in common],
+                                          [100 * base[s]["metrics"][split][m] for s in common])
+                    entry[field][m] = {"n": d.n, "mean": d.mean, "sd": d.sd, "low": d.low, "high": d.high,
+                                       "wins": d.wins, "excludes_zero": d.excludes_zero}
         out[arm] = entry
     return out
 
@@ -68,18 +72,24 @@ def _ci(d: Optional[dict]) -> str:
 
 
 def format_table(summary: dict, baseline: str) -> str:
-    """Markdown: one row per arm (baseline first, then by paired mAP difference)."""
+    """Markdown: one row per arm (baseline first, then by paired mAP difference); a column
+    of the difference to the equal-budget baseline where there is one."""
     arms = sorted(summary, key=lambda a: (a != baseline, -summary[a]["paired"].get("mAP", {}).get("mean", 0.0)))
+    equal = any(summary[a].get("paired_equal") for a in arms)
     head = ("| arm | seeds | " + " | ".join(NAMES[m] for m in METRICS) +
-            " | Δ mAP vs no KD [95 % CI] | Δ CF1 | Δ OF1 | mAP wins | s / run |")
+            " | Δ mAP vs no KD [95 % CI] | Δ CF1 | Δ OF1 | mAP wins |" +
+            (" Δ mAP vs no KD at the same budget | wins |" if equal else "") + " s / run |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for a in arms:
         e = summary[a]
-        p = e["paired"]
+        p, q = e["paired"], e.get("paired_equal", {})
         secs = list(e["seconds"].values())
         wins = f"{p['mAP']['wins']}/{p['mAP']['n']}" if "mAP" in p else "—"
+        extra = ""
+        if equal:
+            extra = f" {_ci(q.get('mAP'))} | " + (f"{q['mAP']['wins']}/{q['mAP']['n']}" if "mAP" in q else "—") + " |"
         rows.append(f"| {e['label']} | {len(e['seeds'])} | " + " | ".join(pm(e["metrics"][m]) for m in METRICS) +
-                    f" | {_ci(p.get('mAP'))} | {_ci(p.get('CF1'))} | {_ci(p.get('OF1'))} | {wins} | "
+                    f" | {_ci(p.get('mAP'))} | {_ci(p.get('CF1'))} | {_ci(p.get('OF1'))} | {wins} |{extra} "
                     f"{np.median(secs):.0f} |")
     return "\n".join(rows)
 
@@ -93,11 +103,14 @@ def plot_study(summary: dict, baseline: str, path: Path, title: str) -> None:
 
     arms = [a for a in sorted(summary, key=lambda a: summary[a]["paired"].get("mAP", {}).get("mean", 0.0))
             if a != baseline and "mAP" in summary[a]["paired"]]
-    metrics = ("mAP", "CF1", "OF1")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.42 * len(arms) + 1.8), sharey=True)
+    panels = [("paired", m, f"Δ {m} vs no KD") for m in ("mAP", "CF1", "OF1")]
+    if any(summary[a].get("paired_equal") for a in arms):
+        panels.append(("paired_equal", "mAP", "Δ mAP vs no KD at the same budget"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.42 * len(arms) + 1.8), sharey=True)
     y = np.arange(len(arms))
-    for ax, m in zip(axes, metrics):
-        d = [summary[a]["paired"][m] for a in arms]
+    none = {"mean": np.nan, "low": np.nan, "high": np.nan, "excludes_zero": False}
+    for ax, (field, m, name) in zip(axes, panels):
+        d = [summary[a].get(field, {}).get(m, none) for a in arms]
         mean = np.array([x["mean"] for x in d])
         lo = np.array([x["low"] for x in d])
         hi = np.array([x["high"] for x in d])
@@ -108,7 +121,7 @@ def plot_study(summary: dict, baseline: str, path: Path, title: str) -> None:
         ax.errorbar(mean[ok], y[ok], xerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], fmt="none", ecolor="0.5",
                     capsize=3)
         ax.scatter(mean, y, c=colors, zorder=3)
-        ax.set_title(f"Δ {m} vs no KD (points)")
+        ax.set_title(name)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y)
     axes[0].set_yticklabels([summary[a]["label"] for a in arms], fontsize=8)

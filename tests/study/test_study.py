@@ -39,6 +39,11 @@ def test_table_plot_and_json(smoke_study):
             ours = a["metrics"][m]["values"]
             assert p["mean"] == pytest.approx(sum(x - y for x, y in zip(ours, base)) / 2)
             assert p["low"] <= p["mean"] <= p["high"]
+            # and against the student alone at the arm's budget (stage 1 + stage 2 iterations)
+            q = a["paired_equal"][m]
+            equal = arms["nokd-equal-budget"]["metrics"][m]["values"]
+            assert q["mean"] == pytest.approx(sum(x - y for x, y in zip(ours, equal)) / 2)
+    assert "at the same budget" in table
 
 
 def test_untuned_rate_table(smoke_study):
