@@ -5,8 +5,9 @@ weights load by name. See each module's docstring for its blob flow.
     from prototxt_ports import NetConfig, WSDDN, Student, KDStage1, KDStage2
 
 Every port has param_specs() -> [('layer/i', param, lr_mult, decay_mult)],
-param_groups() (for mlic.solver.CaffeSGD), caffe_param_map() -> {(layer, i): param},
-load_caffe_weights(path), save_caffemodel(path).
+param_groups() (for mlic.solver.CaffeSGD), caffe_param_map() -> {(layer, i): param} and
+caffe_params() -> {layer: [blobs]}. The ports know no file format: mlic.caffe reads
+and writes their weights (load_port, save_port_caffemodel in mlic.caffe.weight_files).
 """
 from prototxt_ports.base import CaffePort, caffe_param_map  # noqa: F401
 from prototxt_ports.config import RELEASED_MULTIPLIERS, VGG16_BODY, NetConfig  # noqa: F401

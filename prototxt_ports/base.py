@@ -114,59 +114,6 @@ class CaffePort(nn.Module):
         """{'layer/i': tensor} (detached), the key convention of mlic.caffe param dicts."""
         return OrderedDict((f"{layer}/{i}", p.detach()) for (layer, i), p in self.caffe_param_map().items())
 
-    # -- weight I/O
-    def load_caffe_weights(self, source, strict: bool = False,
-                           rename: Union[None, Mapping[str, str], Callable[[str], str]] = None):
-        """Copy blobs by Caffe layer name from a caffemodel (path or NetParameter), a
-        param dict file (torch.save of {'layer/i': tensor}) or such a dict.
-
-        `rename` maps the file's layer names to ours (e.g. :func:`wsddn_to_kd_name` to
-        load a WSDDN model into the KD teacher). Returns mlic.caffe's LoadReport (loaded,
-        missing, unexpected layers); `strict` raises on missing or unexpected layers.
-        Shapes must match (legacy 4-D blobs are reshaped like Caffe does)."""
-        from mlic.caffe.weight_files import load_weights
-
-        if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
-            raise FileNotFoundError(f"{os.fspath(source)}: no such weights file")
-        return load_weights(_ParamsView(self.caffe_params()), source, strict=strict, rename=rename)
-
-    def load_param_dict(self, d: Mapping[str, torch.Tensor], strict: bool = False, rename=None):
-        return self.load_caffe_weights(dict(d), strict=strict, rename=rename)
-
-    @classmethod
-    def from_caffe(cls, weights, *args, strict: bool = False, rename=None, **kwargs):
-        """Build the port (constructor arguments *args, **kwargs) and load `weights`."""
-        port = cls(*args, **kwargs)
-        port.load_report = port.load_caffe_weights(weights, strict=strict, rename=rename)
-        return port
-
-    def to_caffemodel(self, name: Optional[str] = None):
-        """A NetParameter holding every learnable blob under its layer name and type
-        (what Caffe's CopyTrainedLayersFrom reads)."""
-        from mlic.caffe import proto
-        from mlic.caffe.io import array_to_blob
-
-        net = proto.NetParameter()
-        net.name = name or type(self).__name__
-        for e in self.caffe_entries():
-            layer = net.layer.add()
-            layer.name, layer.type = e.name, e.type
-            for p in e.blobs:
-                array_to_blob(p.detach().cpu().float().numpy(), layer.blobs.add())
-        return net
-
-    def save_caffemodel(self, path, name: Optional[str] = None) -> None:
-        from mlic.caffe.io import write_binary
-
-        write_binary(self.to_caffemodel(name), path)
-
-
-class _ParamsView:
-    """What mlic.caffe.weights needs of a net: ``params`` = {layer: [blobs]}."""
-
-    def __init__(self, params):
-        self.params = params
-
 
 def caffe_param_map(module: CaffePort) -> "OrderedDict[Tuple[str, int], nn.Parameter]":
     """{(Caffe layer name, blob index): parameter} of a port (see CaffePort)."""

@@ -58,15 +58,6 @@ class _KDBase(CaffePort):
     def caffe_entries(self) -> List[CaffeLayerEntry]:
         return self.teacher.caffe_entries() + self.student.caffe_entries()
 
-    def load_teacher(self, source, strict: bool = False, rename=wsddn_to_kd_name):
-        """Load a teacher model; by default a WSDDN model (conv1_1, fc6, fc8_c, ...)
-        renamed to the KD names. Student layers in the file are ignored."""
-        return self.teacher.load_caffe_weights(source, strict=strict, rename=rename)
-
-    def load_student(self, source, strict: bool = False, rename=None):
-        """Load the student (e.g. ImageNet VGG16, or the student of a stage-1 model)."""
-        return self.student.load_caffe_weights(source, strict=strict, rename=rename)
-
     def _inputs(self, data, label_roi, labels, list_roi, rois):
         if data.dim() != 4:
             raise ValueError(f"data must be [N, 3, H, W], got shape {tuple(data.shape)}")

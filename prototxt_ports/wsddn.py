@@ -42,7 +42,7 @@ _BODY_STYLE = {"wsddn": "vgg", "kd": "kd"}
 def wsddn_to_kd_name(layer: str) -> str:
     """Layer name in a WSDDN model -> the KD teacher's (conv1_1 -> conv_wsd_1_1,
     fc6 -> fc_wsd_6, fc8_c -> fc_wsd_8_c, ...); other names unchanged. For
-    ``load_caffe_weights(..., rename=wsddn_to_kd_name)``."""
+    ``mlic.caffe.weight_files.load_port(..., rename=wsddn_to_kd_name)``."""
     if layer.startswith("conv") and not layer.startswith("conv_wsd_"):
         return "conv_wsd_" + layer[4:]
     return {"fc6": "fc_wsd_6", "fc7": "fc_wsd_7", "fc8_c": "fc_wsd_8_c", "fc8_d": "fc_wsd_8_d"}.get(layer, layer)

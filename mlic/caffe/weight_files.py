@@ -252,6 +252,38 @@ class _View:
         self.params = params
 
 
+def load_port(port, source, strict: bool = False, rename=None) -> LoadReport:
+    """load_weights into a prototxt port (prototxt_ports) by Caffe layer name: a
+    caffemodel (path or NetParameter), any weight file, or a {'layer/i': tensor} dict.
+    `rename` maps the file's layer names to the port's (e.g. wsddn_to_kd_name to load a
+    WSDDN into a KD net's teacher). Shapes must match (legacy 4-D blobs are reshaped like
+    Caffe does); `strict` raises on missing or unexpected layers."""
+    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
+        raise FileNotFoundError(f"{os.fspath(source)}: no such weights file")
+    return load_weights(_View(port.caffe_params()), source, strict=strict, rename=rename)
+
+
+def port_to_caffemodel(port, name: Optional[str] = None) -> "proto.NetParameter":
+    """A NetParameter holding every learnable blob of a port under its layer name and
+    type (what Caffe's CopyTrainedLayersFrom reads)."""
+    from mlic.caffe.io import array_to_blob
+
+    net = proto.NetParameter()
+    net.name = name or type(port).__name__
+    for e in port.caffe_entries():
+        layer = net.layer.add()
+        layer.name, layer.type = e.name, e.type
+        for p in e.blobs:
+            array_to_blob(p.detach().cpu().float().numpy(), layer.blobs.add())
+    return net
+
+
+def save_port_caffemodel(port, path, name: Optional[str] = None) -> None:
+    from mlic.caffe.io import write_binary
+
+    write_binary(port_to_caffemodel(port, name), path)
+
+
 @dataclass
 class Loaded:
     """One file's part in an initialisation."""

@@ -11,6 +11,7 @@ from mlic.caffe.weight_files import initialize_weights, read_weight_file, state_
 from mlic.caffe.weights import save_caffemodel, save_param_dict
 from prototxt_ports import WSDDN, KDStage1, KDStage2, Student, wsddn_to_kd_name
 from tests.ports.helpers import small_cfg, small_prototxt
+from mlic.caffe.weight_files import load_port, save_port_caffemodel
 
 RELEASED_MEAN = (103.52, 116.28, 123.675)
 
@@ -60,7 +61,7 @@ def test_every_file_kind_loads_the_same_weights(tmp_path):
         "state-dict": tmp_path / "sd.pt",
     }
     save_param_dict(src.param_dict(), files["param-dict"])
-    src.save_caffemodel(files["caffemodel"])
+    save_port_caffemodel(src, files["caffemodel"])
     torch.save(src.state_dict(), files["state-dict"])
     for kind, path in files.items():
         dst = _seeded(WSDDN, 2, small_cfg())
@@ -102,7 +103,7 @@ def test_teacher_maps_a_wsddn_onto_the_kd_prototxt(tmp_path, prototxt_ref, stage
         path = _checkpoint(tmp_path, "teacher.pt", teacher, "wsddn")
     else:
         path = tmp_path / "teacher.caffemodel"
-        teacher.save_caffemodel(path)
+        save_port_caffemodel(teacher, path)
     net = _kd_net(prototxt_ref, stage)
     # SPEC section 4: the teacher runs through image_level_score (and the temperature Scales)
     teacher_only = ("image_level_score/", "temp_branch1_learn/", "temp_branch2_learn/")
@@ -178,7 +179,7 @@ def test_bad_weight_files_name_the_file(tmp_path, case, fragment):
         torch.save({"model": src.state_dict(), "meta": {}}, path)
         path.write_bytes(path.read_bytes()[:3000])
     elif case == "truncated-caffemodel":
-        src.save_caffemodel(path)
+        save_port_caffemodel(src, path)
         path.write_bytes(path.read_bytes()[:-7])
     elif case == "text":
         path.write_text('name: "net"\nlayer { name: "a" type: "ReLU" }\n')
@@ -326,6 +327,6 @@ def test_caffenet_and_ports_take_any_weight_file(tmp_path, prototxt_ref):
     net = CaffeNet(small_prototxt((prototxt_ref / "wsddn_train.prototxt").read_text()), "TEST", weights=ckpt)
     assert not net.load_report.missing
     port = WSDDN(small_cfg())
-    port.load_caffe_weights(ckpt)
+    load_port(port, ckpt)
     for (layer, i), p in src.caffe_param_map().items():
         assert torch.equal(net.params[layer][i], p) and torch.equal(port.caffe_params()[layer][i], p), layer

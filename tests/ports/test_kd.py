@@ -14,6 +14,7 @@ from prototxt_ports import KDStage1, KDStage2, NetConfig
 from prototxt_ports.losses import probability_l2_loss
 from tests.conftest import DEVICES
 from tests.ports.helpers import (SMALL, changed, close, make_inputs, randomize_, sgd_step, small_cfg, small_prototxt,
+from mlic.caffe.weight_files import load_port
                                  snapshot, spec_prototxt)
 
 C, B, S = SMALL["classes"], SMALL["rois"], SMALL["student_size"]
@@ -103,7 +104,7 @@ def test_mini_stage_against_caffe(caffe_ref, stage):
     z = np.load(caffe_ref / f"mini_{stage}.npz")
     port = (KDStage1 if stage == "stage1" else KDStage2)(NetConfig(**MINI)).eval()
     params = {k[6:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("param/")}
-    assert port.load_param_dict(params, strict=True).complete
+    assert load_port(port, params, strict=True).complete
     out = port(torch.from_numpy(z["input/data"]), torch.from_numpy(z["input/label_roi"]), all_blobs=True)
     blobs = [k[5:] for k in z.files if k.startswith("blob/") and "_split" not in k
              and k[5:] not in ("data", "label_roi")]
@@ -226,7 +227,7 @@ def test_stage2_l2_loss():
     expected = ((q - out["image_level_score"].double()) ** 2).sum() / (2 * data.shape[0])
     close(out["loss_soft"], expected, rel=1e-6, what="l2")
     released = _port("stage2").eval()
-    released.load_param_dict(port.param_dict())
+    load_port(released, port.param_dict())
     soft_ce = released(data, label_roi)["loss_soft"]
     assert not torch.isclose(soft_ce, out["loss_soft"])
     close(released(data, label_roi)["loss_sig"], out["loss_sig"], rel=1e-6, what="loss_sig unchanged")

@@ -8,6 +8,7 @@ from prototxt_ports import VGG16, KDStage2, NetConfig, Student, caffe_param_map
 from prototxt_ports import _ops
 from prototxt_ports.rois import single_scale_rois, split_label_roi, wsd_roigen
 from tests.ports.helpers import close, small_cfg
+from mlic.caffe.weight_files import load_port
 
 
 def test_config_width_and_defaults():
@@ -137,18 +138,18 @@ def test_load_reports_missing_and_unexpected(tmp_path):
     d = a.param_dict()
     del d["fc7/0"], d["fc7/1"]
     d["extra/0"] = torch.zeros(3)
-    report = b.load_param_dict(d)
+    report = load_port(b, d)
     assert report.missing == ["fc7"] and report.unexpected == ["extra"]
     assert torch.equal(b.student.conv3_1.weight, a.student.conv3_1.weight)
     with pytest.raises(ValueError, match="strict"):
-        b.load_param_dict(d, strict=True)
+        load_port(b, d, strict=True)
     d["fc6/0"] = torch.zeros(2, 2)
     with pytest.raises(ValueError, match="fc6"):
-        b.load_param_dict(d)
+        load_port(b, d)
     with pytest.raises(FileNotFoundError, match="no such weights file"):
-        b.load_caffe_weights(tmp_path / "missing.caffemodel")
+        load_port(b, tmp_path / "missing.caffemodel")
     path = tmp_path / "p.pt"
     torch.save(dict(a.param_dict()), path)
     c = KDStage2(cfg)
-    assert c.load_caffe_weights(path, strict=True).complete
+    assert load_port(c, path, strict=True).complete
     assert torch.equal(c.student.fc7.weight, a.student.fc7.weight)

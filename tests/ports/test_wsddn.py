@@ -8,6 +8,7 @@ from mlic.caffe import CaffeNet
 from mlic.caffe.weights import load_caffemodel, load_param_dict
 from prototxt_ports import WSDDN, NetConfig, wsddn_to_kd_name
 from tests.ports.helpers import SMALL, close, make_inputs, randomize_, small_cfg, small_prototxt, spec_prototxt
+from mlic.caffe.weight_files import load_port, save_port_caffemodel
 
 C, B = SMALL["classes"], SMALL["rois"]
 
@@ -115,7 +116,7 @@ def test_caffemodel_round_trip(tmp_path):
 
     port, _ = _port_and_net(None)
     path = tmp_path / "port.caffemodel"
-    port.save_caffemodel(path)
+    save_port_caffemodel(port, path)
     net = _net(None, "wsddn_train", "TEST")
     assert load_caffemodel(net, str(path), strict=True).complete
     for (layer, i), p in port.caffe_param_map().items():
@@ -130,7 +131,7 @@ def test_caffemodel_round_trip(tmp_path):
     path2 = tmp_path / "net.caffemodel"
     save_caffemodel(net2, str(path2))
     teacher = WSDDN(small_cfg(), "kd", heads=True)
-    report = teacher.load_caffe_weights(path2, strict=True, rename=wsddn_to_kd_name)
+    report = load_port(teacher, path2, strict=True, rename=wsddn_to_kd_name)
     assert sorted(report.loaded) == sorted(wsddn_to_kd_name(n) for n in net2.params)
     assert torch.equal(teacher.conv_wsd_3_2.weight.detach(), net2.params["conv3_2"][0].detach())
     assert torch.equal(teacher.fc_wsd_8_d.bias.detach(), net2.params["fc8_d"][1].detach())
@@ -165,7 +166,7 @@ def test_temperature_scales_the_logits():
     torch.manual_seed(0)
     plain = WSDDN(cfg).eval()
     hot = WSDDN(cfg, temperature=True).eval()
-    hot.load_param_dict(plain.param_dict())
+    load_port(hot, plain.param_dict())
     data, label_roi = make_inputs()
     a = plain(data, label_roi=label_roi)
     b = hot(data, label_roi=label_roi)
@@ -224,7 +225,7 @@ def test_mini_wsddn_against_caffe(caffe_ref):
     cfg = NetConfig(num_classes=4, num_rois=8, input_size=64, body=MINI_BODY, pooled_size=2, spatial_scale=0.125,
                     fc_dim=32)
     port = WSDDN(cfg).eval()
-    report = port.load_caffe_weights(caffe_ref / "mini_wsddn.caffemodel", strict=True)
+    report = load_port(port, caffe_ref / "mini_wsddn.caffemodel", strict=True)
     assert report.complete
     for k in z.files:
         if k.startswith("param/"):

@@ -14,6 +14,7 @@ from mlic import _ext
 from tests.conftest import PROTOTXT_REF
 from tests.ports.helpers import SMALL, small_cfg, small_prototxt
 from tests.robustness.conftest import REPO, tool_main
+from mlic.caffe.weight_files import save_port_caffemodel
 
 pytestmark = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C is not built")
 RUN = ["--no-tensorboard", "--quiet", "--max-iter", "1", "--checkpoint-period", "0"]
@@ -37,7 +38,7 @@ def f(tmp_path_factory):
     torch.manual_seed(0)
     port = WSDDN(small_cfg())
     out["good.caffemodel"] = root / "good.caffemodel"
-    port.save_caffemodel(out["good.caffemodel"])
+    save_port_caffemodel(port, out["good.caffemodel"])
     ckpt = root / "final.pt"
     torch.save({"model": port.state_dict(), "meta": {"stage": "wsddn"}}, ckpt)
     out["final.pt"] = ckpt
@@ -73,7 +74,7 @@ def f(tmp_path_factory):
     save_caffemodel(other, root / "other.caffemodel")
     out["other.caffemodel"] = root / "other.caffemodel"
     wide = WSDDN(small_cfg(fc_dim=SMALL["fc"] * 2))
-    wide.save_caffemodel(root / "wide.caffemodel")
+    save_port_caffemodel(wide, root / "wide.caffemodel")
     out["wide.caffemodel"] = root / "wide.caffemodel"
     return out
 
