@@ -10,11 +10,11 @@ import torch
 from mlic.caffe import CaffeNet
 from mlic.caffe.weights import load_param_dict
 from mlic.solver import CaffeSGD
+from mlic.caffe.weight_files import load_port
 from prototxt_ports import KDStage1, KDStage2, NetConfig
 from prototxt_ports.losses import probability_l2_loss
 from tests.conftest import DEVICES
 from tests.ports.helpers import (SMALL, changed, close, make_inputs, randomize_, sgd_step, small_cfg, small_prototxt,
-from mlic.caffe.weight_files import load_port
                                  snapshot, spec_prototxt)
 
 C, B, S = SMALL["classes"], SMALL["rois"], SMALL["student_size"]
