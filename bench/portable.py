@@ -32,6 +32,18 @@ from mlic import portable  # noqa: E402
 from mlic.study.presets import get_preset  # noqa: E402
 
 
+def _cpu() -> str:
+    """The CPU's model name and its widest vector extension (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "?")
+    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
+    isa = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse4_2" if "sse4_2" in flags else "?"
+    return f"{model} ({isa})"
+
+
 def _command(stage: str, seed_folder: Path, out: Path, iters: int):
     p = get_preset("demo")
     data = seed_folder / "data"
@@ -76,7 +88,7 @@ def main() -> int:
                     times.setdefault(f"{stage}/{mode}", []).append(time.perf_counter() - t0)
                     print(f"round {r} {stage:<8} {mode:<9} {times[f'{stage}/{mode}'][-1]:.1f} s", flush=True)
     report = {"command": " ".join([sys.executable] + sys.argv), "date": datetime.datetime.now().isoformat(),
-              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "machine": _cpu(), "cpus": os.cpu_count(),
               "torch": torch.__version__, "iters": args.iters, "times_s": times, "ratio_portable_to_native": {}}
     for stage in ("wsddn", "student"):
         ratios = [p / n for n, p in zip(times[f"{stage}/native"], times[f"{stage}/portable"])]
