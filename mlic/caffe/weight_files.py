@@ -37,7 +37,7 @@ import torch
 from mlic.caffe import proto
 from mlic.caffe import torchvision_vgg as tv
 from mlic.caffe.errors import CaffemodelError
-from mlic.caffe.io import read_caffemodel
+from mlic.caffe.io import array_to_blob, read_caffemodel, write_binary
 from mlic.caffe.weights import LoadReport, caffemodel_to_param_dict, load_caffemodel, load_param_dict, name_map
 from mlic.integrity import file_sha256
 from prototxt_ports.wsddn import wsddn_to_kd_name
@@ -266,8 +266,6 @@ def load_port(port, source, strict: bool = False, rename=None) -> LoadReport:
 def port_to_caffemodel(port, name: Optional[str] = None) -> "proto.NetParameter":
     """A NetParameter holding every learnable blob of a port under its layer name and
     type (what Caffe's CopyTrainedLayersFrom reads)."""
-    from mlic.caffe.io import array_to_blob
-
     net = proto.NetParameter()
     net.name = name or type(port).__name__
     for e in port.caffe_entries():
@@ -279,8 +277,6 @@ def port_to_caffemodel(port, name: Optional[str] = None) -> "proto.NetParameter"
 
 
 def save_port_caffemodel(port, path, name: Optional[str] = None) -> None:
-    from mlic.caffe.io import write_binary
-
     write_binary(port_to_caffemodel(port, name), path)
 
 
