@@ -133,7 +133,8 @@ def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[A
                  tuned: Optional[Dict[str, float]] = None, rates: Sequence[float] = ()) -> dict:
     summary, table = _arm_table(seed_folders, arms, preset, "", equal=True)
     lines = [f"Preset `{preset.name}`, test set ({preset.test_images} images), mean ± sd over seeds "
-             f"{sorted(seed_folders)}; Δ = arm minus no KD paired over seeds, 95 % t interval (* excludes 0).", "",
+             f"{sorted(seed_folders)}; Δ = arm minus no KD paired over seeds, 95 % t interval (* excludes 0); "
+             "at the same budget: minus the student alone trained as many iterations as the arm.", "",
              table]
     teacher = report.collect(seed_folders, ["teacher"])["teacher"]
     by_rate = {}
@@ -153,7 +154,6 @@ def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[A
     if any(summary[a]["paired"] for a in summary):
         report.plot_study(summary, BASELINE, root / "study.png", f"preset {preset.name}")
     return {"table": "\n".join(lines), "arms": summary, "at_rate": by_rate}
-
 
 
 def _arm_table(seed_folders: Dict[int, Path], arms: Sequence[Arm], preset: Preset, prefix: str, equal: bool):
