@@ -6,6 +6,7 @@ from mlic.study.jobs import Job, run_job
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "job":
-        sys.exit("usage: python -m mlic.study job SPEC.json (run by tools/study.py)")
+        # internal entry point of the study's scheduler: library code raises, it never exits
+        raise ValueError("usage: python -m mlic.study job SPEC.json (run by tools/study.py)")
     with open(sys.argv[2]) as f:
         run_job(Job(**json.load(f)))
