@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from mlic.study.pipeline import BASELINE, RELEASED, Arm, SeedData
+from mlic.study.pipeline import BASELINE, PAPER_L2, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, Arm, SeedData, prepare_data
 
 
 def _load(path: Path) -> dict:
@@ -303,8 +303,6 @@ def plot_targets(diag: dict, path: Path) -> None:
 def run_diagnosis(preset, seeds: Sequence[int], out: str, arms: Sequence[Arm], log=print) -> dict:
     """diagnose_seed on every seed whose teacher exists, figures, and diagnosis.json in
     out/<preset>/diagnosis/."""
-    from mlic.study.pipeline import PAPER_L2, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, prepare_data
-
     root = Path(out) / preset.name
     dest = root / "diagnosis"
     dest.mkdir(parents=True, exist_ok=True)
