@@ -44,7 +44,9 @@ readme-check: build
 	$(VPY) tools/check_readme.py --all
 
 # The op cases under AddressSanitizer: an instrumented CPU-only build of the extension (CPU
-# and emulated CUDA back ends) in build/asan, from a copy of the sources.
+# and emulated CUDA back ends) in build/asan, from a copy of the sources. libstdc++ is preloaded
+# with the runtime: python itself does not link it, and ASan's C++-exception interceptor must
+# find it at start-up (otherwise the first exception thrown by a kernel aborts the process).
 ASAN_DIR := build/asan
 sanitize: setup
 	mkdir -p $(ASAN_DIR)/src
@@ -52,7 +54,8 @@ sanitize: setup
 	rm -f $(ASAN_DIR)/src/mlic/_C*.so
 	cd $(ASAN_DIR)/src && MLIC_SANITIZE=address $(abspath $(VPY)) setup.py -q build_ext --inplace \
 		--build-temp $(abspath $(ASAN_DIR))/objects
-	cd $(ASAN_DIR)/src && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+	cd $(ASAN_DIR)/src && LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libstdc++.so)" \
+		ASAN_OPTIONS=detect_leaks=0 \
 		$(abspath $(VPY)) -m pytest -q -p no:cacheprovider tests/robustness/test_ops.py \
 		tests/ops/test_roi_pool_kernel.py tests/ops/test_pool_kernel.py tests/ops/test_two_stream_kernel.py \
 		-k "not gradcheck" $(PYTEST_ARGS)
