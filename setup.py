@@ -109,7 +109,8 @@ def _extensions():
             raise SystemExit(f"MLIC_SANITIZE must be 'address', got {san!r}")
         cxx = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address", "-fopenmp", "-ffp-contract=off"]
         link = ["-fopenmp", "-fsanitize=address"]
-        print("mlic: AddressSanitizer build (run Python with LD_PRELOAD=$(gcc -print-file-name=libasan.so))")
+        print("mlic: AddressSanitizer build (run Python with LD_PRELOAD=$(gcc -print-file-name=libasan.so)"
+              ":$(gcc -print-file-name=libstdc++.so), as `make sanitize` does)")
     define = []
     nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
     if with_cuda:
