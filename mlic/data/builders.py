@@ -34,13 +34,14 @@ import hashlib
 import io
 import json
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from .workers import OrderedProcessMap, clean_context
 
 PAD_CHOICES = ("repeat", "whole", "zero")
 
@@ -524,12 +525,6 @@ def _init_worker(source, image_root: str) -> None:
     _WORKER.update(source=source, image_root=image_root)
 
 
-def _init_pool_worker(source, image_root: str) -> None:
-    # Ctrl-C reaches the whole process group: the parent stops the pool, workers stay quiet
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _init_worker(source, image_root)
-
-
 def _image_job(job):
     """In a worker (or inline): read the image when needed -> (size, proposals or None)."""
     path, key, size, read = job
@@ -640,17 +635,9 @@ def build_datalist(labelset: MultiLabelSet, out_path: str, *, bbox_num: int, new
     pool = None
     try:
         if parallel:
-            import multiprocessing as mp
-
-            # workers start clean (a forked copy of a process whose OpenCV or OpenMP threads ran
-            # can deadlock); the fork server imports this module once for all of them
-            if "forkserver" in mp.get_all_start_methods():
-                ctx = mp.get_context("forkserver")
-                ctx.set_forkserver_preload([__name__])
-            else:
-                ctx = mp.get_context("spawn")
-            pool = ctx.Pool(int(workers), initializer=_init_pool_worker, initargs=(worker_source, image_root))
-            results = pool.imap(_image_job, jobs(), chunksize=1 if needs_image else 16)
+            pool = OrderedProcessMap(_image_job, int(workers), clean_context([__name__]), initializer=_init_worker,
+                                     initargs=(worker_source, image_root), in_flight=1 if needs_image else 8)
+            results = pool.imap(jobs())
         else:
             _init_worker(worker_source, image_root)
             results = map(_image_job, jobs())
@@ -669,8 +656,7 @@ def build_datalist(labelset: MultiLabelSet, out_path: str, *, bbox_num: int, new
                     progress(done, total)
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.close()
         _WORKER.clear()
     os.replace(partial, out)
     meta_path.unlink()

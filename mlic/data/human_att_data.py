@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mlic.data.datalist import Datalist, DatalistError, ImageReadError, read_datalist
 from mlic.data.transforms import (is_unit_scale, mirror_boxes, read_image_bgr, resize_linear,
                                   scale_boxes, scaled_size)
+from mlic.data.workers import CLEAN_START_METHOD
 
 # Streams of the seeded generators (numpy SeedSequence entropy = [seed, stream, counter]).
 _PERM, _SCALE, _MIRROR = 0, 1, 2
@@ -433,11 +434,6 @@ class HumanAttDataset(Dataset):
         return self.load_batch(spec.indices, spec.scale, spec.mirror, spec.step)
 
 
-# Workers start from a clean process: a forked child of a parent whose OpenMP / OpenCV
-# thread pools already ran can deadlock the first time it touches them.
-_DEFAULT_MP_CONTEXT = "forkserver" if "forkserver" in __import__("multiprocessing").get_all_start_methods() else "spawn"
-
-
 def _worker_init(_worker_id: int) -> None:
     # W workers each running OpenCV's own thread pool would oversubscribe the cores
     # (the DataLoader already gives each worker one torch thread).
@@ -459,7 +455,7 @@ class HumanAttDataLoader:
         self.sampler = sampler
         self._kw = dict(num_workers=int(num_workers), pin_memory=pin_memory,
                         worker_init_fn=_worker_init if num_workers > 0 else None,
-                        multiprocessing_context=(multiprocessing_context or _DEFAULT_MP_CONTEXT)
+                        multiprocessing_context=(multiprocessing_context or CLEAN_START_METHOD)
                         if num_workers > 0 else None)
         if num_workers > 0:
             self._kw["persistent_workers"] = persistent_workers

@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from mlic.data.builders import format_line, map_boxes_to_frame, select_proposals
+from mlic.data.workers import OrderedProcessMap, clean_context
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "hollow_square", "crescent",
           "arrow", "t_shape", "hexagon", "l_shape")
@@ -405,10 +406,8 @@ def generate_dataset(out_dir: str, cfg: Optional[SyntheticConfig] = None, worker
         (out / split).mkdir(exist_ok=True)
         jobs = [(cfg, split, i, str(out)) for i in range(n)]
         if workers > 0 and n > 0:
-            import multiprocessing as mp
-
-            with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
-                results = pool.map(_write_sample, jobs, chunksize=max(1, n // (4 * workers)))
+            with OrderedProcessMap(_write_sample, workers, clean_context([__name__]), in_flight=8) as pool:
+                results = list(pool.imap(jobs))
         else:
             results = [_write_sample(j) for j in jobs]
         lines = [r[0] for r in results]
