@@ -18,6 +18,7 @@ from mlic.evaluation.detection import (  # noqa: F401
     DetectionReport,
     box_iou,
     corloc,
+    corloc_references,
     detection_average_precision,
     evaluate_detection,
     nms,

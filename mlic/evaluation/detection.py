@@ -165,6 +165,36 @@ def _corloc(scores, regions, gts, num_classes, iou_threshold, ties="group"):
     return mean, per_class, overall
 
 
+def corloc_references(boxes, gt, num_classes: int, iou_threshold: float = 0.5) -> dict:
+    """What CorLoc a detector must beat on these proposals (mean over classes, as ``corloc``):
+
+    - ``random``: a proposal drawn uniformly (the expected value: all regions tie);
+    - ``proposal_score``: the proposal ranked first by its own score, the fifth column of
+      ``boxes`` (the datalist's box score; ties shared as in ``corloc``), the same for
+      every class, so a detector that only follows the proposal source scores this;
+    - ``best``: the proposal that overlaps a box of the class most, the highest CorLoc
+      any scoring of these proposals can reach.
+    """
+    n = len(boxes)
+    if len(gt) != n:
+        raise ValueError(f"boxes and gt must have one entry per image: got {n} and {len(gt)}")
+    arrays = [to_numpy(boxes[i], f"boxes[{i}]") for i in range(n)]
+    for i, b in enumerate(arrays):
+        if b.ndim != 2 or b.shape[1] < 5:
+            raise ValueError(f"boxes[{i}]: expected regions x 5 (x1, y1, x2, y2, proposal score), got shape {b.shape}")
+    flat, ranked, best = [], [], []
+    for i, b in enumerate(arrays):
+        gb, gl, _ = _gt_entry(gt[i], i, num_classes)
+        flat.append(np.zeros((len(b), num_classes)))
+        ranked.append(np.repeat(b[:, 4:5], num_classes, axis=1))
+        overlap = np.zeros((len(b), num_classes))
+        for c in np.unique(gl):
+            overlap[:, c] = box_iou(b[:, :4], gb[gl == c]).max(axis=1)
+        best.append(overlap)
+    return {name: corloc(s, [b[:, :4] for b in arrays], gt, iou_threshold)[0]
+            for name, s in (("random", flat), ("proposal_score", ranked), ("best", best))}
+
+
 def detection_average_precision(region_scores, boxes, gt, nms_threshold: float = 0.4,
                                 iou_threshold: float = 0.5, mode: str = "voc", ties: str = "group"):
     """``(mAP, per-class AP (NaN for classes without non-difficult boxes), excluded classes)``."""

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from mlic.data import read_datalist
+from mlic.data.annotations import read_ground_truth
+from mlic.evaluation import corloc_references
 from mlic.study import report
 from mlic.study.jobs import run_jobs
 from mlic.study.pipeline import (BASELINE, BASELINE_EQUAL, MAIN_ARMS, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, Arm,
@@ -142,18 +145,38 @@ def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[A
         by_rate[f"{r:g}"], t = _arm_table(seed_folders, RATE_ARMS, preset, f"lr{r:g}/", equal=False)
         lines += ["", f"At base rate {r:g} for stage 2 and the student alone (not tuned), same teachers and "
                   "stage 1:", "", t]
+    references = _corloc_references(preset, seed_folders)
     if teacher:
         lines += ["", "Teacher (WSDDN): " + ", ".join(
             f"{m} {report.pm(summarize([100 * r['metrics']['test'][m] for r in teacher.values()]))}"
-            for m in ("mAP", "CorLoc"))]
+            for m in ("mAP", "CorLoc")) + "; CorLoc of " + ", ".join(
+            f"{what} {report.pm(summarize([100 * ref[key] for ref in references.values()]))}"
+            for key, what in (("random", "a random proposal"),
+                              ("proposal_score", "the proposal ranked first by its own score"),
+                              ("best", "the best proposal (the most any scoring can reach)")))]
     if tuned:
         lines += ["", f"Chosen on the validation split: {_describe(tuned)}."]
     (root / "table.md").write_text("\n".join(lines) + "\n")
     (root / "study.json").write_text(json.dumps({"preset": preset.name, "tuned": tuned, "arms": summary,
-                                                 "at_rate": by_rate}, indent=1, default=float) + "\n")
+                                                 "at_rate": by_rate, "corloc_references": references},
+                                                indent=1, default=float) + "\n")
     if any(summary[a]["paired"] for a in summary):
         report.plot_study(summary, BASELINE, root / "study.png", f"preset {preset.name}")
     return {"table": "\n".join(lines), "arms": summary, "at_rate": by_rate}
+
+
+def _corloc_references(preset: Preset, seed_folders: Dict[int, Path]) -> Dict[int, dict]:
+    """Each seed's CorLoc references on its test proposals (what the teacher's CorLoc is
+    measured against)."""
+    out = {}
+    for seed, folder in sorted(seed_folders.items()):
+        data = Path(folder) / "data"
+        if not (data / "gt_test.json").is_file():
+            continue
+        dl = read_datalist(str(data / "test.txt"), att_num=preset.classes, root_folder=str(data) + "/")
+        gt = read_ground_truth(data / "gt_test.json", dl, (preset.teacher_size, preset.teacher_size))
+        out[seed] = corloc_references([dl.boxes[i] for i in range(len(dl))], gt, preset.classes)
+    return out
 
 
 def _arm_table(seed_folders: Dict[int, Path], arms: Sequence[Arm], preset: Preset, prefix: str, equal: bool):

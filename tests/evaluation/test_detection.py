@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from mlic.evaluation import box_iou, corloc, detection_average_precision, evaluate_detection, nms
+from mlic.evaluation import box_iou, corloc, corloc_references, detection_average_precision, evaluate_detection, nms
 
 
 def test_iou_uses_inclusive_pixels():
@@ -315,3 +315,27 @@ def test_bad_inputs_name_the_argument():
         evaluate_detection([SCORES[0], SCORES[1][:, :1], SCORES[2]], BOXES, GT)
     with pytest.raises(ValueError, match="mode"):
         detection_average_precision(SCORES, BOXES, GT, mode="coco")
+
+
+def test_corloc_references_hand_computed():
+    # image 0: class 0 at [0,0,9,9]; proposals: the box itself (score 0.2), a disjoint one
+    # (0.9), a half-overlapping one (IoU 1/3, 0.9)
+    # image 1: classes 0 and 1; proposals: class 1's box exactly (0.5), class 0's (0.5),
+    # one that hits nothing (0.1)
+    boxes = [np.array([[0, 0, 9, 9, 0.2], [50, 50, 59, 59, 0.9], [5, 0, 14, 9, 0.9]]),
+             np.array([[20, 20, 29, 29, 0.5], [0, 0, 9, 9, 0.5], [40, 0, 49, 9, 0.1]])]
+    gt = [{"boxes": [[0, 0, 9, 9]], "labels": [0]},
+          {"boxes": [[0, 0, 9, 9], [20, 20, 29, 29]], "labels": [0, 1]}]
+    ref = corloc_references(boxes, gt, num_classes=2)
+    # random: class 0 -> (1/3 + 1/3) / 2, class 1 -> 1/3; mean over classes
+    assert ref["random"] == pytest.approx((1 / 3 + 1 / 3) / 2)
+    # proposal score: image 0's top two (0.9, tied) both miss; image 1's tie of two: one
+    # of them hits each class -> class 0: (0 + 1/2) / 2, class 1: 1/2
+    assert ref["proposal_score"] == pytest.approx(((0 + 0.5) / 2 + 0.5) / 2)
+    assert ref["best"] == pytest.approx(1.0)
+    # a box too far off for 0.5 but not for 0.3
+    far = [np.array([[5, 0, 14, 9, 1.0]])]
+    assert corloc_references(far, gt[:1], 1)["best"] == 0.0
+    assert corloc_references(far, gt[:1], 1, iou_threshold=0.3)["best"] == 1.0
+    with pytest.raises(ValueError, match="regions x 5"):
+        corloc_references([b[:, :4] for b in boxes], gt, 2)

@@ -44,6 +44,12 @@ def test_table_plot_and_json(smoke_study):
             equal = arms["nokd-equal-budget"]["metrics"][m]["values"]
             assert q["mean"] == pytest.approx(sum(x - y for x, y in zip(ours, equal)) / 2)
     assert "at the same budget" in table
+    # the teacher's CorLoc beside what the proposals alone give on each seed's test set
+    refs = data["corloc_references"]
+    assert set(refs) == {"0", "1"}
+    for r in refs.values():
+        assert 0 <= r["random"] <= r["best"] <= 1 and 0 <= r["proposal_score"] <= r["best"]
+    assert "CorLoc of a random proposal" in table and "the best proposal" in table
 
 
 def test_untuned_rate_table(smoke_study):
