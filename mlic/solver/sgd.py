@@ -204,8 +204,10 @@ class CaffeSGD(Optimizer):
         norm_scale = _f32(1.0 / self.iter_size)
         for group in self.param_groups:
             lr_mult, decay_mult = float(group["lr_mult"]), float(group["decay_mult"])
-            local_rate = _f32(np.float32(rate) * np.float32(lr_mult))
-            local_decay = _f32(np.float32(self.weight_decay) * np.float32(decay_mult))
+            # float products as Caffe's: an overflow is inf, and the update's non-finite check reports it
+            with np.errstate(over="ignore"):
+                local_rate = _f32(np.float32(rate) * np.float32(lr_mult))
+                local_decay = _f32(np.float32(self.weight_decay) * np.float32(decay_mult))
             for p in group["params"]:
                 state = self.state[p]
                 if p.grad is None:
