@@ -100,9 +100,8 @@ PRESETS: Dict[str, Preset] = {
         pretrain_images=4000, synthetic=dict(max_objects=4, min_object_frac=0.12, max_object_frac=0.45,
                                              num_distractors=(0, 3), scene_groups=4, scene_affinity=0.8),
         tune_teacher_lr=(0.003, 0.01), tune_lr=(0.001, 0.003, 0.01),  # soft-scale lr_mult: the released 10
-        # seed 0's jobs (docs/study.md): stage 1 and 2 on the idle 2 cores, the others two
-        # at a time beside other work (upper bounds)
-        expected_seconds=dict(pretrain=240, wsddn=1800, stage1=55, stage2=130, student=130)),
+        # seed 0's jobs in `make study` on the idle 2 cores, two at a time (docs/study.md)
+        expected_seconds=dict(pretrain=70, wsddn=370, stage1=45, stage2=95, student=30)),
     "smoke": Preset(
         name="smoke", classes=4, train_images=16, test_images=8, val_fraction=0.25, proposals=12,
         teacher_size=128, student_size=64, body=_SMALL_BODY, fc_dim=128, pooled=2, topk=4, batch=4,
