@@ -30,7 +30,7 @@ demo: build
 
 # The distillation study (docs/study.md): the paper-vs-code switches against the student
 # without KD over seeds; rerunning resumes. The default is the README's demo table;
-# STUDY_ARGS="--preset large --seeds 0 --arms all" the large preset's.
+# STUDY_ARGS="--preset large --seeds 0-2 --arms all" the large preset's.
 STUDY_ARGS ?= --preset demo --seeds 0-4 --arms main --rate 0.01 --out study_out
 study: build
 	$(VPY) tools/study.py $(STUDY_ARGS)
