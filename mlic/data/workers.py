@@ -87,6 +87,7 @@ class OrderedProcessMap:
 
     def imap(self, jobs: Iterable[Any]) -> Iterator[Any]:
         jobs = iter(jobs)
+        self._finished = False
         pending: Dict[int, deque] = {i: deque() for i in range(len(self._conns))}  # job numbers at each worker
         results: Dict[int, Any] = {}
         sent = yielded = 0

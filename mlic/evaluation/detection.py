@@ -175,23 +175,20 @@ def corloc_references(boxes, gt, num_classes: int, iou_threshold: float = 0.5) -
     - ``best``: the proposal that overlaps a box of the class most, the highest CorLoc
       any scoring of these proposals can reach.
     """
-    n = len(boxes)
-    if len(gt) != n:
-        raise ValueError(f"boxes and gt must have one entry per image: got {n} and {len(gt)}")
-    arrays = [to_numpy(boxes[i], f"boxes[{i}]") for i in range(n)]
+    arrays = [to_numpy(b, f"boxes[{i}]") for i, b in enumerate(boxes)]
     for i, b in enumerate(arrays):
         if b.ndim != 2 or b.shape[1] < 5:
             raise ValueError(f"boxes[{i}]: expected regions x 5 (x1, y1, x2, y2, proposal score), got shape {b.shape}")
-    flat, ranked, best = [], [], []
-    for i, b in enumerate(arrays):
-        gb, gl, _ = _gt_entry(gt[i], i, num_classes)
-        flat.append(np.zeros((len(b), num_classes)))
-        ranked.append(np.repeat(b[:, 4:5], num_classes, axis=1))
-        overlap = np.zeros((len(b), num_classes))
+    flat = [np.zeros((len(b), num_classes)) for b in arrays]
+    _, regions, gts, _ = _inputs(flat, arrays, gt)  # checks boxes and ground truth once for the three
+    ranked = [np.repeat(b[:, 4:5], num_classes, axis=1) for b in arrays]
+    best = []
+    for r, (gb, gl, _) in zip(regions, gts):
+        overlap = np.zeros((len(r), num_classes))
         for c in np.unique(gl):
-            overlap[:, c] = box_iou(b[:, :4], gb[gl == c]).max(axis=1)
+            overlap[:, c] = box_iou(r, gb[gl == c]).max(axis=1)
         best.append(overlap)
-    return {name: corloc(s, [b[:, :4] for b in arrays], gt, iou_threshold)[0]
+    return {name: _corloc(s, regions, gts, num_classes, iou_threshold)[0]
             for name, s in (("random", flat), ("proposal_score", ranked), ("best", best))}
 
 
