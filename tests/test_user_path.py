@@ -11,7 +11,6 @@ The nets are VGG16 at 1/16 of its widths on 64-pixel inputs with 8 proposals per
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from mlic.caffe.weight_files import STUDENT_FORMAT, read_weight_file
 from mlic.caffe.weights import caffemodel_to_param_dict
 from mlic.data import read_datalist
 from mlic.evaluation import load_scores
+from tests.process_group import ctrl_c, process_group
 from tests.coco_style import (COCO_NAMES, NET_FLAGS, TRAIN_IDS, coco_file_name, write_coco_style,
                               write_released_prototxts, write_vgg16_caffemodel)
 
@@ -93,19 +93,12 @@ def datalists(ws):
     blocked.unlink()
     os.mkfifo(blocked)
     args = _datalist_args("train", "coco_train.txt", 2)
-    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "make_datalist.py"), *map(str, args)], cwd=ws,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        partial = ws / "coco_train.txt.partial"
+    partial = ws / "coco_train.txt.partial"
+    with process_group([sys.executable, str(REPO / "tools" / "make_datalist.py"), *map(str, args)], cwd=ws,
+                       env=_env()) as proc:
         _wait_for_lines(partial, 5, proc)
         time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C on a terminal signals the whole process group
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        out, err = ctrl_c(proc, timeout=120)
     interrupted = dict(status=proc.returncode, stderr=err, partial=partial.read_bytes())
     blocked.unlink()
     blocked.write_bytes(photo)

@@ -2,7 +2,6 @@
 cannot hang (each case that could hang runs in its own process, under a time limit)."""
 import multiprocessing as mp
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -11,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mlic.data.workers import OrderedProcessMap
+from mlic.data.workers import CLEAN_START_METHOD, OrderedProcessMap
+from tests.process_group import ctrl_c, process_group
 
 REPO = Path(__file__).resolve().parents[2]
-CTX = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+CTX = mp.get_context(CLEAN_START_METHOD)
 
 
 def _square_slowly(k):
@@ -109,7 +109,7 @@ def test_ctrl_c_while_a_worker_is_blocked_stops_everything(tmp_path):
     # the job reads a FIFO that nobody writes: its worker blocks as on a stalled file system
     fifo = tmp_path / "stalled"
     os.mkfifo(fifo)
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    with process_group([sys.executable, "-c", textwrap.dedent(f"""
         import multiprocessing as mp, sys
         from mlic.data.workers import OrderedProcessMap
         from tests.data.test_workers import CTX, _read_or_echo
@@ -121,18 +121,11 @@ def test_ctrl_c_while_a_worker_is_blocked_stops_everything(tmp_path):
         except KeyboardInterrupt:
             print("INTERRUPTED", mp.active_children(), flush=True)
             sys.exit(130)
-    """)], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True)
-    try:
+    """)], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO))) as proc:
         lines = [proc.stdout.readline() for _ in range(3)]
         assert lines == ["GOT 0\n", "GOT 1\n", "GOT 2\n"], proc.stderr.read() if not lines[-1] else lines
         time.sleep(0.3)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C on a terminal signals the whole process group
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        out, err = ctrl_c(proc, timeout=30)
     assert proc.returncode == 130, err
     assert "INTERRUPTED []" in out and "Traceback" not in err
 
