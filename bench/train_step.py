@@ -7,6 +7,11 @@ device) and with the data loader feeding synthetic images. Targets on one H100:
 >= 50 img/s strict fp32, >= 150 img/s TF32, loader-included >= 90% of GPU-only.
 CPU: a reduced config (--quick sizes) so it finishes in minutes on 2 cores.
 
+--preset demo|large: the embedded runs instead (bench/embedded.py): each stage's
+iteration on the library's training loop split into data, forward, backward, update and
+hooks, the memory formats interleaved, torch.profiler's table per stage (--profile N) and
+a study job's start-up (--startup N).
+
 Writes JSON (device, versions, command, numbers) to bench/results/.
 """
 import argparse
@@ -111,7 +116,20 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", default=None)
+    e = p.add_argument_group("embedded runs (--preset)")
+    e.add_argument("--preset", choices=("demo", "large"), default=None,
+                   help="time the embedded runs of this preset instead (CPU)")
+    e.add_argument("--stages", default="pretrain,wsddn,stage1,stage2,student")
+    e.add_argument("--formats", default="contiguous,channels_last",
+                   help="memory formats, interleaved; ratios are against the first")
+    e.add_argument("--repeats", type=int, default=3, help="runs per stage and format")
+    e.add_argument("--warmup", type=int, default=3)
+    e.add_argument("--profile", type=int, default=0, metavar="N", help="torch.profiler table over N iterations")
+    e.add_argument("--startup", type=int, default=0, metavar="N", help="time a study job's start-up N times")
+    e.add_argument("--threads", type=int, default=1, help="torch threads (a study job's: 1)")
     args = p.parse_args(argv)
+    if args.preset:
+        return embedded_main(args)
     from prototxt_ports import NetConfig
 
     cpu = args.device == "cpu"
@@ -171,6 +189,21 @@ def main(argv=None):
     path = Path(args.out) if args.out else REPO / "bench" / "results" / f"train_step_{'cpu' if cpu else 'gpu'}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"written {path}")
+    return 0
+
+
+def embedded_main(args) -> int:
+    sys.path.insert(0, str(REPO / "bench"))
+    import embedded
+
+    res = embedded.run(args.preset, args.formats.split(","), args.stages.split(","), args.steps or 20, args.warmup,
+                       args.repeats, args.profile, args.startup, args.threads)
+    res.update(device=platform.processor() or "cpu", torch=torch.__version__, python=platform.python_version(),
+               command=" ".join([sys.executable] + sys.argv))
+    path = Path(args.out) if args.out else REPO / "bench" / "results" / f"embedded_{args.preset}_cpu.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1) + "\n")
     print(f"written {path}")
     return 0
 

@@ -83,8 +83,11 @@ def run_demo(out: str = "demo_out", preset: str = "demo", seed: int = 0, workers
     _clean(run)
     t0 = time.perf_counter()
     data = prepare_data(p, seed, run, workers=workers, log=log)
-    plan = SeedPlan(p, seed, run, data, threads=1 if workers > 1 else 2)
-    jobs = plan.shared_jobs(ARMS) + plan.student_jobs(ARMS)
+    # The teacher takes both cores (the stand-in always does): nothing else of the seed can run
+    # beside it once the student alone is put after it, beside stage 1.
+    plan = SeedPlan(p, seed, run, data, threads={"wsddn": 2})
+    students = plan.student_jobs(ARMS)
+    jobs = plan.shared_jobs(ARMS) + students[-1:] + students[:-1]
     failed = run_jobs(jobs, workers, log)
     if failed:
         raise RuntimeError(f"demo: {len(failed)} step(s) failed: {', '.join(failed)}; see their job.log")

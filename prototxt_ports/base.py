@@ -45,12 +45,31 @@ class CaffeLayerEntry:
         return list(self.mults[: len(blobs)])
 
 
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
 class CaffePort(nn.Module):
     """Base of the ports: Caffe layer registry, param_specs, weight I/O."""
+
+    # layout of the conv bodies' activations and weights (set_memory_format); the values
+    # are the same in either, the speed is not
+    memory_format = torch.contiguous_format
 
     def __init__(self):
         super().__init__()
         self._caffe_entries: "OrderedDict[str, CaffeLayerEntry]" = OrderedDict()
+
+    def set_memory_format(self, name: str) -> "CaffePort":
+        """Runs the conv bodies in `name`: "channels_last" (N x H x W x C in memory: the
+        layout oneDNN's CPU convolutions and pooling, and cuDNN's fast paths, want) or
+        "contiguous" (N x C x H x W). Converts the 4-D weights; returns self."""
+        if name not in MEMORY_FORMATS:
+            raise ValueError(f"memory format must be one of {', '.join(MEMORY_FORMATS)}, got {name!r}")
+        fmt = MEMORY_FORMATS[name]
+        for m in self.modules():
+            if isinstance(m, CaffePort):
+                m.memory_format = fmt
+        return self.to(memory_format=fmt)
 
     # -- registration
     def _add_caffe_layer(self, name: str, type_: str, module: nn.Module, mults: Mults) -> nn.Module:

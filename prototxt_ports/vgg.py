@@ -75,6 +75,7 @@ class VGG16(CaffePort):
         if x.dim() != 4 or x.shape[1] != self._first_conv().in_channels:
             raise ValueError(f"{type(self).__name__}: expected input [N, {self._first_conv().in_channels}, H, W], "
                              f"got {tuple(x.shape)}")
+        x = x.contiguous(memory_format=self.memory_format)
         for kind, name in self.body_plan:
             if kind == "conv":
                 x = F.relu(getattr(self, name)(x))

@@ -347,7 +347,14 @@ def pixels_to_data(pixels: torch.Tensor, mean_values: Sequence[float] = (), scal
 class HumanAttDataset(Dataset):
     """Executes :class:`BatchSpec` objects: ``dataset[spec]`` -> :class:`HumanAttBatch`."""
 
-    def __init__(self, datalist: Datalist, config: HumanAttDataConfig, check_files: str = "construct"):
+    def __init__(self, datalist: Datalist, config: HumanAttDataConfig, check_files: str = "construct",
+                 image_cache_mb: int = 0):
+        """image_cache_mb: keep up to that many MiB of decoded images (at new_width x
+        new_height) in memory, so that later epochs do not decode them again (0: none)."""
+        if image_cache_mb < 0:
+            raise ValueError(f"image_cache_mb must be >= 0, got {image_cache_mb}")
+        self._cache: dict = {}
+        self._cache_left = int(image_cache_mb) << 20
         if config.att_num is not None and datalist.att_num != config.att_num:
             raise DatalistError(datalist.source, None, f"datalist has {datalist.att_num} labels per line, "
                                 f"config att_num is {config.att_num}")
@@ -371,7 +378,18 @@ class HumanAttDataset(Dataset):
         return len(self.datalist)
 
     def read_image(self, i: int) -> np.ndarray:
-        """Image i as Caffe's layer reads it: BGR uint8, resized to new_width x new_height."""
+        """Image i as Caffe's layer reads it: BGR uint8, resized to new_width x new_height
+        (read-only when it comes from the cache)."""
+        img = self._cache.get(i)
+        if img is None:
+            img = self._read_image(i)
+            if img.nbytes <= self._cache_left:
+                img.flags.writeable = False
+                self._cache[i] = img
+                self._cache_left -= img.nbytes
+        return img
+
+    def _read_image(self, i: int) -> np.ndarray:
         path = self.datalist.image_path(i)
         img = read_image_bgr(path)
         if img is None:
@@ -487,16 +505,17 @@ def build_loader(config: HumanAttDataConfig, *, seed: int = 0, num_workers: int 
                  base_dir: Optional[str] = None, pin_memory: bool = False,
                  scale_schedule: Optional[Sequence[float]] = None,
                  prefetch_factor: Optional[int] = None, persistent_workers: bool = False,
-                 datalist: Optional[Datalist] = None) -> HumanAttDataLoader:
+                 datalist: Optional[Datalist] = None, image_cache_mb: int = 0) -> HumanAttDataLoader:
     """The one-call way to get batches for a HumanAttData layer.
 
     ``base_dir``: where a relative ``source`` and relative image paths are resolved
     (Caffe: the working directory). ``datalist``: an already parsed list to reuse.
+    ``image_cache_mb``: decoded images kept in memory (per worker process), see HumanAttDataset.
     """
     if datalist is None:
-        dataset = HumanAttDataset.from_config(config, check_files=check_files, base_dir=base_dir)
-    else:
-        dataset = HumanAttDataset(datalist, config, check_files=check_files)
+        datalist = read_datalist(config.source, config.att_num, config.bbox_num, config.root_folder,
+                                 check_files="none", base_dir=base_dir)
+    dataset = HumanAttDataset(datalist, config, check_files=check_files, image_cache_mb=image_cache_mb)
     sampler = HumanAttBatchSampler(
         len(dataset), config.batch_size, shuffle=config.shuffle, scale_factors=config.scale_factors,
         mirror=config.mirror, seed=seed, num_replicas=num_replicas, rank=rank,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mlic.engine import distributed as D
+from mlic.engine.allocator import keep_freed_memory
 from mlic.engine.checkpoint import CheckpointError, latest_intact_checkpoint
 from mlic.engine.hooks import HookBase
 from mlic.errors import RunStopped
@@ -60,6 +61,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+PHASES = ("data", "forward", "backward", "update", "hooks")
+
+
 class Trainer:
     """
     model:      nn.Module
@@ -96,6 +100,9 @@ class Trainer:
             h.trainer = self
             self.hooks.append(h)
         self._iter: Optional[Iterator] = None
+        # wall seconds per phase of the steps this run computed (data, forward, backward,
+        # update: the solver and the loop's checks); hooks are timed apart
+        self.phase_seconds: Dict[str, float] = dict.fromkeys(PHASES, 0.0)
 
     def log(self, msg: str) -> None:
         if D.is_main():
@@ -103,7 +110,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def model_state(self) -> dict:
-        return {k: v for k, v in self.model.state_dict().items() if not (self.exclude and self.exclude(k))}
+        # N x C x H x W whatever the layout the model runs in, as every reader expects
+        return {k: v.contiguous() for k, v in self.model.state_dict().items()
+                if not (self.exclude and self.exclude(k))}
 
     def state_dict(self) -> dict:
         return {"iter": self.iter, "model": self.model_state(), "solver": self.solver.state_dict(),
@@ -154,9 +163,18 @@ class Trainer:
         self.model.train()
         self.solver.zero_grad()
         t0 = time.perf_counter()
+        clock, phases = t0, self.phase_seconds
+
+        def lap(phase):
+            nonlocal clock
+            now = time.perf_counter()
+            phases[phase] += now - clock
+            clock = now
+
         sums: Dict[str, float] = {}
         for _ in range(self.iter_size):
             batch = self._next_batch()
+            lap("data")
             with torch.autocast(device_type=self.device.split(":")[0], enabled=self.amp):
                 out = self.step_fn(self.model, batch)
             loss = out["loss"]
@@ -164,9 +182,11 @@ class Trainer:
             if D.any_rank(not math.isfinite(value), loss.device):
                 self.stop(f"the loss is {value}" if not math.isfinite(value) else "the loss is not finite on "
                           "another process")
+            lap("forward")
             loss.backward()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+            lap("backward")
         # Caffe: accumulate, average over ranks, then the solver divides by iter_size.
         params = [p for p in self.model.parameters() if p.requires_grad]
         D.average_gradients(params)
@@ -180,23 +200,31 @@ class Trainer:
         lr = ret if lr is None else lr
         if not _all_finite(params):
             self.stop("the update left inf or nan in the parameters")
+        lap("update")
         dt = time.perf_counter() - t0
         self.metrics = {k: v / self.iter_size for k, v in sums.items()}
         self.metrics["grad_norm"] = grad_norm
-        self.metrics["lr"] = float(lr if lr is not None else getattr(self.solver, "lr", float("nan")))
+        if lr is None:  # a torch optimizer: its first group's rate
+            lr = self.solver.param_groups[0].get("lr", float("nan")) if self.solver.param_groups else float("nan")
+        self.metrics["lr"] = float(lr)
         self.metrics["img_per_s"] = self.images_per_batch * self.iter_size * D.world_size() / max(dt, 1e-9)
 
     def train(self) -> None:
+        keep_freed_memory()
         for h in self.hooks:
             h.before_train()
         try:
             while self.iter < self.max_iter:
+                t0 = time.perf_counter()
                 for h in self.hooks:
                     h.before_step()
+                t1 = time.perf_counter()
                 self.run_step()
                 self.iter += 1
+                t2 = time.perf_counter()
                 for h in self.hooks:
                     h.after_step()
+                self.phase_seconds["hooks"] += t1 - t0 + time.perf_counter() - t2
             self.completed = True
         finally:
             for h in self.hooks:

@@ -13,11 +13,11 @@ float32 in Caffe's order (scalars rounded to float32 as Caffe's float fields are
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.optim import Optimizer
 
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
@@ -46,11 +46,18 @@ def check_lr_policy(policy: str, *, gamma=None, power=None, stepsize=None, stepv
         raise ValueError("lr_policy 'multistep' needs at least one stepvalue")
 
 
+def multistep_count(stepvalue: Sequence[int], it: int, current: int = 0) -> int:
+    """How many steps Caffe's multistep counter has taken at iteration `it`, walking from
+    `current` as Caffe's solver does: at most one step per iteration, so step values that
+    do not increase are passed one iteration each."""
+    return current + 1 if current < len(stepvalue) and it >= stepvalue[current] else current
+
+
 def learning_rate(policy: str, it: int, base_lr: float, *, gamma=None, power=None, stepsize=None,
-                  stepvalue: Sequence[int] = (), max_iter=None) -> float:
-    """Caffe's rate at iteration `it` (float32-rounded). For multistep this counts the
-    leading stepvalues <= it (Caffe's sequential counter gives the same for increasing
-    stepvalues)."""
+                  stepvalue: Sequence[int] = (), max_iter=None, multistep: Optional[int] = None) -> float:
+    """Caffe's rate at iteration `it` (float32-rounded). multistep: the multistep counter's
+    value at `it` (default: as a run from iteration 0 reaches it, multistep_count applied
+    once per iteration)."""
     check_lr_policy(policy, gamma=gamma, power=power, stepsize=stepsize, stepvalue=stepvalue, max_iter=max_iter)
     base = float(np.float32(base_lr))
     g = None if gamma is None else float(np.float32(gamma))
@@ -64,10 +71,11 @@ def learning_rate(policy: str, it: int, base_lr: float, *, gamma=None, power=Non
     elif policy == "inv":
         rate = base * (1.0 + g * it) ** (-pw)
     elif policy == "multistep":
-        k = 0
-        while k < len(stepvalue) and it >= stepvalue[k]:
-            k += 1
-        rate = base * g**k
+        if multistep is None:
+            multistep = 0
+            for i in range(it + 1):
+                multistep = multistep_count(stepvalue, i, multistep)
+        rate = base * g**multistep
     elif policy == "poly":
         rate = base * (1.0 - it / max_iter) ** pw
     else:  # sigmoid
@@ -75,7 +83,7 @@ def learning_rate(policy: str, it: int, base_lr: float, *, gamma=None, power=Non
     return _f32(rate)
 
 
-class CaffeSGD(Optimizer):
+class CaffeSGD:
     """Caffe SGD. `params`: parameters or param groups; a group may set ``lr_mult`` and
     ``decay_mult`` (default: each parameter's own ``lr_mult``/``decay_mult`` attribute,
     as CaffeNet sets them, else 1).
@@ -85,6 +93,13 @@ class CaffeSGD(Optimizer):
     False leaves such parameters untouched (a frozen sub-network stays frozen).
     ``iter_size``: the caller accumulates that many backward passes per step; the
     gradients are divided by it.
+
+    The interface is torch.optim.Optimizer's (param_groups, state, zero_grad, step,
+    state_dict and load_state_dict, in its format) without deriving from it: torch's base
+    class imports the compiler stack (torch._dynamo, seconds) on first use, which a
+    training job never needs. The parameters that share a rate and a decay are updated
+    together by torch's _foreach ops, each with the same per-element arithmetic as a
+    parameter at a time.
     """
 
     def __init__(self, params, base_lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
@@ -105,8 +120,15 @@ class CaffeSGD(Optimizer):
                 ok = False
             if not ok:
                 raise ValueError(f"{name} must be a finite non-negative number, got {value}")
-        groups = self._expand(params)
-        super().__init__(groups, dict(lr_mult=1.0, decay_mult=1.0))
+        self.defaults = dict(lr_mult=1.0, decay_mult=1.0)
+        self.param_groups: List[dict] = self._expand(params)
+        seen = set()
+        for g in self.param_groups:
+            for p in g["params"]:
+                if id(p) in seen:
+                    raise ValueError("a parameter appears in more than one group")
+                seen.add(id(p))
+        self.state: Dict[torch.Tensor, dict] = defaultdict(dict)
         self.base_lr = base_lr
         self.momentum = momentum
         self.weight_decay = weight_decay
@@ -121,8 +143,7 @@ class CaffeSGD(Optimizer):
         self.iter = 0
         self.current_step = 0
 
-    @staticmethod
-    def _expand(params):
+    def _expand(self, params) -> List[dict]:
         params = list(params)
         if not params:
             raise ValueError("CaffeSGD got an empty parameter list")
@@ -133,7 +154,7 @@ class CaffeSGD(Optimizer):
             ps = g["params"]
             ps = [ps] if isinstance(ps, torch.Tensor) else list(ps)
             if "lr_mult" in g and "decay_mult" in g:
-                out.append(dict(g, params=ps))
+                out.append(dict(self.defaults, **dict(g, params=ps)))
                 continue
             # split by each parameter's own multipliers
             buckets = {}
@@ -166,22 +187,29 @@ class CaffeSGD(Optimizer):
             regularization_type=sp.regularization_type, decay_without_grad=decay_without_grad,
         )
 
-    def get_lr(self, it: Optional[int] = None) -> float:
-        """The rate at iteration `it` (default: the coming step)."""
-        it = self.iter if it is None else it
-        return learning_rate(self.lr_policy, it, self.base_lr, gamma=self.gamma, power=self.power,
-                             stepsize=self.stepsize, stepvalue=self.stepvalue, max_iter=self.max_iter)
+    def _counter(self) -> int:
+        """The multistep counter as the coming step will have advanced it."""
+        return multistep_count(self.stepvalue, self.iter, self.current_step)
 
-    def _rate(self) -> float:
-        # Caffe's multistep counter advances at most one step per call
-        if self.lr_policy == "multistep":
-            if self.current_step < len(self.stepvalue) and self.iter >= self.stepvalue[self.current_step]:
-                self.current_step += 1
-            base, g = float(np.float32(self.base_lr)), float(np.float32(self.gamma))
-            return _f32(base * g**self.current_step)
-        if self.lr_policy == "step":
-            self.current_step = self.iter // self.stepsize
-        return self.get_lr()
+    def get_lr(self, it: Optional[int] = None) -> float:
+        """The rate at iteration `it` (default: the rate the coming step applies)."""
+        if it is None or it == self.iter:
+            it, counter = self.iter, self._counter() if self.lr_policy == "multistep" else None
+        else:
+            counter = None
+        return learning_rate(self.lr_policy, it, self.base_lr, gamma=self.gamma, power=self.power,
+                             stepsize=self.stepsize, stepvalue=self.stepvalue, max_iter=self.max_iter,
+                             multistep=counter)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_().zero_()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -189,7 +217,11 @@ class CaffeSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        rate = self._rate()
+        rate = self.get_lr()
+        if self.lr_policy == "multistep":
+            self.current_step = self._counter()
+        elif self.lr_policy == "step":
+            self.current_step = self.iter // self.stepsize
         momentum = _f32(self.momentum)
         clip_scale = None
         if self.clip_gradients >= 0:
@@ -202,6 +234,8 @@ class CaffeSGD(Optimizer):
             if norm > self.clip_gradients:
                 clip_scale = _f32(self.clip_gradients / norm)
         norm_scale = _f32(1.0 / self.iter_size)
+        # parameters that share (rate, decay) across the groups, updated together
+        batches: Dict[Tuple[float, float], Tuple[list, list, list]] = {}
         for group in self.param_groups:
             lr_mult, decay_mult = float(group["lr_mult"]), float(group["decay_mult"])
             # float products as Caffe's: an overflow is inf, and the update's non-finite check reports it
@@ -218,32 +252,62 @@ class CaffeSGD(Optimizer):
                     d = torch.zeros_like(p)
                 else:
                     d = p.grad.detach().clone()
-                if clip_scale is not None:
-                    d.mul_(clip_scale)
-                if self.iter_size > 1:
-                    d.mul_(norm_scale)
-                if local_decay:
-                    if self.regularization_type == "L2":
-                        d.add_(p, alpha=local_decay)
-                    else:
-                        d.add_(torch.sign(p), alpha=local_decay)
                 h = state.get("history")
                 if h is None:
                     h = state["history"] = torch.zeros_like(p)
-                h.mul_(momentum).add_(d, alpha=local_rate)
-                p.sub_(h)
+                ps, ds, hs = batches.setdefault((local_rate, local_decay), ([], [], []))
+                ps.append(p)
+                ds.append(d)
+                hs.append(h)
+        for (local_rate, local_decay), (ps, ds, hs) in batches.items():
+            if clip_scale is not None:
+                torch._foreach_mul_(ds, clip_scale)
+            if self.iter_size > 1:
+                torch._foreach_mul_(ds, norm_scale)
+            if local_decay:
+                if self.regularization_type == "L2":
+                    torch._foreach_add_(ds, ps, alpha=local_decay)
+                else:
+                    torch._foreach_add_(ds, [torch.sign(p) for p in ps], alpha=local_decay)
+            torch._foreach_mul_(hs, momentum)
+            torch._foreach_add_(hs, ds, alpha=local_rate)
+            torch._foreach_sub_(ps, hs)
         self.iter += 1
         return loss
 
-    def state_dict(self):
-        sd = super().state_dict()
-        sd["caffe"] = {"iter": self.iter, "current_step": self.current_step}
-        return sd
+    # -- torch.optim.Optimizer's state format: parameters by their index over the groups
+    def _indexed(self) -> List[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
 
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        caffe = state_dict.pop("caffe", None)
-        super().load_state_dict(state_dict)
+    def state_dict(self) -> dict:
+        index = {id(p): i for i, p in enumerate(self._indexed())}
+        groups, start = [], 0
+        for g in self.param_groups:
+            n = len(g["params"])
+            groups.append(dict({k: v for k, v in g.items() if k != "params"}, params=list(range(start, start + n))))
+            start += n
+        state = {index[id(p)]: dict(s) for p, s in self.state.items() if s and id(p) in index}
+        return {"state": state, "param_groups": groups, "caffe": {"iter": self.iter, "current_step": self.current_step}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups) or any(
+                len(a["params"]) != len(b["params"]) for a, b in zip(groups, self.param_groups)):
+            raise ValueError("the solver state's parameter groups do not match this solver's "
+                             f"({[len(g['params']) for g in groups]} against "
+                             f"{[len(g['params']) for g in self.param_groups]} parameters)")
+        params = self._indexed()
+        flat = [i for g in groups for i in g["params"]]
+        by_index = dict(zip(flat, params))
+        self.state = defaultdict(dict)
+        for i, s in state_dict["state"].items():
+            p = by_index[int(i)]
+            # copies: the loaded solver must not share its history with the dict's owner
+            self.state[p] = {k: (v.detach().to(dtype=p.dtype, device=p.device, copy=True)
+                                 if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in s.items()}
+        for mine, saved in zip(self.param_groups, groups):
+            mine.update({k: v for k, v in saved.items() if k != "params"})
+        caffe = state_dict.get("caffe")
         if caffe is not None:
             self.iter = int(caffe["iter"])
             self.current_step = int(caffe["current_step"])

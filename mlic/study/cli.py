@@ -31,6 +31,20 @@ def parse_seeds(text: str) -> List[int]:
     return sorted(seeds)
 
 
+def parse_budgets(text: str) -> List[int]:
+    """'1000,1400,2000' -> [1000, 1400, 2000] (positive iteration counts)."""
+    out = []
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        try:
+            value = int(part)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(f"--budgets: {part!r} is not a positive number of iterations")
+        out.append(value)
+    return sorted(set(out))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description="Run the distillation study: every arm of the SPEC's paper-vs-code "
                                 "switches against the student without KD, over seeds. Rerun the same command to "
@@ -41,11 +55,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--arms", default="main", help="a named set: 'core' (the released arm and four single "
                    "switches: L2, frozen teacher, no stage 1, top-k regions), 'main' (default: core, stage 1 on "
                    "the convs, and every paper switch at once), 'all' (the 20 arms of the grid and the released "
-                   "arm at the released soft-scale lr_mult); or comma-separated arm keys, e.g. " + GRID[0].key)
+                   "arm at the released soft-scale lr_mult), 'decide' (the released recipe at soft-scale lr_mult 10 "
+                   "and 1, L2 over all and top-k regions, soft-CE over top-k regions with either teacher, no "
+                   "stage 1); or comma-separated arm keys, e.g. " + GRID[0].key)
     p.add_argument("--workers", type=int, default=2, help="jobs run at once, one process each (default 2)")
     p.add_argument("--rate", type=float, action="append", default=[], help="also train, on every seed, the "
                    "released arm (soft-scale lr_mult 10 and 1) and the student alone at this base rate instead of "
                    "the tuned one (repeatable; a table each)")
+    p.add_argument("--budgets", default="", help="the budget sweep: total training iterations (e.g. "
+                   "1000,1400,2000,3000,4000) at which the student alone and --budget-arm also train on every seed")
+    p.add_argument("--budget-arm", default=None, help="the arm of the budget sweep (an arm key); its stage 2 trains "
+                   "each total less its stage 1")
     p.add_argument("--diagnose", action="store_true", help="instead of training: measure the finished jobs (teacher "
                    "drift, soft targets, stage-2 dynamics, stage-1 feature probes, budgets) into "
                    "<out>/<preset>/diagnosis/")
@@ -62,7 +82,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if any(not r > 0 for r in args.rate):
             raise ValueError(f"--rate must be positive, got {args.rate}")
-        summary = run_study(get_preset(args.preset), seeds, args.out, arms, args.workers, rates=args.rate)
+        budgets = parse_budgets(args.budgets)
+        if budgets and not args.budget_arm:
+            raise ValueError("--budgets needs --budget-arm (the arm whose stage 2 the sweep trains longer)")
+        budget_arm = Arm.from_key(args.budget_arm) if args.budget_arm else None
+        summary = run_study(get_preset(args.preset), seeds, args.out, arms, args.workers, rates=args.rate,
+                            budgets=budgets, budget_arm=budget_arm)
     except (ValueError, StudyError) as e:
         print(f"study: {e}", file=sys.stderr)
         return 2

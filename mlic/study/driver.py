@@ -4,7 +4,6 @@ chosen on a validation split carved from the training images."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from mlic.data import read_datalist
 from mlic.data.annotations import read_ground_truth
 from mlic.evaluation import corloc_references
 from mlic.study import report
-from mlic.study.jobs import run_jobs
+from mlic.study.jobs import expected_time, run_jobs
 from mlic.study.pipeline import (BASELINE, BASELINE_EQUAL, MAIN_ARMS, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, Arm,
                                  SeedPlan, prepare_data)
 from mlic.study.presets import Preset
@@ -84,34 +83,53 @@ def _describe(chosen: Dict[str, float]) -> str:
 
 
 def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm] = MAIN_ARMS, workers: int = 2,
-              log=print, equal_budget: bool = True, rates: Sequence[float] = ()) -> dict:
+              log=print, equal_budget: bool = True, rates: Sequence[float] = (), budgets: Sequence[int] = (),
+              budget_arm: Optional[Arm] = None) -> dict:
     """Runs (or resumes) every job and writes table.md, study.json and study.png in
     out/<preset>/. `rates`: base rates of stage 2 and the student at which RATE_ARMS and
     the student alone also run on every seed (in seed<k>/lr<rate>/, a table each), to
-    see what the tuned rate hides. Returns the summary."""
+    see what the tuned rate hides. `budgets`: total iterations at which the student alone
+    and `budget_arm` also train on every seed (the budget sweep, SeedPlan.budget_jobs).
+    Returns the summary."""
+    if budgets and budget_arm is None:
+        raise StudyError("a budget sweep needs the arm to sweep (budget_arm)")
     if not seeds:
         raise StudyError("no seeds given")
     root = Path(out) / preset.name
     root.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     t0 = time.perf_counter()
     plans = {}
     for s in seeds:
         folder = root / f"seed{s}"
-        plans[s] = SeedPlan(preset, s, folder, prepare_data(preset, s, folder, workers=workers, log=log), threads)
+        plans[s] = SeedPlan(preset, s, folder, prepare_data(preset, s, folder, workers=workers, log=log))
     tuned = tune(preset, plans[seeds[0]], workers, log)
     jobs: List = []
     for s in seeds:
         jobs += plans[s].shared_jobs(arms, tuned) + plans[s].student_jobs(arms, tuned=tuned, equal_budget=equal_budget)
         for r in rates:
             jobs += plans[s].student_jobs(RATE_ARMS, tuned=dict(tuned, lr=r), subfolder=f"lr{r:g}")
-    failed = run_jobs(in_priority_order(jobs, arms), workers, log)
-    summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned, rates)
+        if budgets:
+            jobs += plans[s].shared_jobs([budget_arm], tuned) + plans[s].budget_jobs(budget_arm, budgets, tuned)
+    jobs = in_priority_order(_unique(jobs), arms)
+    log(f"[study] {len(jobs)} jobs; " + expected_time(jobs, workers))
+    failed = run_jobs(jobs, workers, log)
+    summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned, rates, budgets,
+                           budget_arm)
     summary["seconds"] = time.perf_counter() - t0
     if failed:
         raise StudyError(f"{len(failed)} job(s) failed: {', '.join(failed[:8])}; rerun the same command to retry "
                          "them (finished jobs are kept)")
     return summary
+
+
+def _unique(jobs: List) -> List:
+    """The first of the jobs with the same key (a stage 1 several arms share)."""
+    seen, out = set(), []
+    for j in jobs:
+        if j.key not in seen:
+            seen.add(j.key)
+            out.append(j)
+    return out
 
 
 def in_priority_order(jobs: List, arms: Sequence[Arm]) -> List:
@@ -133,7 +151,8 @@ def in_priority_order(jobs: List, arms: Sequence[Arm]) -> List:
 
 
 def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], root: Path,
-                 tuned: Optional[Dict[str, float]] = None, rates: Sequence[float] = ()) -> dict:
+                 tuned: Optional[Dict[str, float]] = None, rates: Sequence[float] = (), budgets: Sequence[int] = (),
+                 budget_arm: Optional[Arm] = None) -> dict:
     summary, table = _arm_table(seed_folders, arms, preset, "", equal=True)
     lines = [f"Preset `{preset.name}`, test set ({preset.test_images} images), mean ± sd over seeds "
              f"{sorted(seed_folders)}; Δ = arm minus no KD paired over seeds, 95 % t interval (* excludes 0); "

@@ -32,7 +32,7 @@ class Job:
     deps: List[str] = field(default_factory=list)
     evaluate: Dict[str, str] = field(default_factory=dict)  # split -> datalist; "gt_<split>" -> boxes
     root_folder: str = ""
-    threads: int = 1
+    threads: int = 1              # torch threads; the job takes that many of the scheduler's workers
     expected_seconds: float = 0.0  # typical time of such a job (0: unknown), printed at its start
 
     @property
@@ -41,14 +41,28 @@ class Job:
 
     def done(self) -> bool:
         """Its result exists and was made with this job's settings (a changed setting
-        makes the job run again)."""
+        makes the job run again; a setting added since, at its default, does not)."""
         if not self.result_path.is_file():
             return False
         try:
             stored = json.loads(self.result_path.read_text()).get("config")
         except ValueError:
             return False
-        return stored == json.loads(json.dumps(self.config))
+        return _settings(self.kind, stored) == _settings(self.kind, self.config)
+
+
+def _settings(kind: str, config) -> object:
+    """A job's settings as compared between runs: a training's TrainConfig with today's
+    defaults filled in, anything else as stored (after a JSON round trip)."""
+    config = json.loads(json.dumps(config))
+    if kind == "train" and isinstance(config, dict):
+        from mlic.training import TrainConfig
+
+        try:
+            return json.loads(json.dumps(TrainConfig.from_dict(config).to_dict()))
+        except (TypeError, KeyError, ValueError):
+            return config
+    return config
 
 
 def run_job(job: Job) -> dict:
@@ -67,7 +81,7 @@ def run_job(job: Job) -> dict:
 
         c = dict(job.config)
         net = c.pop("net")
-        pretrain_standin(NetConfig(**dict(net, body=tuple(net["body"]))), out=out, threads=job.threads, **c)
+        pretrain_standin(NetConfig(**dict(net, body=tuple(net["body"]))), out=out, **c)
     elif job.kind == "train":
         cfg = TrainConfig.from_dict(job.config)
         cfg.out = str(out)
@@ -96,8 +110,25 @@ def _up_to_date(job: Job, by_key: Dict[str, Job]) -> bool:
     return all(_up_to_date(by_key[d], by_key) and by_key[d].result_path.stat().st_mtime <= t for d in job.deps)
 
 
+def expected_time(jobs: Sequence[Job], workers: int) -> str:
+    """How long the jobs not done yet typically take on `workers` cores (each job's typical
+    time, spread over the workers), in words."""
+    by_key = {j.key: j for j in jobs}
+    pending = [j for j in jobs if not _up_to_date(j, by_key)]
+    if not pending:
+        return "all done"
+    known = [j for j in pending if j.expected_seconds]
+    cpu = sum(j.expected_seconds * min(max(1, j.threads), workers) for j in known)
+    text = f"{len(pending)} to run, typically {_minutes(cpu / max(1, workers))} on {workers} cores"
+    if len(known) < len(pending):
+        text += f" (for {len(known)} of them; the others' times are not known)"
+    return text
+
+
 def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _spec_path(job: Job) -> Path:
@@ -106,10 +137,15 @@ def _spec_path(job: Job) -> Path:
 
 def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] = print,
              python: Optional[str] = None) -> List[str]:
-    """Runs the jobs that are not done, `workers` processes at a time, in order of the list
-    whenever their dependencies are done. Returns the keys of the jobs that failed (their
-    dependants are skipped)."""
+    """Runs the jobs that are not done, in order of the list whenever their dependencies are
+    done, as long as their threads fit in `workers` (a job with more threads than workers
+    takes them all); a ready job that does not fit yet holds back the ones after it. Returns
+    the keys of the jobs that failed (their dependants are skipped)."""
     by_key = {j.key: j for j in jobs}
+
+    def slots(job: Job) -> int:
+        return min(max(1, job.threads), workers)
+
     for j in jobs:
         missing = [d for d in j.deps if d not in by_key]
         if missing:
@@ -128,7 +164,7 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
     while pending or running:
         # start what is ready
         for j in list(pending):
-            if len(running) >= workers:
+            if sum(slots(by_key[k]) for k in running) >= workers:
                 break
             if any(d in failed for d in j.deps):  # failures propagate: skipped jobs count as failed
                 pending.remove(j)
@@ -137,6 +173,8 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
                 continue
             if any(d in waiting or d in running for d in j.deps):
                 continue
+            if sum(slots(by_key[k]) for k in running) + slots(j) > workers:
+                break
             pending.remove(j)
             waiting.discard(j.key)
             if Path(j.out).exists():  # an interrupted attempt: start it afresh

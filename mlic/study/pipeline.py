@@ -13,8 +13,14 @@ from mlic.study.jobs import Job
 from mlic.study.presets import PRETRAIN_SYNTHETIC, Preset
 from mlic.training.tasks import Switches
 
+# decoded training images each job keeps in memory (all of them, at these presets' sizes)
+IMAGE_CACHE_MB = 1024
+# The stand-in's batch-norm sums depend on the number of threads, so it always runs with
+# the same number (part of its settings): every run of a seed starts from the same weights.
+STANDIN_THREADS = 2
 BASELINE = "nokd"
 BASELINE_EQUAL = "nokd-equal-budget"  # as many iterations as stage 1 + stage 2
+BUDGET_FOLDER = "budget/"  # the budget sweep's jobs (SeedPlan.budget_jobs)
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,13 @@ ALL_ARMS: List[Arm] = _FIRST + [a for a in GRID if a not in _FIRST]
 # stage 1 on the convs alone and the arm with every paper switch; "all" the whole grid
 CORE_ARMS = [RELEASED, PAPER_L2, Arm(teacher="frozen"), Arm(stage1="skip"), Arm(regions="topk")]
 MAIN_ARMS = CORE_ARMS + [Arm(stage1="convs"), Arm("l2", "frozen", "convs", "topk")]
-ARM_SETS: Dict[str, List[Arm]] = {"core": CORE_ARMS, "main": MAIN_ARMS, "all": ALL_ARMS}
+# "decide": what says whether the teacher helps beyond the training budget: the released
+# recipe at both soft-scale lr_mults (10 as released, 1), the paper's L2 (all regions and the top-k), the large preset's best arm of the
+# earlier grid (soft-CE, stage 1 on convs+fc over the top-k regions) with either teacher,
+# and no stage 1 (with the student alone at both budgets, and the budget sweep)
+DECIDE_ARMS = [RELEASED_SOFT_SCALE, Arm(soft_scale=1.0), PAPER_L2, Arm("l2", regions="topk"), Arm(regions="topk"),
+               Arm(teacher="frozen", regions="topk"), Arm(stage1="skip")]
+ARM_SETS: Dict[str, List[Arm]] = {"core": CORE_ARMS, "main": MAIN_ARMS, "all": ALL_ARMS, "decide": DECIDE_ARMS}
 # what runs at an untuned rate (tools/study.py --rate): the released arm at the released
 # soft-scale lr_mult and at lr_mult 1, against the student alone at the same rate
 RATE_ARMS = [RELEASED_SOFT_SCALE, Arm(soft_scale=1.0)]
@@ -136,9 +148,13 @@ class SeedPlan:
     """Builds the jobs of one seed in `folder`: the shared ones (stand-in, teacher, stage-1
     variants) once, the students (arms and baseline) per learning-rate setting."""
 
-    def __init__(self, preset: Preset, seed: int, folder: Path, data: SeedData, threads: int = 1):
+    def __init__(self, preset: Preset, seed: int, folder: Path, data: SeedData,
+                 threads: Optional[Dict[str, int]] = None):
+        """threads: per stage ("wsddn", "stage1", ...) the threads its job runs with (default
+        1). The stages' results do not depend on it (tests/study/test_jobs.py); the
+        stand-in always runs with STANDIN_THREADS."""
         self.preset, self.seed, self.folder, self.data = preset, seed, Path(folder).resolve(), data
-        self.threads = threads
+        self.threads = dict(threads or {})
         self.body = str(self.folder / "pretrain" / "body.pt")
         self.teacher = str(self.folder / "teacher" / "final.pt")
 
@@ -156,7 +172,7 @@ class SeedPlan:
             stage=stage, weights=weights, teacher=teacher, net=p.net_config(soft_scale_lr_mult),
             switches=switches or Switches(),
             data=DataConfig(train=self.data.fit, root_folder=self.data.root, batch_size=p.batch,
-                            input_scale=p.input_scale),
+                            input_scale=p.input_scale, image_cache_mb=IMAGE_CACHE_MB),
             solver=SolverConfig(base_lr=rate, momentum=0.9, weight_decay=0.0005, max_iter=it),
             # KD runs keep their teacher in final.pt: under caffe-decay it is not the file's any more
             # (the diagnosis measures how far it moved)
@@ -172,8 +188,10 @@ class SeedPlan:
                 ev["val"] = d.val
             if cfg.stage == "wsddn":
                 ev["gt_test"] = d.gt_test
+        p = self.preset
+        expected = p.expected_seconds.get(cfg.stage, 0.0) * cfg.solver.max_iter / p.iters[cfg.stage]
         return Job(self.key(name), str(self.folder / name), "train", cfg.to_dict(), [self.key(x) for x in deps], ev,
-                   d.root, self.threads, self.preset.expected_seconds.get(cfg.stage, 0.0))
+                   d.root, self.threads.get(cfg.stage, 1), expected)
 
     def shared_jobs(self, arms: Iterable[Arm], tuned: Optional[Dict[str, float]] = None) -> List[Job]:
         """The stand-in, the teacher (at tuned["teacher_lr"] when given) and the stage-1
@@ -185,8 +203,8 @@ class SeedPlan:
                            "body": list(net.body)},
                    "datalist": d.pretrain, "root_folder": d.pretrain_root, "iters": p.iters["pretrain"],
                    "batch": p.pretrain_batch, "lr": p.base_lr["pretrain"], "seed": self.seed,
-                   "input_scale": p.input_scale}
-        jobs = [Job(self.key("pretrain"), str(self.folder / "pretrain"), "standin", standin, [], {}, "", self.threads,
+                   "input_scale": p.input_scale, "threads": STANDIN_THREADS}
+        jobs = [Job(self.key("pretrain"), str(self.folder / "pretrain"), "standin", standin, [], {}, "", STANDIN_THREADS,
                     p.expected_seconds.get("pretrain", 0.0)),
                 self.teacher_job((tuned or {}).get("teacher_lr", p.base_lr["wsddn"]))]
         seen = set()
@@ -211,16 +229,9 @@ class SeedPlan:
         fc8_mscoco_soft's lr_mult}). equal_budget adds the baseline trained for as many
         iterations as stage 1 and stage 2 together (BASELINE_EQUAL)."""
         p, tuned = self.preset, tuned or {}
-        lr2, lr_student = tuned.get("lr", p.base_lr["stage2"]), tuned.get("lr", p.base_lr["student"])
+        lr_student = tuned.get("lr", p.base_lr["student"])
         sub = f"{subfolder}/" if subfolder else ""
-        jobs = []
-        for arm in arms:
-            s1 = arm.stage1_key
-            start = str(self.folder / s1 / "final.pt") if s1 else self.body
-            sw = Switches(kd_loss=arm.kd_loss, teacher=arm.teacher)
-            ss = arm.soft_scale if arm.soft_scale is not None else tuned.get("soft_scale", p.soft_scale_lr_mult)
-            cfg = self.train_config("stage2", lr2, start, self.teacher, sw, soft_scale_lr_mult=ss)
-            jobs.append(self._job(sub + arm.key, cfg, ["pretrain", "teacher"] + ([s1] if s1 else []), True))
+        jobs = [self._stage2_job(sub + arm.key, arm, tuned) for arm in arms]
         if baseline:
             jobs.append(self._job(sub + BASELINE, self.train_config("student", lr_student, self.body), ["pretrain"],
                                   True))
@@ -229,3 +240,51 @@ class SeedPlan:
             jobs.append(self._job(sub + BASELINE_EQUAL, self.train_config("student", lr_student, self.body, iters=it),
                                   ["pretrain"], True))
         return jobs
+
+    def _stage2_job(self, name: str, arm: Arm, tuned: Dict[str, float], iters: Optional[int] = None) -> Job:
+        p = self.preset
+        s1 = arm.stage1_key
+        start = str(self.folder / s1 / "final.pt") if s1 else self.body
+        sw = Switches(kd_loss=arm.kd_loss, teacher=arm.teacher)
+        ss = arm.soft_scale if arm.soft_scale is not None else tuned.get("soft_scale", p.soft_scale_lr_mult)
+        cfg = self.train_config("stage2", tuned.get("lr", p.base_lr["stage2"]), start, self.teacher, sw, iters=iters,
+                                soft_scale_lr_mult=ss)
+        return self._job(name, cfg, ["pretrain", "teacher"] + ([s1] if s1 else []), True)
+
+    def budget_jobs(self, arm: Arm, totals: Sequence[int], tuned: Optional[Dict[str, float]] = None) -> List[Job]:
+        """The budget sweep: the student alone trained for each total of `totals` iterations,
+        and `arm` with its stage 2 trained for the total less its stage 1 (budget/<key>-<total>).
+        Totals the main jobs already train (the baselines, the arm itself) are not repeated:
+        budget_key() names the job of each point."""
+        tuned = tuned or {}
+        lr = tuned.get("lr", self.preset.base_lr["student"])
+        jobs = []
+        for total in sorted(set(totals)):
+            key = self.budget_key(None, total)
+            if key.startswith(BUDGET_FOLDER):
+                cfg = self.train_config("student", lr, self.body, iters=total)
+                jobs.append(self._job(key, cfg, ["pretrain"], True))
+            key = self.budget_key(arm, total)
+            if key is not None and key.startswith(BUDGET_FOLDER):
+                jobs.append(self._stage2_job(key, arm, tuned, iters=total - self.stage1_iterations(arm)))
+        return jobs
+
+    def stage1_iterations(self, arm: Arm) -> int:
+        return self.preset.iters["stage1"] if arm.stage1_key else 0
+
+    def budget_key(self, arm: Optional[Arm], total: int) -> Optional[str]:
+        """The job (name within the seed) that trains `arm` (None: the student alone) for
+        `total` iterations in all; None when the arm cannot (its stage 1 alone is longer)."""
+        p = self.preset
+        if arm is None:
+            if total == p.iters["stage2"]:
+                return BASELINE
+            if total == p.iters["stage1"] + p.iters["stage2"]:
+                return BASELINE_EQUAL
+            return f"{BUDGET_FOLDER}{BASELINE}-{total}"
+        stage2 = total - self.stage1_iterations(arm)
+        if stage2 < 1:
+            return None
+        if stage2 == p.iters["stage2"]:
+            return arm.key
+        return f"{BUDGET_FOLDER}{arm.key}-{total}"

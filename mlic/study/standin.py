@@ -11,7 +11,6 @@ classifier head is not kept, as fc8_mscoco is not part of VGG16.
 """
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -80,42 +79,56 @@ class NormalizedBody(nn.Module):
         return out
 
 
-def pretrain_standin(cfg, datalist: str, root_folder: str, out: Path, iters: int, batch: int, lr: float,
-                     seed: int, input_scale: float, log: Callable[[str], None] = print,
-                     threads: Optional[int] = None) -> Path:
-    """Trains the stand-in on `datalist` (images at cfg.student_size) and writes
-    out/body.pt ({"model": folded weights}) and out/log.csv."""
+def standin_trainer(cfg, datalist: str, root_folder: str, out: Path, iters: int, batch: int, lr: float, seed: int,
+                    input_scale: float, memory_format: str = "channels_last", log: Callable[[str], None] = print,
+                    checkpoint_period: int = 0, image_cache_mb: int = 1024):
+    """The stand-in's training on the library's loop (mlic.engine.Trainer: log.csv, the
+    divergence checks, checkpoints every `checkpoint_period` iterations): NormalizedBody and
+    Adam on `datalist` (images at cfg.student_size), seeded with `seed`."""
     from mlic.data import HumanAttDataConfig, build_loader, read_datalist
+    from mlic.engine import DivergenceWatch, MetricsWriter, PeriodicCheckpointer, Trainer
+    from prototxt_ports.base import MEMORY_FORMATS
 
-    if threads:
-        torch.set_num_threads(threads)
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+    fmt = MEMORY_FORMATS[memory_format]
     torch.manual_seed(seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     size = cfg.student_size
     dl = read_datalist(datalist, att_num=cfg.num_classes, root_folder=root_folder)
     data = HumanAttDataConfig(source=datalist, root_folder=root_folder, batch_size=batch, shuffle=True,
                               new_width=size, new_height=size, scale_factors=RELEASED_SCALES, att_num=dl.att_num,
                               bbox_num=dl.bbox_num, mirror=True, mean_values=BGR_MEAN, scale=input_scale)
-    loader = build_loader(data, seed=seed, datalist=dl)
-    model = NormalizedBody(cfg).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loader = build_loader(data, seed=seed, datalist=dl, image_cache_mb=image_cache_mb)
+    model = NormalizedBody(cfg).train().to(memory_format=fmt)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+
+    def step(m, b):
+        # the student's resize (the data are drawn at 5 scales)
+        x = caffe_interp(b.data, size, size).contiguous(memory_format=fmt)
+        return {"loss": F.binary_cross_entropy_with_logits(m(x), b.labels.float(), reduction="sum") / x.shape[0]}
+
+    hooks = [MetricsWriter(tensorboard=False, desc="stand-in"), DivergenceWatch(),
+             PeriodicCheckpointer(checkpoint_period, keep=1)]
+    return Trainer(model, opt, loader.iter_steps, step, iters, str(out), hooks=hooks, images_per_batch=batch, log=log)
+
+
+def pretrain_standin(cfg, datalist: str, root_folder: str, out: Path, iters: int, batch: int, lr: float,
+                     seed: int, input_scale: float, log: Callable[[str], None] = print,
+                     threads: Optional[int] = None, memory_format: str = "channels_last") -> Path:
+    """Trains the stand-in on `datalist` (images at cfg.student_size) and writes
+    out/body.pt ({"model": folded weights}) and out/log.csv."""
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open(out / "log.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["iter", "loss"])
-        for it, b in enumerate(loader.iter_steps(0), start=1):
-            if it > iters:
-                break
-            x = caffe_interp(b.data, size, size)  # the student's resize (the data are drawn at 5 scales)
-            loss = F.binary_cross_entropy_with_logits(model(x), b.labels.float(), reduction="sum") / x.shape[0]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            w.writerow([it, float(loss.detach())])
-            if it % max(1, iters // 10) == 0:
-                log(f"[stand-in] {it}/{iters} loss {float(loss.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
-    model.eval()
+    trainer = standin_trainer(cfg, datalist, root_folder, out, iters, batch, lr, seed, input_scale, memory_format,
+                              log, checkpoint_period=max(1, iters // 2))
+    trainer.train()
+    log(f"[stand-in] {iters} iterations, loss {trainer.metrics.get('loss', float('nan')):.3f} "
+        f"({time.perf_counter() - t0:.0f} s)")
+    model = trainer.model.eval()
     path = out / "body.pt"
-    torch.save({"model": model.folded_state(), "meta": {"stage": "stand-in", "iterations": iters}}, path)
+    torch.save({"model": {k: v.contiguous() for k, v in model.folded_state().items()},
+                "meta": {"stage": "stand-in", "iterations": iters}}, path)
     return path

@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 from mlic.errors import UserInputError
 from mlic.solver import LR_POLICIES
 from mlic.training.tasks import STAGES, Switches
+from prototxt_ports.base import MEMORY_FORMATS
 from prototxt_ports.config import RELEASED_MEAN_BGR
 
 # The data layer's scale factors of the released training (SPEC section 2).
@@ -48,6 +49,8 @@ class DataConfig:
       source/root_folder.
     scales: the scale factors drawn per batch (RELEASED_SCALES; () for none).
     num_classes: labels per datalist line (None: read from the datalist's layout).
+    image_cache_mb: decoded training images kept in memory so that later epochs do not
+      decode them again (0: none; the embedded runs keep them all).
     """
 
     train: Optional[str] = None
@@ -60,6 +63,7 @@ class DataConfig:
     mirror: bool = True
     input_scale: float = 1.0
     workers: int = 0
+    image_cache_mb: int = 0
 
 
 @dataclass
@@ -84,7 +88,9 @@ class SolverConfig:
 
 @dataclass
 class RunConfig:
-    """How the run is carried out. checkpoint_period: iterations between checkpoints (0:
+    """How the run is carried out. memory_format: the layout of the ports' conv bodies
+    ("channels_last", the faster one on CPUs and GPUs, or "contiguous"; the same values
+    either way, up to the convolution's order of sums). checkpoint_period: iterations between checkpoints (0:
     none before final.pt); keep_checkpoints: how many of them stay on disk (0: all);
     eval_period: 0 evaluates only after the last iteration; embed_teacher: a KD stage's
     final.pt (and with a frozen teacher its checkpoints) carry the teacher's weights instead
@@ -99,6 +105,7 @@ class RunConfig:
     deterministic: bool = False
     amp: bool = False
     device: Optional[str] = None
+    memory_format: str = "channels_last"
     tensorboard: bool = True
     progress: bool = True
     embed_teacher: bool = False
@@ -155,7 +162,8 @@ class TrainConfig:
                 raise UserInputError(f"{flag} must be at least 1, got {value}")
         for flag, value in (("--checkpoint-period", self.run.checkpoint_period),
                             ("--keep-checkpoints", self.run.keep_checkpoints),
-                            ("--eval-period", self.run.eval_period), ("--workers", self.data.workers)):
+                            ("--eval-period", self.run.eval_period), ("--workers", self.data.workers),
+                            ("--image-cache-mb", self.data.image_cache_mb)):
             if value < 0:
                 raise UserInputError(f"{flag} must be 0 or more, got {value}")
         if self.run.log_period < 1:
@@ -171,6 +179,9 @@ class TrainConfig:
             raise UserInputError(f"--scales: every factor must be a positive number, got {self.data.scales}")
         if not (math.isfinite(self.data.input_scale) and self.data.input_scale > 0):
             raise UserInputError(f"--input-scale must be a positive number, got {self.data.input_scale}")
+        if self.run.memory_format not in MEMORY_FORMATS:
+            raise UserInputError(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, "
+                                 f"got {self.run.memory_format!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

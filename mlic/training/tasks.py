@@ -63,10 +63,18 @@ def scores_pinned(image_scores: Tensor, labels: Tensor) -> Tensor:
     return (at_bounds & low & pos.any()).float()
 
 
-def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str = "cpu") -> Task:
+def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str = "cpu",
+               memory_format: str = "channels_last") -> Task:
+    """The stage's port on `device`, its conv bodies in `memory_format` (CaffePort.set_memory_format)."""
     switches = switches or Switches()
     if stage not in STAGES:
         raise UserInputError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    task = _build_task(stage, cfg, switches)
+    task.model = task.model.set_memory_format(memory_format).to(device)
+    return task
+
+
+def _build_task(stage: str, cfg, switches: Switches) -> Task:
 
     if stage == "wsddn":
         model = WSDDN(cfg)
@@ -78,7 +86,7 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
         def predict(m, b):
             return m.predict(b.data, b.rois)
 
-        return Task(stage, model.to(device), step, predict, "WSDDN teacher (CrossEntropyLoss on image scores)", cfg)
+        return Task(stage, model, step, predict, "WSDDN teacher (CrossEntropyLoss on image scores)", cfg)
 
     if stage == "student":
         model = Student(cfg)
@@ -90,7 +98,7 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
         def predict(m, b):
             return m.predict(b.data), None
 
-        return Task(stage, model.to(device), step, predict, "student without KD (SigmoidCrossEntropyLoss)", cfg)
+        return Task(stage, model, step, predict, "student without KD (SigmoidCrossEntropyLoss)", cfg)
 
     if stage == "stage1":
         extra = {"topk": switches.topk} if switches.regions == "topk" else {}
@@ -100,7 +108,7 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
         def step(m, b):
             return _loss_sum(m(b.data, label_roi=b.label_roi), ["loss_euclid"])
 
-        return Task(stage, model.to(device), step, None, "KD stage 1 (feature-level) " + switches.describe(), cfg)
+        return Task(stage, model, step, None, "KD stage 1 (feature-level) " + switches.describe(), cfg)
 
     model = KDStage2(cfg, kd_loss=switches.kd_loss, teacher=switches.teacher)
 
@@ -111,8 +119,7 @@ def build_task(stage: str, cfg, switches: Optional[Switches] = None, device: str
     def predict(m, b):
         return m.student.predict(b.data), None
 
-    return Task(stage, model.to(device), step, predict, "KD stage 2 (prediction-level) " + switches.describe(),
-                cfg)
+    return Task(stage, model, step, predict, "KD stage 2 (prediction-level) " + switches.describe(), cfg)
 
 
 def build_prototxt_task(path: str, device: str, source: Optional[str] = None, root_folder: str = "",

@@ -66,7 +66,7 @@ def load_trained(weights: str, device: str = "cpu"):
 def _student_task(export: dict, device: str):
     model, info = build_student(export, device)
     task = build_task("student", info.cfg, device=device)
-    task.model = model
+    task.model = model.set_memory_format("channels_last")
     return task, {"stage": "student", "net": asdict(info.cfg), "input_scale": info.scale,
                   "mean_values": info.mean_bgr, "class_names": info.class_names}
 

@@ -93,10 +93,15 @@ def _train(cfg: TrainConfig, device: str, out: Path) -> Path:
     trainer = build_trainer(cfg, task, data, solver, max_iter, device, out, teacher)
     if cfg.run.resume:
         resume(trainer, out, teacher)
+    start = trainer.iter
     trainer.train()
+    if trainer.iter > start:
+        n = trainer.iter - start
+        log.info("time per iteration: %s", ", ".join(f"{k} {1000 * v / n:.1f} ms"
+                                                     for k, v in trainer.phase_seconds.items()))
     final = out / "final.pt"
     if D.is_main():
-        model_state = task.model.state_dict()
+        model_state = {k: v.contiguous() for k, v in task.model.state_dict().items()}
         if teacher is not None and not cfg.run.embed_teacher:
             model_state = {k: v for k, v in model_state.items() if not is_teacher_key(k)}
         atomic_save({"model": model_state, "meta": trainer.meta}, final)
@@ -141,7 +146,7 @@ def build_model_and_data(cfg: TrainConfig, device: str) -> Tuple[Task, _Data, tu
     else:
         train_list = read_datalist(cfg.data.train, att_num=cfg.data.num_classes, root_folder=cfg.data.root_folder)
         net = net_for_data(cfg.net, train_list.att_num, train_list.bbox_num, cfg.data.train)
-        task = build_task(cfg.stage, net, cfg.switches, device)
+        task = build_task(cfg.stage, net, cfg.switches, device, cfg.run.memory_format)
         log.info("switches: %s", cfg.switches.describe())
         log.info("net: %s", describe_net(net))
         log.info("stage %s: %s", task.stage, task.describe)
@@ -250,7 +255,7 @@ def build_trainer(cfg: TrainConfig, task: Task, data: _Data, solver, max_iter: i
                   out: Path, teacher: Optional[dict] = None) -> Trainer:
     train_loader = build_loader(data.train_cfg, seed=cfg.run.seed, num_workers=cfg.data.workers,
                                 num_replicas=D.world_size(), rank=D.rank(), datalist=data.train_list,
-                                pin_memory=device.startswith("cuda"))
+                                pin_memory=device.startswith("cuda"), image_cache_mb=cfg.data.image_cache_mb)
 
     def batches(start):
         for b in train_loader.iter_steps(start):
@@ -367,6 +372,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--input-scale", type=float, default=1.0,
                    help="transform_param scale: pixels (minus the BGR mean) times this (released: 1)")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in this process)")
+    g.add_argument("--image-cache-mb", type=int, default=0, metavar="MB",
+                   help="keep up to MB MiB of decoded training images in memory (per process) instead of "
+                        "decoding them again every epoch (default 0: none)")
     g = p.add_argument_group("solver (Caffe SGD)")
     g.add_argument("--solver", help="solver.prototxt (its net fields are ignored; its rates are used)")
     g.add_argument("--base-lr", type=float, default=None,
@@ -402,6 +410,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (and cudnn)")
     g.add_argument("--amp", action="store_true", help="mixed precision (fp32 is the faithful mode)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    g.add_argument("--memory-format", default="channels_last", choices=("channels_last", "contiguous"),
+                   help="layout of a --stage net's activations (default channels_last, the faster one)")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs (log.csv is always written)")
     g.add_argument("--embed-teacher", action="store_true",
                    help="KD stages: final.pt (and, with --teacher-mode frozen, the checkpoints) carry the teacher's "
@@ -475,7 +485,8 @@ def config_from_args(args) -> TrainConfig:
         data=DataConfig(train=args.datalist, test=args.test_datalist, root_folder=args.root_folder,
                         num_classes=args.num_classes, batch_size=args.batch_size,
                         test_batch_size=args.test_batch_size, scales=parse_scales(args.scales),
-                        mirror=not args.no_mirror, input_scale=args.input_scale, workers=args.workers),
+                        mirror=not args.no_mirror, input_scale=args.input_scale, workers=args.workers,
+                        image_cache_mb=args.image_cache_mb),
         solver=SolverConfig(file=args.solver, base_lr=args.base_lr, lr_policy=args.lr_policy, gamma=args.gamma,
                             stepsize=args.stepsize, stepvalue=_parse_stepvalue(args.stepvalue), power=args.power,
                             momentum=args.momentum, weight_decay=args.weight_decay, max_iter=args.max_iter,
@@ -483,7 +494,7 @@ def config_from_args(args) -> TrainConfig:
         run=RunConfig(resume=args.resume, checkpoint_period=args.checkpoint_period,
                       keep_checkpoints=args.keep_checkpoints, eval_period=args.eval_period,
                       log_period=args.log_period, seed=args.seed, deterministic=args.deterministic, amp=args.amp,
-                      device=args.device, tensorboard=not args.no_tensorboard, progress=not args.quiet,
+                      memory_format=args.memory_format, device=args.device, tensorboard=not args.no_tensorboard, progress=not args.quiet,
                       embed_teacher=args.embed_teacher))
 
 

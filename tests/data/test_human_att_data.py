@@ -305,3 +305,38 @@ def test_pixels_to_data_exact_on_every_path(device, scale):
     assert moved.data.device.type == device and np.array_equal(moved.data.cpu().numpy(), want)
     if torch.cuda.is_available():  # pinning needs a CUDA runtime
         assert np.array_equal(b.pin_memory().data.numpy(), want)
+
+
+def test_image_cache_gives_the_same_batches_and_decodes_each_image_once(tmp_path, monkeypatch):
+    """image_cache_mb keeps decoded images in memory: the batches are those of the loader
+    without it, later epochs read no file, and the cache holds no more than its budget."""
+    from mlic.data import human_att_data
+
+    reads = []
+    real = human_att_data.read_image_bgr
+    monkeypatch.setattr(human_att_data, "read_image_bgr", lambda path: reads.append(path) or real(path))
+    cfg = _tiny_config(tmp_path)
+    plain, cached = build_loader(cfg, seed=5), build_loader(cfg, seed=5, image_cache_mb=1)
+    for epoch in (0, 1, 2):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        reads.clear()
+        a = list(plain)
+        plain_reads = len(reads)
+        reads.clear()
+        b = list(cached)
+        for x, y in zip(a, b):
+            assert torch.equal(x.data, y.data) and torch.equal(x.label_roi, y.label_roi)
+        assert plain_reads == 12
+        assert len(reads) == (10 if epoch == 0 else 0)  # 10 distinct images among the 12 of a pass
+    # a budget of one image: the first image read is kept, the others are read every time
+    one = 16 * 12 * 3
+    small = human_att_data.HumanAttDataset.from_config(cfg)
+    small._cache_left = one
+    img = small.read_image(0)
+    assert not img.flags.writeable  # cached images are shared: nobody may change them
+    reads.clear()
+    small.read_image(0), small.read_image(1), small.read_image(1)
+    assert len(reads) == 2 and len(small._cache) == 1
+    with pytest.raises(ValueError, match="image_cache_mb must be >= 0"):
+        build_loader(cfg, image_cache_mb=-1)

@@ -187,3 +187,33 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
         atomic_save({"a": Boom()}, path)
     assert torch.load(path) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt", "x.pt.sha256"]
+
+
+def test_time_per_phase_is_measured(tmp_path):
+    """phase_seconds splits each iteration into data, forward, backward, update and hooks."""
+    import time
+
+    model = nn.Linear(2, 1)
+
+    def batches(start):
+        while True:
+            time.sleep(0.02)
+            yield torch.ones(3, 2)
+
+    def step_fn(m, b):
+        time.sleep(0.01)
+        return {"loss": m(b).sum()}
+
+    class SlowHook(HookBase):
+        def after_step(self):
+            time.sleep(0.005)
+
+    t = Trainer(model, TorchSGD(model.parameters()), batches, step_fn, 4, str(tmp_path), hooks=[SlowHook()],
+                log=lambda m: None)
+    t0 = time.perf_counter()
+    t.train()
+    wall = time.perf_counter() - t0
+    s = t.phase_seconds
+    assert set(s) == {"data", "forward", "backward", "update", "hooks"}
+    assert s["data"] >= 4 * 0.02 and 4 * 0.01 <= s["forward"] < 4 * 0.02 and s["hooks"] >= 4 * 0.005
+    assert s["backward"] >= 0 and s["update"] >= 0 and sum(s.values()) <= wall

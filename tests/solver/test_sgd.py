@@ -110,10 +110,71 @@ def test_multistep_counter_and_clip():
     opt = CaffeSGD([p], base_lr=1.0, lr_policy="multistep", gamma=0.5, stepvalue=[1, 2], clip_gradients=1.0)
     rates = []
     for _ in range(4):
-        rates.append(opt._rate())
-        opt.iter += 1
+        rates.append(opt.get_lr())
+        opt.step()
     assert rates == [1.0, 0.5, 0.25, 0.25]
-    opt.iter, opt.current_step = 0, 0
+    opt = CaffeSGD([p], base_lr=1.0, lr_policy="multistep", gamma=0.5, stepvalue=[1, 2], clip_gradients=1.0)
     p.grad = torch.tensor([3.0, 4.0])  # norm 5 -> scaled to norm 1
     opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([-0.6, -0.8]))
+
+
+@pytest.mark.parametrize("stepvalue", [[3, 1], [2, 2, 2], [1, 3]])
+def test_multistep_rate_reported_is_the_rate_applied(stepvalue):
+    """Caffe's multistep counter passes at most one step value per iteration, also when the
+    values do not increase; get_lr() (what the log shows) and learning_rate() agree with
+    the rate each update applies (momentum 0, gradient 1: the parameter moves by the rate)."""
+    p = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = CaffeSGD([p], base_lr=1.0, lr_policy="multistep", gamma=0.1, stepvalue=stepvalue)
+    counter = 0
+    for it in range(6):
+        # Caffe's loop: `if (current_step < n && iter >= stepvalue[current_step]) current_step++`
+        if counter < len(stepvalue) and it >= stepvalue[counter]:
+            counter += 1
+        expect = f32(f32(0.1) ** counter)  # Caffe: base_lr * pow(gamma, step), float fields
+        reported = opt.get_lr()
+        before = float(p.detach())
+        p.grad = torch.ones(1, dtype=torch.float64)
+        opt.step()
+        assert reported == expect == learning_rate("multistep", it, 1.0, gamma=0.1, stepvalue=stepvalue)
+        assert before - float(p.detach()) == pytest.approx(expect, rel=1e-12)
+
+
+def test_state_dict_round_trip_and_torch_format():
+    """state_dict() has torch.optim's layout (parameters by index over the groups); a
+    solver loaded from it continues exactly as the original."""
+    torch.manual_seed(0)
+    a, b = nn.Parameter(torch.randn(3, 2, 3, 3).contiguous(memory_format=torch.channels_last)), nn.Parameter(torch.randn(4))
+    groups = [{"params": [a], "lr_mult": 1.0, "decay_mult": 1.0}, {"params": [b], "lr_mult": 2.0, "decay_mult": 0.0}]
+    opt = CaffeSGD(groups, base_lr=0.1, momentum=0.9, weight_decay=0.01)
+    for _ in range(2):
+        a.grad, b.grad = torch.randn_like(a), torch.randn_like(b)
+        opt.step()
+    sd = opt.state_dict()
+    assert sorted(sd["state"]) == [0, 1] and [g["params"] for g in sd["param_groups"]] == [[0], [1]]
+    assert sd["param_groups"][1]["lr_mult"] == 2.0 and sd["caffe"]["iter"] == 2
+    a2, b2 = nn.Parameter(a.detach().clone()), nn.Parameter(b.detach().clone())
+    opt2 = CaffeSGD([{"params": [a2], "lr_mult": 1.0, "decay_mult": 1.0},
+                     {"params": [b2], "lr_mult": 2.0, "decay_mult": 0.0}], base_lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt2.load_state_dict(sd)
+    ga, gb = torch.randn_like(a), torch.randn_like(b)
+    for o, (x, y) in ((opt, (a, b)), (opt2, (a2, b2))):
+        x.grad, y.grad = ga.clone(), gb.clone()
+        o.step()
+    assert torch.equal(a.detach(), a2.detach()) and torch.equal(b.detach(), b2.detach())
+    with pytest.raises(ValueError, match="parameter groups do not match"):
+        CaffeSGD([a2, b2], base_lr=0.1).load_state_dict(sd)
+
+
+def test_building_the_solver_does_not_import_the_compiler_stack():
+    """torch.optim.Optimizer imports torch._dynamo (seconds) on first use; a training job
+    does not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nfrom torch import nn\nfrom mlic.solver import CaffeSGD\n"
+            "p = nn.Parameter(torch.zeros(2)); o = CaffeSGD([p], base_lr=0.1, momentum=0.9)\n"
+            "p.grad = torch.ones(2); o.step(); o.zero_grad(); o.load_state_dict(o.state_dict())\n"
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

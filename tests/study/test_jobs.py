@@ -37,3 +37,121 @@ def test_a_job_is_redone_after_an_input_it_depends_on(tmp_path):
     assert not _up_to_date(student, by_key) and _up_to_date(teacher, by_key) and _up_to_date(other, by_key)
     os.remove(teacher.result_path)
     assert not _up_to_date(student, by_key)
+
+
+class _FakeProcess:
+    """Stands in for a job's process: finishes at its second poll, writing the job's result."""
+
+    running = []
+    peak = 0
+    started = []
+
+    def __init__(self, cmd, stdout=None, stderr=None, env=None):
+        spec = json.loads(open(cmd[-1]).read())
+        self.job = Job(**spec)
+        self.polls = 0
+        _FakeProcess.running.append(self.job)
+        _FakeProcess.started.append((self.job.key, [j.key for j in _FakeProcess.running]))
+        _FakeProcess.peak = max(_FakeProcess.peak, sum(j.threads for j in _FakeProcess.running))
+        self.returncode = None
+
+    def poll(self):
+        self.polls += 1
+        if self.polls < 2:
+            return None
+        self.job.result_path.write_text(json.dumps({"config": self.job.config}))
+        _FakeProcess.running.remove(self.job)
+        self.returncode = 0
+        return 0
+
+
+def test_jobs_take_as_many_workers_as_threads(tmp_path, monkeypatch):
+    """A two-thread job runs alone on two workers; a ready job that does not fit holds back
+    the ones after it (no one-thread job overtakes it)."""
+    from mlic.study import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module.subprocess, "Popen", _FakeProcess)
+    monkeypatch.setattr(jobs_module.time, "sleep", lambda s: None)
+    _FakeProcess.running, _FakeProcess.peak, _FakeProcess.started = [], 0, []
+    pre = Job("pre", str(tmp_path / "pre"), "train", {"a": 1}, [], threads=2)
+    teacher = Job("teacher", str(tmp_path / "teacher"), "train", {"a": 2}, ["pre"], threads=2)
+    alone = Job("alone", str(tmp_path / "alone"), "train", {"a": 3}, ["pre"], threads=1)
+    s1 = Job("s1", str(tmp_path / "s1"), "train", {"a": 4}, ["teacher"], threads=1)
+    s2 = Job("s2", str(tmp_path / "s2"), "train", {"a": 5}, ["s1"], threads=1)
+    failed = jobs_module.run_jobs([pre, teacher, s1, alone, s2], workers=2, log=lambda m: None)
+    assert failed == []
+    assert _FakeProcess.peak == 2
+    started = dict(_FakeProcess.started)
+    assert started["pre"] == ["pre"] and started["teacher"] == ["teacher"]  # alone, though "alone" was ready
+    assert started["alone"] == ["s1", "alone"]  # beside stage 1, after the teacher
+
+
+def test_a_setting_added_since_at_its_default_keeps_a_job_done(tmp_path):
+    from mlic.training import TrainConfig
+
+    now = TrainConfig(out="x", stage="wsddn").to_dict()
+    before = json.loads(json.dumps(now))
+    del before["run"]["memory_format"]  # written before the setting existed
+    j = _job(tmp_path, "t", config=now)
+    _finish(j, 100, config=before)
+    assert j.done()
+    changed = json.loads(json.dumps(now))
+    changed["run"]["memory_format"] = "contiguous"
+    _finish(j, 100, config=changed)
+    assert not j.done()
+
+
+def test_expected_time_counts_the_jobs_left(tmp_path):
+    from mlic.study.jobs import expected_time
+
+    a = Job("a", str(tmp_path / "a"), "train", {"a": 1}, [], threads=2, expected_seconds=600)
+    b = Job("b", str(tmp_path / "b"), "train", {"b": 1}, [], threads=1, expected_seconds=1200)
+    c = Job("c", str(tmp_path / "c"), "train", {"c": 1}, [])
+    assert expected_time([a, b, c], 2) == ("3 to run, typically 20 min on 2 cores (for 2 of them; the others' times "
+                                           "are not known)")
+    _finish(c, 100)
+    _finish(b, 100)
+    assert expected_time([a, b, c], 2) == "1 to run, typically 10 min on 2 cores"
+
+
+def test_thread_count_does_not_change_what_a_stage_trains(tmp_path):
+    """The demo runs its teacher on two threads, the study on one; both must train the same
+    weights (the stand-in, whose batch-norm sums do depend on it, always runs on two)."""
+    import torch
+
+    from mlic import _ext
+    from mlic.data.synthetic import SyntheticConfig, generate_dataset
+    from mlic.study.pipeline import SeedData, SeedPlan
+    from mlic.study.presets import get_preset
+    from mlic.training import train
+    from mlic.training.tasks import Switches
+
+    if not _ext.extension_available():
+        import pytest
+
+        pytest.skip("mlic._C is not built")
+    p = get_preset("demo")
+    files = generate_dataset(str(tmp_path / "data"), SyntheticConfig(
+        num_train=24, num_test=0, bbox_num=p.proposals, image_size=p.teacher_size, num_classes=p.classes, seed=2,
+        **p.synthetic))
+    data = SeedData(root=files["root_folder"], fit=files["train"], val=None, test=files["train"], gt_test="",
+                    classes=files["classes"], pretrain="", pretrain_root="")
+    plan = SeedPlan(p, 0, tmp_path, data)
+    saved = torch.get_num_threads()
+    finals = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            cfg = plan.train_config("wsddn", 0.003, None, iters=5)
+            cfg.out = str(tmp_path / f"teacher{threads}")
+            teacher = train(cfg)
+            cfg = plan.train_config("stage2", 0.003, None, str(tmp_path / "teacher1" / "final.pt"),
+                                    Switches(), iters=5)
+            cfg.out = str(tmp_path / f"stage2_{threads}")
+            finals[threads] = (torch.load(teacher, weights_only=False)["model"],
+                               torch.load(train(cfg), weights_only=False)["model"])
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(finals[1], finals[2]):
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
