@@ -171,8 +171,8 @@ class SeedPlan:
         return TrainConfig(
             stage=stage, weights=weights, teacher=teacher, net=p.net_config(soft_scale_lr_mult),
             switches=switches or Switches(),
-            data=DataConfig(train=self.data.fit, root_folder=self.data.root, batch_size=p.batch,
-                            input_scale=p.input_scale, image_cache_mb=IMAGE_CACHE_MB),
+            data=DataConfig(train=self.data.fit, root_folder=self.data.root, num_classes=p.classes,
+                            batch_size=p.batch, input_scale=p.input_scale, image_cache_mb=IMAGE_CACHE_MB),
             solver=SolverConfig(base_lr=rate, momentum=0.9, weight_decay=0.0005, max_iter=it),
             # KD runs keep their teacher in final.pt: under caffe-decay it is not the file's any more
             # (the diagnosis measures how far it moved)
