@@ -13,6 +13,7 @@ from mlic.data import read_datalist
 from mlic.data.annotations import read_ground_truth
 from mlic.evaluation import corloc_references
 from mlic.study import report
+from mlic.study.decision import write_decision
 from mlic.study.jobs import expected_time, run_jobs
 from mlic.study.pipeline import (BASELINE, BASELINE_EQUAL, MAIN_ARMS, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, Arm,
                                  SeedPlan, prepare_data)
@@ -175,6 +176,7 @@ def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[A
                               ("best", "the best proposal (the most any scoring can reach)")))]
     if tuned:
         lines += ["", f"Chosen on the validation split: {_describe(tuned)}."]
+    lines += ["", write_decision(preset, seed_folders, arms, root, budgets, budget_arm)]
     (root / "table.md").write_text("\n".join(lines) + "\n")
     (root / "study.json").write_text(json.dumps({"preset": preset.name, "tuned": tuned, "arms": summary,
                                                  "at_rate": by_rate, "corloc_references": references},

@@ -270,21 +270,28 @@ class SeedPlan:
         return jobs
 
     def stage1_iterations(self, arm: Arm) -> int:
-        return self.preset.iters["stage1"] if arm.stage1_key else 0
+        return stage1_iterations(self.preset, arm)
 
     def budget_key(self, arm: Optional[Arm], total: int) -> Optional[str]:
-        """The job (name within the seed) that trains `arm` (None: the student alone) for
-        `total` iterations in all; None when the arm cannot (its stage 1 alone is longer)."""
-        p = self.preset
-        if arm is None:
-            if total == p.iters["stage2"]:
-                return BASELINE
-            if total == p.iters["stage1"] + p.iters["stage2"]:
-                return BASELINE_EQUAL
-            return f"{BUDGET_FOLDER}{BASELINE}-{total}"
-        stage2 = total - self.stage1_iterations(arm)
-        if stage2 < 1:
-            return None
-        if stage2 == p.iters["stage2"]:
-            return arm.key
-        return f"{BUDGET_FOLDER}{arm.key}-{total}"
+        return budget_key(self.preset, arm, total)
+
+
+def stage1_iterations(preset: Preset, arm: Arm) -> int:
+    return preset.iters["stage1"] if arm.stage1_key else 0
+
+
+def budget_key(preset: Preset, arm: Optional[Arm], total: int) -> Optional[str]:
+    """The job (name within a seed's folder) that trains `arm` (None: the student alone) for
+    `total` iterations in all; None when the arm cannot (its stage 1 alone is as long)."""
+    if arm is None:
+        if total == preset.iters["stage2"]:
+            return BASELINE
+        if total == preset.iters["stage1"] + preset.iters["stage2"]:
+            return BASELINE_EQUAL
+        return f"{BUDGET_FOLDER}{BASELINE}-{total}"
+    stage2 = total - stage1_iterations(preset, arm)
+    if stage2 < 1:
+        return None
+    if stage2 == preset.iters["stage2"]:
+        return arm.key
+    return f"{BUDGET_FOLDER}{arm.key}-{total}"

@@ -57,3 +57,37 @@ def paired_difference(arm: Sequence[float], base: Sequence[float], confidence: f
     sd = float(d.std(ddof=1))
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
     return PairedDifference(n, mean, sd, mean - half, mean + half, int((d > 0).sum()))
+
+
+def paired_p_value(arm: Sequence[float], base: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t test that the mean difference is 0 (nan below two
+    seeds or when every difference is the same)."""
+    from scipy import stats
+
+    d = np.asarray(arm, np.float64) - np.asarray(base, np.float64)
+    if d.size < 2 or float(d.std(ddof=1)) == 0.0:
+        return math.nan
+    t = float(d.mean()) / (float(d.std(ddof=1)) / math.sqrt(d.size))
+    return float(2 * stats.t.sf(abs(t), d.size - 1))
+
+
+def equivalence_bound(arm: Sequence[float], base: Sequence[float], alpha: float = 0.05) -> float:
+    """The smallest margin m for which two one-sided t tests at level `alpha` show the mean
+    difference inside (-m, m): the larger end, in absolute value, of the 1 - 2·alpha t
+    interval (nan below two seeds)."""
+    d = paired_difference(arm, base, confidence=1 - 2 * alpha)
+    return max(abs(d.low), abs(d.high))
+
+
+def holm(p_values: Sequence[float]) -> list:
+    """Holm's step-down adjustment of the p-values of several tests (family-wise error); a
+    nan p-value stays nan and does not count as a test."""
+    p = [float(x) for x in p_values]
+    idx = sorted((i for i in range(len(p)) if not math.isnan(p[i])), key=lambda i: p[i])
+    m = len(idx)
+    out = [math.nan] * len(p)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out

@@ -37,3 +37,27 @@ def test_one_seed_has_no_interval_and_bad_input_is_refused():
         paired_difference([1.0, 2.0], [1.0])
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_p_value_equivalence_bound_and_holm_against_scipy_and_hand_values():
+    import math
+
+    from scipy import stats as sst
+
+    from mlic.study.stats import equivalence_bound, holm, paired_p_value
+
+    arm, base = [3.0, 1.0, 2.5, 0.5, 2.0], [1.0, 1.5, 1.0, 0.0, 0.5]
+    assert paired_p_value(arm, base) == pytest.approx(sst.ttest_rel(arm, base).pvalue, rel=1e-12)
+    d = [a - b for a, b in zip(arm, base)]
+    mean, se = sum(d) / 5, (sum((x - sum(d) / 5) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5
+    # TOST at 5 %: both one-sided tests reject at margin m exactly when the 90 % interval is inside (-m, m)
+    m = equivalence_bound(arm, base)
+    assert m == pytest.approx(abs(mean) + sst.t.ppf(0.95, 4) * se)
+    for margin, inside in ((m * 1.001, True), (m * 0.999, False)):
+        p_low = sst.t.sf((mean + margin) / se, 4)   # H0: diff <= -margin
+        p_high = sst.t.cdf((mean - margin) / se, 4)  # H0: diff >= +margin
+        assert (max(p_low, p_high) < 0.05) == inside
+    # Holm by hand: sorted 0.01, 0.02, 0.04 over 3 tests -> 0.03, 0.04, 0.04
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, math.nan, 0.01])[0] == pytest.approx(0.5) and math.isnan(holm([0.5, math.nan, 0.01])[1])
+    assert math.isnan(paired_p_value([1.0], [0.0])) and math.isnan(paired_p_value([1.0, 2.0], [0.0, 1.0]))

@@ -89,3 +89,51 @@ def test_seed_parsing_and_bad_arguments(capsys):
     assert study_main(["--seeds", "x"]) == 2
     assert "--seeds" in capsys.readouterr().err
     assert study_main(["--arms", "kd-nonsense"]) == 2
+
+
+@pytest.mark.slow
+def test_budget_sweep_and_the_decision(tmp_path_factory):
+    """--budgets trains the student alone and the swept arm at every total; decision.json's
+    numbers follow from the jobs' own results (paired differences, scipy's paired t test,
+    Holm over the arms) and the sweep's points name the jobs that train them."""
+    from scipy import stats as sst
+
+    from mlic.study.pipeline import Arm, budget_key
+    from mlic.study.stats import holm
+
+    out = tmp_path_factory.mktemp("decide")
+    preset = get_preset("smoke")
+    arm = Arm(regions="topk")
+    run_study(preset, [0, 1], str(out), [RELEASED, arm], workers=2, log=lambda m: None, budgets=[3, 5, 9],
+              budget_arm=arm)
+    root = out / "smoke"
+    d = json.loads((root / "decision.json").read_text())
+    assert (root / "decision.md").is_file() and (root / "budget.png").stat().st_size > 10_000
+    assert (root / "seeds.png").stat().st_size > 5_000
+
+    def mAP(seed, key):
+        r = json.loads((root / f"seed{seed}" / key / "result.json").read_text())
+        return 100 * r["metrics"]["test"]["mAP"]
+
+    total = preset.iters["stage1"] + preset.iters["stage2"]
+    ps = []
+    for row, a in zip(d["arms"], (RELEASED, arm)):
+        sb = row["same_budget"]
+        mine = [mAP(s, a.key) for s in (0, 1)]
+        alone = [mAP(s, "nokd-equal-budget") for s in (0, 1)]
+        assert row["total_iterations"] == total
+        assert sb["mean"] == pytest.approx(sum(x - y for x, y in zip(mine, alone)) / 2)
+        assert sb["p"] == pytest.approx(sst.ttest_rel(mine, alone).pvalue)
+        # the 90 % interval (two one-sided tests at 5 %) lies inside the 95 % one
+        assert abs(sb["mean"]) < sb["equivalence_margin"] < max(abs(sb["low"]), abs(sb["high"]))
+        ps.append(sb["p"])
+    assert [r["same_budget"]["p_holm"] for r in d["arms"]] == pytest.approx(holm(ps))
+    assert [p["total_iterations"] for p in d["sweep"]] == [3, 5, 9]
+    for p in d["sweep"]:
+        t = p["total_iterations"]
+        assert budget_key(preset, None, t) == {3: "nokd", 5: "nokd-equal-budget", 9: "budget/nokd-9"}[t]
+        assert p["alone"]["values"] == {str(s): pytest.approx(mAP(s, budget_key(preset, None, t))) for s in (0, 1)}
+        assert p["arm"]["values"] == {str(s): pytest.approx(mAP(s, budget_key(preset, arm, t))) for s in (0, 1)}
+    # the arm at 9 iterations in all: stage 1 as before, stage 2 for the rest
+    cfg = json.loads((root / "seed0" / "budget" / f"{arm.key}-9" / "result.json").read_text())["config"]
+    assert cfg["solver"]["max_iter"] == 9 - preset.iters["stage1"]

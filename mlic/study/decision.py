@@ -1,0 +1,247 @@
+"""Does the teacher help beyond the training budget? The numbers that decide it, from a
+study's finished jobs (tools/study.py --arms decide --budgets ... --budget-arm ...):
+
+- each arm against the student alone trained for as many iterations in all (stage 1 +
+  stage 2), paired over seeds: the mean difference in test mAP with its 95 % t interval,
+  the two-sided p-value adjusted for the number of arms (Holm), and the equivalence margin
+  the seeds support (two one-sided t tests at 5 %: the mean difference lies within ± that
+  margin), with every seed's difference;
+- the same against the student alone at stage 2's budget (the paper's comparison);
+- the budget sweep: test mAP of the student alone and of one arm against the total number
+  of training images seen, each with its 95 % band, the paired gap at every budget and each
+  curve's gain from one budget to the next (where both gains are within noise of zero, the
+  curves have flattened and the gap there is the answer).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from mlic.study.pipeline import Arm, budget_key
+from mlic.study.presets import Preset
+from mlic.study.stats import equivalence_bound, holm, paired_difference, paired_p_value, summarize
+
+
+def _map(folder: Path, key: Optional[str]) -> Optional[float]:
+    if key is None:
+        return None
+    p = Path(folder) / key / "result.json"
+    if not p.is_file():
+        return None
+    test = json.loads(p.read_text())["metrics"].get("test")
+    return None if test is None else 100 * float(test["mAP"])
+
+
+def _paired(arm: Dict[int, float], base: Dict[int, float]) -> Optional[dict]:
+    seeds = sorted(s for s in arm if s in base)
+    if not seeds:
+        return None
+    a, b = [arm[s] for s in seeds], [base[s] for s in seeds]
+    d = paired_difference(a, b)
+    return {"seeds": seeds, "n": d.n, "mean": d.mean, "sd": d.sd, "low": d.low, "high": d.high, "wins": d.wins,
+            "p": paired_p_value(a, b), "equivalence_margin": equivalence_bound(a, b) if d.n > 1 else math.nan,
+            "per_seed": {str(s): x - y for s, x, y in zip(seeds, a, b)}}
+
+
+def analyse(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], budgets: Sequence[int] = (),
+            budget_arm: Optional[Arm] = None) -> dict:
+    """The decision's numbers (see the module's docstring) as a JSON-ready dict."""
+    seeds = sorted(seed_folders)
+    s1, s2 = preset.iters["stage1"], preset.iters["stage2"]
+
+    def by_seed(arm: Optional[Arm], total: int) -> Dict[int, float]:
+        out = {}
+        for s in seeds:
+            v = _map(seed_folders[s], budget_key(preset, arm, total))
+            if v is not None:
+                out[s] = v
+        return out
+
+    rows = []
+    for arm in arms:
+        total = (s1 if arm.stage1_key else 0) + s2
+        mine = by_seed(arm, total)
+        rows.append({"arm": arm.key, "label": arm.label, "total_iterations": total,
+                     "same_budget": _paired(mine, by_seed(None, total)),
+                     "stage2_budget": _paired(mine, by_seed(None, s2))})
+    for field in ("same_budget", "stage2_budget"):
+        ps = [r[field]["p"] if r[field] else math.nan for r in rows]
+        for r, q in zip(rows, holm(ps)):
+            if r[field]:
+                r[field]["p_holm"] = q
+    sweep = []
+    previous = None
+    for total in sorted(budgets):
+        alone, arm = by_seed(None, total), by_seed(budget_arm, total) if budget_arm else {}
+        point = {"total_iterations": total, "images": total * preset.batch,
+                 "alone": _band(alone), "arm": _band(arm), "gap": _paired(arm, alone)}
+        if previous is not None:
+            point["alone_gain"] = _paired(alone, previous[0])
+            point["arm_gain"] = _paired(arm, previous[1])
+        previous = (alone, arm)
+        sweep.append(point)
+    return {"preset": preset.name, "seeds": seeds, "iterations": {"stage1": s1, "stage2": s2},
+            "arms": rows, "budget_arm": None if budget_arm is None else budget_arm.key,
+            "budget_arm_label": None if budget_arm is None else budget_arm.label, "sweep": sweep}
+
+
+def _band(values: Dict[int, float]) -> Optional[dict]:
+    if not values:
+        return None
+    v = [values[s] for s in sorted(values)]
+    sm = summarize(v)
+    half = math.nan
+    if sm.n > 1:
+        from scipy import stats
+
+        half = float(stats.t.ppf(0.975, sm.n - 1)) * sm.sd / math.sqrt(sm.n)
+    return {"n": sm.n, "mean": sm.mean, "sd": sm.sd, "low": sm.mean - half, "high": sm.mean + half,
+            "values": {str(s): values[s] for s in sorted(values)}}
+
+
+def _ci(d: Optional[dict]) -> str:
+    if not d:
+        return "—"
+    if d["n"] < 2:
+        return f"{d['mean']:+.1f}"
+    return f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+
+
+def _p(d: Optional[dict]) -> str:
+    if not d or math.isnan(d.get("p_holm", math.nan)):
+        return "—"
+    q = d["p_holm"]
+    return f"{q:.3f}" if q >= 0.001 else "< 0.001"
+
+
+def format_markdown(a: dict) -> str:
+    n = len(a["seeds"])
+    lines = [f"Preset `{a['preset']}`, seeds {_seed_text(a['seeds'])} ({n}); test mAP in %. Δ: the arm minus the "
+             "student alone, paired over seeds, mean [95 % t interval]; p: two-sided paired t test, Holm-adjusted "
+             "over the arms of the table; ±: the margin within which two one-sided t tests at 5 % place the "
+             "difference (equivalence).", "",
+             "| arm | iterations | Δ mAP at the same budget | p | within ± | ahead on | Δ mAP at stage 2's budget | p |"
+             " per-seed Δ at the same budget |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in a["arms"]:
+        sb, s2 = r["same_budget"], r["stage2_budget"]
+        margin = "—" if not sb or math.isnan(sb["equivalence_margin"]) else f"{sb['equivalence_margin']:.1f}"
+        ahead = "—" if not sb else f"{sb['wins']}/{sb['n']}"
+        per = "—" if not sb else " ".join(f"{v:+.1f}" for v in sb["per_seed"].values())
+        lines.append(f"| {r['label']} | {r['total_iterations']} | {_ci(sb)} | {_p(sb)} | {margin} | {ahead} | "
+                     f"{_ci(s2)} | {_p(s2)} | {per} |")
+    if a["sweep"]:
+        lines += ["", f"Budget sweep: the student alone and {a['budget_arm_label']} (its stage 2 trained for the total "
+                  f"less stage 1's {a['iterations']['stage1']} iterations), test mAP mean [95 % t interval]; gain: "
+                  "from the previous budget, paired.", "",
+                  "| iterations in all | images seen | student alone | gain | arm | gain | gap (arm − alone) |",
+                  "|---|---|---|---|---|---|---|"]
+        for pnt in a["sweep"]:
+            lines.append(f"| {pnt['total_iterations']} | {pnt['images']} | {_band_text(pnt['alone'])} | "
+                         f"{_ci(pnt.get('alone_gain'))} | {_band_text(pnt['arm'])} | {_ci(pnt.get('arm_gain'))} | "
+                         f"{_ci(pnt['gap'])} |")
+    return "\n".join(lines)
+
+
+def _band_text(b: Optional[dict]) -> str:
+    if not b:
+        return "—"
+    if b["n"] < 2:
+        return f"{b['mean']:.1f}"
+    return f"{b['mean']:.1f} [{b['low']:.1f}, {b['high']:.1f}]"
+
+
+def _seed_text(seeds: Sequence[int]) -> str:
+    if seeds and list(seeds) == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(str(s) for s in seeds)
+
+
+def plot_budget(a: dict, path: Path) -> None:
+    """Test mAP against training images seen for the student alone and the swept arm (mean
+    and 95 % band), and below it their paired gap with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [p for p in a["sweep"] if p["alone"] or p["arm"]]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    for field, name, color in (("alone", "student alone", "tab:gray"), ("arm", a["budget_arm_label"], "tab:blue")):
+        p = [q for q in pts if q[field]]
+        if not p:
+            continue
+        x = np.array([q["images"] for q in p])
+        m = np.array([q[field]["mean"] for q in p])
+        lo = np.array([q[field]["low"] for q in p])
+        hi = np.array([q[field]["high"] for q in p])
+        top.plot(x, m, "o-", color=color, label=f"{name} (n = {max(q[field]['n'] for q in p)})")
+        top.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+    top.set_ylabel("test mAP (%)")
+    top.legend(fontsize=8, loc="lower right")
+    top.grid(alpha=0.3)
+    top.set_title(f"preset {a['preset']}: test mAP against training images seen (bands: 95 % t interval over seeds)",
+                  fontsize=9)
+    g = [q for q in pts if q["gap"]]
+    x = np.array([q["images"] for q in g])
+    m = np.array([q["gap"]["mean"] for q in g])
+    lo = np.array([q["gap"]["low"] for q in g])
+    hi = np.array([q["gap"]["high"] for q in g])
+    bottom.axhline(0, color="k", lw=0.8)
+    bottom.errorbar(x, m, yerr=[m - lo, hi - m], fmt="o", color="tab:blue", capsize=3)
+    bottom.set_ylabel("gap: arm − alone (mAP)")
+    bottom.set_xlabel("training images seen (iterations in all × batch)")
+    bottom.grid(alpha=0.3)
+    bottom.set_title("the same seeds, paired: mean and 95 % t interval", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_seeds(a: dict, path: Path) -> None:
+    """Every seed's same-budget difference per arm, with the mean and its 95 % interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in a["arms"] if r["same_budget"]]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.6))
+    for i, r in enumerate(rows):
+        d = r["same_budget"]
+        vals = list(d["per_seed"].values())
+        ax.scatter(vals, np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), s=14, color="0.55", zorder=2)
+        if d["n"] > 1:
+            ax.errorbar([d["mean"]], [i], xerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]], fmt="D",
+                        color="tab:blue", capsize=4, zorder=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r["label"] for r in rows], fontsize=8)
+    ax.set_xlabel("Δ test mAP against the student alone at the same budget (points: seeds; diamond: mean, 95 % t "
+                  "interval)", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"preset {a['preset']}, {len(a['seeds'])} seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_decision(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], root: Path,
+                   budgets: Sequence[int] = (), budget_arm: Optional[Arm] = None) -> str:
+    """decision.md, decision.json, seeds.png and (with a sweep) budget.png in `root`;
+    returns the markdown."""
+    a = analyse(preset, seed_folders, arms, budgets, budget_arm)
+    text = format_markdown(a)
+    root = Path(root)
+    (root / "decision.md").write_text(text + "\n")
+    (root / "decision.json").write_text(json.dumps(a, indent=1, default=float) + "\n")
+    if any(r["same_budget"] for r in a["arms"]):
+        plot_seeds(a, root / "seeds.png")
+    if a["sweep"]:
+        plot_budget(a, root / "budget.png")
+    return text
+
