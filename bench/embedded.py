@@ -140,6 +140,42 @@ def time_startup(spec: Path, repeats: int) -> Dict[str, List[float]]:
     return out
 
 
+def layout_cost(preset, repeats: int = 30) -> Dict[str, float]:
+    """What the channels_last layout costs inside the custom ops: the teacher's RoI pooling
+    (forward and backward) at the preset's sizes on conv5 features in channels_last (the op
+    copies them to N x C x H x W) against the same features already in that layout,
+    interleaved; and the copy alone. Milliseconds, medians."""
+    from mlic import ops
+
+    cfg = preset.net_config()
+    side = cfg.feature_size(preset.teacher_size)
+    channels = int(cfg.body[-1].split(":")[1])
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(preset.batch, channels, side, side, generator=g)
+    k = preset.batch * preset.proposals
+    xy = torch.rand(k, 2, generator=g) * preset.teacher_size * 0.7
+    wh = 8 + torch.rand(k, 2, generator=g) * preset.teacher_size * 0.3
+    rois = torch.cat([torch.randint(0, preset.batch, (k, 1), generator=g).float(), xy, xy + wh,
+                      torch.rand(k, 1, generator=g)], 1)
+    times = {"contiguous": [], "channels_last": [], "copy": []}
+    for _ in range(repeats):
+        for name in ("contiguous", "channels_last"):
+            fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
+            f = feats.contiguous(memory_format=fmt).requires_grad_()
+            t0 = time.perf_counter()
+            out = ops.roi_pool(f, rois, cfg.pooled_size, cfg.pooled_size, cfg.spatial_scale)[0]
+            out.sum().backward()
+            times[name].append(time.perf_counter() - t0)
+        f = feats.contiguous(memory_format=torch.channels_last)
+        t0 = time.perf_counter()
+        f.contiguous()
+        times["copy"].append(time.perf_counter() - t0)
+    return {f"roi_pool fwd+bwd, {k} features": 1000 * statistics.median(v) for k, v in
+            (("N x C x H x W", times["contiguous"]), ("channels_last", times["channels_last"]))} | {
+        "copy of the feature map to N x C x H x W": 1000 * statistics.median(times["copy"]),
+        "feature map": f"{preset.batch}x{channels}x{side}x{side}", "rois": k}
+
+
 def _median_spread(values: List[float]) -> Dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
@@ -175,6 +211,8 @@ def run(preset_name: str, formats: List[str], stages: List[str], steps: int, war
                 table = profile_stage(preset, stage, files, pre_files, formats[-1], profile_steps, folder)
                 result["profiles"][stage] = table
                 log(f"torch.profiler, {stage}, {formats[-1]}, {profile_steps} iterations:\n{table}")
+        result["layout_cost_ms"] = layout_cost(preset)
+        log(f"layout inside the custom ops (ms, medians): {result['layout_cost_ms']}")
         if startup:
             for f in formats[-1:]:
                 times = time_startup(_job_spec(preset, files, folder, f), startup)

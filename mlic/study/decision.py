@@ -144,6 +144,16 @@ def format_markdown(a: dict) -> str:
             lines.append(f"| {pnt['total_iterations']} | {pnt['images']} | {_band_text(pnt['alone'])} | "
                          f"{_ci(pnt.get('alone_gain'))} | {_band_text(pnt['arm'])} | {_ci(pnt.get('arm_gain'))} | "
                          f"{_ci(pnt['gap'])} |")
+    pc = a.get("per_class")
+    if pc:
+        rc, ro = pc["spearman_gain_corloc"], pc["spearman_gain_cooccurrence"]
+        lines += ["", f"Per class, {pc['label']} against the student alone at the same budget, means over "
+                  f"{pc['seeds']} seeds: the gain in test AP, the teacher's CorLoc, and the share of the class's "
+                  "test images that hold another class too. Spearman's ρ of the gain with the CorLoc "
+                  f"{rc['rho']:+.2f} (p {rc['p']:.2f}), with the co-occurrence {ro['rho']:+.2f} (p {ro['p']:.2f}).",
+                  "", "| class | Δ AP | teacher CorLoc | with another class |", "|---|---|---|---|"]
+        for name, g, c, o in zip(pc["classes"], pc["gain_ap"], pc["teacher_corloc"], pc["with_another_class"]):
+            lines.append(f"| {name} | {g:+.1f} | {c:.1f} | {o:.0f} % |")
     return "\n".join(lines)
 
 
@@ -235,6 +245,8 @@ def write_decision(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence
     """decision.md, decision.json, seeds.png and (with a sweep) budget.png in `root`;
     returns the markdown."""
     a = analyse(preset, seed_folders, arms, budgets, budget_arm)
+    if budget_arm is not None:
+        a["per_class"] = per_class(preset, seed_folders, budget_arm)
     text = format_markdown(a)
     root = Path(root)
     (root / "decision.md").write_text(text + "\n")
@@ -245,3 +257,69 @@ def write_decision(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence
         plot_budget(a, root / "budget.png")
     return text
 
+
+
+# ----------------------------------------------------------------------------- per class
+
+
+def teacher_corloc_per_class(preset: Preset, folder: Path) -> np.ndarray:
+    """The seed's teacher's CorLoc per class on its test images (single forward)."""
+    import torch
+
+    from mlic.data import BatchSpec, HumanAttDataConfig, HumanAttDataset, read_datalist
+    from mlic.data.annotations import read_ground_truth
+    from mlic.evaluation.detection import corloc
+    from mlic.training.config import BGR_MEAN
+    from mlic.training.test import load_trained
+
+    data = Path(folder) / "data"
+    root = str(data) + "/"
+    dl = read_datalist(str(data / "test.txt"), att_num=preset.classes, bbox_num=preset.proposals, root_folder=root)
+    size = preset.teacher_size
+    ds = HumanAttDataset(dl, HumanAttDataConfig(source=str(data / "test.txt"), root_folder=root, batch_size=16,
+                                                new_width=size, new_height=size, att_num=dl.att_num,
+                                                bbox_num=dl.bbox_num, mean_values=BGR_MEAN, scale=preset.input_scale))
+    task, _ = load_trained(str(Path(folder) / "teacher" / "final.pt"))
+    regions, boxes = [], []
+    with torch.no_grad():
+        for start in range(0, len(dl), 16):
+            b = ds[BatchSpec(tuple(range(start, min(len(dl), start + 16))))]
+            _, region = task.predict(task.model, b)
+            regions += list(region.numpy())
+            boxes += list(b.boxes[:, :, :4].numpy())
+    gt = read_ground_truth(data / "gt_test.json", dl, (size, size))
+    return corloc(regions, boxes, gt)[1]
+
+
+def per_class(preset: Preset, seed_folders: Dict[int, Path], arm: Arm) -> dict:
+    """Where a same-budget gain comes from, class by class: the arm's test AP minus the
+    student alone's at the same budget (mean over seeds), beside the teacher's CorLoc for
+    the class (mean over seeds) and how often the class appears with another class in an
+    image (the test labels), with Spearman's rank correlation of the gain with each."""
+    from scipy import stats
+
+    from mlic.evaluation import average_precision, load_scores
+
+    total = (preset.iters["stage1"] if arm.stage1_key else 0) + preset.iters["stage2"]
+    gains, corlocs, cooc = [], [], []
+    for seed in sorted(seed_folders):
+        folder = Path(seed_folders[seed])
+        files = [folder / budget_key(preset, x, total) / "test_test" / "scores.csv" for x in (arm, None)]
+        if not all(f.is_file() for f in files) or not (folder / "teacher" / "final.pt").is_file():
+            continue
+        mine, alone = (load_scores(f) for f in files)
+        gains.append(100 * (average_precision(mine.scores, mine.labels) - average_precision(alone.scores, alone.labels)))
+        corlocs.append(100 * teacher_corloc_per_class(preset, folder))
+        y = alone.labels.astype(bool)
+        with_other = (y & (y.sum(1, keepdims=True) > 1)).sum(0)
+        cooc.append(100 * with_other / np.maximum(1, y.sum(0)))
+    if not gains:
+        return {}
+    g, c, o = (np.nanmean(np.array(x), 0) for x in (gains, corlocs, cooc))
+    rho_c, p_c = stats.spearmanr(g, c)
+    rho_o, p_o = stats.spearmanr(g, o)
+    names = (Path(next(iter(seed_folders.values()))) / "data" / "classes.txt").read_text().split()
+    return {"arm": arm.key, "label": arm.label, "seeds": len(gains), "classes": names, "gain_ap": g.tolist(),
+            "teacher_corloc": c.tolist(), "with_another_class": o.tolist(),
+            "spearman_gain_corloc": {"rho": float(rho_c), "p": float(p_c)},
+            "spearman_gain_cooccurrence": {"rho": float(rho_o), "p": float(p_o)}}

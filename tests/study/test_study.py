@@ -137,3 +137,19 @@ def test_budget_sweep_and_the_decision(tmp_path_factory):
     # the arm at 9 iterations in all: stage 1 as before, stage 2 for the rest
     cfg = json.loads((root / "seed0" / "budget" / f"{arm.key}-9" / "result.json").read_text())["config"]
     assert cfg["solver"]["max_iter"] == 9 - preset.iters["stage1"]
+    # per class: the AP gain against scikit-learn's AP on the jobs' own score files
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+
+    from mlic.evaluation import load_scores
+
+    gains = []
+    for seed in (0, 1):
+        a, b = (load_scores(root / f"seed{seed}" / k / "test_test" / "scores.csv") for k in (arm.key, "nokd-equal-budget"))
+        gains.append([100 * (average_precision_score(a.labels[:, c], a.scores[:, c]) -
+                             average_precision_score(b.labels[:, c], b.scores[:, c])) if b.labels[:, c].any()
+                      else np.nan for c in range(preset.classes)])
+    expect = np.nanmean(np.array(gains), 0)
+    got = np.array(d["per_class"]["gain_ap"])
+    assert np.allclose(got[~np.isnan(expect)], expect[~np.isnan(expect)])
+    assert len(d["per_class"]["teacher_corloc"]) == preset.classes
