@@ -66,6 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "1000,1400,2000,3000,4000) at which the student alone and --budget-arm also train on every seed")
     p.add_argument("--budget-arm", default=None, help="the arm of the budget sweep (an arm key); its stage 2 trains "
                    "each total less its stage 1")
+    p.add_argument("--tune-seeds", default="", help="also make the validation choices on these seeds' splits "
+                   "(e.g. 1,2) to see whether they depend on the seed; the jobs use the first seed's")
     p.add_argument("--diagnose", action="store_true", help="instead of training: measure the finished jobs (teacher "
                    "drift, soft targets, stage-2 dynamics, stage-1 feature probes, budgets) into "
                    "<out>/<preset>/diagnosis/")
@@ -87,7 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError("--budgets needs --budget-arm (the arm whose stage 2 the sweep trains longer)")
         budget_arm = Arm.from_key(args.budget_arm) if args.budget_arm else None
         summary = run_study(get_preset(args.preset), seeds, args.out, arms, args.workers, rates=args.rate,
-                            budgets=budgets, budget_arm=budget_arm)
+                            budgets=budgets, budget_arm=budget_arm,
+                            tune_seeds=parse_seeds(args.tune_seeds) if args.tune_seeds else ())
     except (ValueError, StudyError) as e:
         print(f"study: {e}", file=sys.stderr)
         return 2

@@ -25,14 +25,15 @@ class StudyError(RuntimeError):
     pass
 
 
-def tune(preset: Preset, plan: SeedPlan, workers: int, log) -> Dict[str, float]:
+def tune(preset: Preset, plan: SeedPlan, workers: int, log, path: Optional[Path] = None,
+         adopt: bool = True) -> Dict[str, float]:
     """Hyper-parameters chosen on the validation split of `plan`'s seed, one after the
     other, each at the values chosen before it: the teacher's base rate (its validation
     mAP) among preset.tune_teacher_lr; the base rate of the student without KD among
     preset.tune_lr (stage 2 then uses the same rate, so the baseline gets its best); the
     soft scale's lr_mult among preset.tune_soft_scale for the released arm. Saved beside
     the seed folders (a resumed study keeps its choice) and printed."""
-    path = plan.folder.parent / "tuning.json"
+    path = path or plan.folder.parent / "tuning.json"
     if path.is_file():
         chosen = json.loads(path.read_text())["chosen"]
         log(f"[study] chosen earlier on the validation split: {_describe(chosen)}")
@@ -65,7 +66,7 @@ def tune(preset: Preset, plan: SeedPlan, workers: int, log) -> Dict[str, float]:
         chosen[name] = float(max(scores, key=scores.get))  # the first of equals: candidates list the released first
         log(f"[study] validation mAP by {name}: " + ", ".join(f"{k}: {100 * v:.1f}" for k, v in scores.items())
             + f" -> {chosen[name]:g}")
-        if name == "teacher_lr":  # the seed's own teacher is the chosen run
+        if name == "teacher_lr" and adopt:  # the seed's own teacher is the chosen run
             src, dst = plan.folder / "tune" / f"teacher_lr{chosen[name]:g}" / "teacher", plan.folder / "teacher"
             main = plan.teacher_job(chosen[name])
             if not main.done():
@@ -85,13 +86,15 @@ def _describe(chosen: Dict[str, float]) -> str:
 
 def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm] = MAIN_ARMS, workers: int = 2,
               log=print, equal_budget: bool = True, rates: Sequence[float] = (), budgets: Sequence[int] = (),
-              budget_arm: Optional[Arm] = None) -> dict:
+              budget_arm: Optional[Arm] = None, tune_seeds: Sequence[int] = ()) -> dict:
     """Runs (or resumes) every job and writes table.md, study.json and study.png in
     out/<preset>/. `rates`: base rates of stage 2 and the student at which RATE_ARMS and
     the student alone also run on every seed (in seed<k>/lr<rate>/, a table each), to
     see what the tuned rate hides. `budgets`: total iterations at which the student alone
     and `budget_arm` also train on every seed (the budget sweep, SeedPlan.budget_jobs).
-    Returns the summary."""
+    `tune_seeds`: seeds (among `seeds`) on whose validation splits the choices are also made,
+    to see whether they depend on the seed (reported beside the first seed's, which the
+    jobs use; tuning_seed<k>.json). Returns the summary."""
     if budgets and budget_arm is None:
         raise StudyError("a budget sweep needs the arm to sweep (budget_arm)")
     if not seeds:
@@ -104,6 +107,11 @@ def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm
         folder = root / f"seed{s}"
         plans[s] = SeedPlan(preset, s, folder, prepare_data(preset, s, folder, workers=workers, log=log))
     tuned = tune(preset, plans[seeds[0]], workers, log)
+    for s in tune_seeds:
+        if s not in plans:
+            raise StudyError(f"tune seed {s} is not among the seeds {list(seeds)}")
+        if s != seeds[0]:
+            tune(preset, plans[s], workers, log, root / f"tuning_seed{s}.json", adopt=False)
     jobs: List = []
     for s in seeds:
         jobs += plans[s].shared_jobs(arms, tuned) + plans[s].student_jobs(arms, tuned=tuned, equal_budget=equal_budget)
@@ -176,6 +184,11 @@ def write_report(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[A
                               ("best", "the best proposal (the most any scoring can reach)")))]
     if tuned:
         lines += ["", f"Chosen on the validation split: {_describe(tuned)}."]
+    for other in sorted(root.glob("tuning_seed*.json")):
+        t = json.loads(other.read_text())
+        lines += [f"On seed {t['seed']}'s validation split the same procedure chooses: {_describe(t['chosen'])} "
+                  "(" + "; ".join(f"{k}: " + ", ".join(f"{c} {100 * v:.1f}" for c, v in vals.items())
+                                  for k, vals in t["validation_mAP"].items()) + ")."]
     lines += ["", write_decision(preset, seed_folders, arms, root, budgets, budget_arm)]
     (root / "table.md").write_text("\n".join(lines) + "\n")
     (root / "study.json").write_text(json.dumps({"preset": preset.name, "tuned": tuned, "arms": summary,

@@ -105,8 +105,16 @@ def test_budget_sweep_and_the_decision(tmp_path_factory):
     preset = get_preset("smoke")
     arm = Arm(regions="topk")
     run_study(preset, [0, 1], str(out), [RELEASED, arm], workers=2, log=lambda m: None, budgets=[3, 5, 9],
-              budget_arm=arm)
+              budget_arm=arm, tune_seeds=[1])
     root = out / "smoke"
+    # the choices made again on seed 1's validation split are reported, and seed 1 keeps the teacher
+    # trained at seed 0's choice
+    other = json.loads((root / "tuning_seed1.json").read_text())
+    assert other["seed"] == 1 and set(other["chosen"]) == set(json.loads((root / "tuning.json").read_text())["chosen"])
+    assert "On seed 1's validation split the same procedure chooses" in (root / "table.md").read_text()
+    chosen_lr = json.loads((root / "tuning.json").read_text())["chosen"]["teacher_lr"]
+    teacher_cfg = json.loads((root / "seed1" / "teacher" / "result.json").read_text())["config"]
+    assert teacher_cfg["solver"]["base_lr"] == chosen_lr
     d = json.loads((root / "decision.json").read_text())
     assert (root / "decision.md").is_file() and (root / "budget.png").stat().st_size > 10_000
     assert (root / "seeds.png").stat().st_size > 5_000
