@@ -98,8 +98,8 @@ def _extensions():
         print(f"mlic: building CPU + CUDA kernels ({where})")
     else:
         print(f"mlic: building CPU-only kernels ({why}; CUDA tensors will use NVRTC through CuPy)")
-    sources = ["csrc/mlic.cpp", "csrc/ops/cpu/ops_cpu.cpp", "csrc/ops/emulation/ops_emulated.cpp",
-               "csrc/ops/nvrtc/ops_nvrtc.cpp"]
+    sources = ["csrc/mlic.cpp", "csrc/ops/frontend.cpp", "csrc/ops/cpu/ops_cpu.cpp",
+               "csrc/ops/emulation/ops_emulated.cpp", "csrc/ops/nvrtc/ops_nvrtc.cpp"]
     # No FMA contraction (nvcc: --fmad=false): the host-run CUDA kernels round as the GPU's.
     cxx = ["-O3", "-fopenmp", "-ffp-contract=off"]
     link = ["-fopenmp"]

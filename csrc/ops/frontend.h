@@ -1,11 +1,13 @@
-// The ops' front end: argument validation, Caffe's pooling geometry (the C++ copy of
-// mlic/ops/geometry.py) and one kernel per op for a back end, registered under that back
-// end's dispatch key (as torchvision registers a kernel per key).
+// The ops' front end: argument validation and Caffe's pooling geometry on the host
+// (frontend.cpp; Python's rules are mlic/ops/geometry.py), and one kernel per op for a
+// back end, registered under that back end's dispatch key (as torchvision registers a
+// kernel per key).
 //
 // Value checks of the RoIs: the CPU back end reads the RoIs on the host anyway and checks
 // them there; the CUDA back ends never copy them to the host (no sync in the forward or
 // backward) and their kernels stay in bounds for any values; MLIC_CHECK_ROI_VALUES=1 in
-// the environment makes them check on the host too (a debug switch).
+// the environment when the extension is loaded makes them check on the host too (a
+// debug switch).
 #pragma once
 #include <torch/library.h>
 
@@ -15,7 +17,7 @@
 
 namespace mlic {
 
-// Validation and argument building (mlic.cpp). `op` names the op in messages.
+// Validation and argument building (frontend.cpp). `op` names the op in messages.
 RoiArgs roi_forward_args(const Tensor& features, const Tensor& rois, at::IntArrayRef levels_h,
                          at::IntArrayRef levels_w, double spatial_scale, double score_scale, double score_bias,
                          const char* op, const char* hname, const char* wname);
@@ -33,7 +35,7 @@ void check_two_stream_backward(const Tensor& g_image, const Tensor& g_region, co
                                const char* op);
 // Host check of RoI values (finite, batch index in [0, N), |coordinate * scale| < 2^29).
 void check_roi_values(const Tensor& rois, int64_t N, double spatial_scale, const char* op);
-bool roi_value_debug_checks();  // MLIC_CHECK_ROI_VALUES=1
+bool roi_value_debug_checks();  // MLIC_CHECK_ROI_VALUES=1 when the extension was loaded
 
 // Every op of the library for back end B (a struct whose static functions are those of
 // MLIC_DECLARE_BACKEND in ops.h; B::kChecksRoiValues says whether it checks RoI values).
@@ -73,6 +75,9 @@ struct OpKernels {
                                         score_bias, op);
     if (roi_value_debug_checks()) check_roi_values(rois, batch, spatial_scale, op);
     const int64_t K = rois.size(0), row = channels * a.levels.cells;
+    // The ops' one determinism rule: the deterministic backward when the call asks for it
+    // or torch.use_deterministic_algorithms(True) is in force as the backward runs (a false
+    // flag cannot override that setting, as with PyTorch's own ops).
     const bool det = deterministic || at::globalContext().deterministicAlgorithms();
     return B::roi_backward(grad.reshape({K, row}), rois, argmax.reshape({K, row}), a, shape, det);
   }

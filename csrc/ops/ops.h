@@ -2,6 +2,7 @@
 // ends: CPU (cpu/), CUDA (cuda/), its host emulation (emulation/) and NVRTC (nvrtc/).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 
 #include <optional>
 #include <string>
@@ -19,6 +20,11 @@ using at::Tensor;
 template <typename T> struct Acc { using type = T; };
 template <> struct Acc<at::Half> { using type = float; };
 template <> struct Acc<at::BFloat16> { using type = float; };
+template <typename T> at::ScalarType acc_dtype() { return c10::CppTypeToScalarType<typename Acc<T>::type>::value; }
+
+// The element types every kernel is instantiated for.
+#define MLIC_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 // Validated arguments of the RoI pooling ops (roi_pool is roi_spp with one level).
 struct RoiArgs {

@@ -229,18 +229,36 @@ def test_bad_op_input(case, backend, results):
         assert got["check"], f"result check failed: {want[1]}"
 
 
-def test_debug_switch_checks_roi_values_on_device_back_ends():
-    # MLIC_CHECK_ROI_VALUES=1: the CUDA back ends check RoI values on the host too (a sync).
+@pytest.mark.parametrize("at_load", [None, "1"])
+def test_debug_switch_is_read_once_when_the_extension_loads(at_load):
+    # MLIC_CHECK_ROI_VALUES=1 in the environment when mlic._C is loaded: the CUDA back ends
+    # check RoI values on the host too (a sync). It is read then, once: changing it later
+    # changes nothing.
     code = textwrap.dedent(f"""
         import os, torch
         import mlic.ops
-        os.environ["MLIC_CHECK_ROI_VALUES"] = "1"
         ops, dev = torch.ops.mlic_emulated_cuda, "cpu"
-        try:
-            {_bad_roi(0, 2.0)}
-        except ValueError as exc:
-            print("raised", exc)
+
+        def call():
+            try:
+                {_bad_roi(0, 2.0)}
+            except ValueError as exc:
+                return "raised " + str(exc)
+            return "no error"
+
+        print("at load:", call())
+        os.environ["MLIC_CHECK_ROI_VALUES"] = "0" if os.environ.get("MLIC_CHECK_ROI_VALUES") else "1"
+        print("changed:", call())
     """)
+    env = {k: v for k, v in os.environ.items() if k != "MLIC_CHECK_ROI_VALUES"}
+    if at_load:
+        env["MLIC_CHECK_ROI_VALUES"] = at_load
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
-    assert "raised" in p.stdout and "out of range for features with N=2" in p.stdout, p.stderr
+                       env=dict(env, PYTHONPATH=str(REPO)), timeout=300)
+    lines = [l for l in p.stdout.splitlines() if l.startswith(("at load:", "changed:"))]
+    assert len(lines) == 2, p.stdout + p.stderr
+    for line in lines:
+        if at_load:
+            assert "raised" in line and "out of range for features with N=2" in line, line
+        else:
+            assert line.endswith("no error"), line

@@ -14,12 +14,7 @@
 
 namespace mlic {
 
-#define MLIC_DISPATCH(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
 namespace {
-
-template <typename T> at::ScalarType acc_dtype() { return c10::CppTypeToScalarType<typename Acc<T>::type>::value; }
 
 // An argmax outside the plane never comes from the forward: refuse it (the registered
 // backward ops are reachable through torch.ops.mlic) instead of writing out of bounds.
@@ -105,7 +100,7 @@ Tensor roi_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argm
             const scalar_t* roi = r + k * cols;
             const int b = roi_batch(static_cast<A>(roi[0]), N);
             if (b < 0) continue;  // gave an empty RoI in the forward
-            const A factor = sc * (cols >= 6 ? static_cast<A>(roi[5]) : static_cast<A>(1)) + sb;
+            const A factor = roi_factor<scalar_t, A>(roi, cols, sc, sb);
             A* plane = gi + (static_cast<int64_t>(b) * C + c) * H * W;
             for (int l = 0; l < lv.count; ++l) {
               const int cells = lv.level[l].h * lv.level[l].w;
@@ -131,9 +126,8 @@ Tensor roi_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argm
 
 namespace {
 
-// kGroup planes of one level at a time: each plane's window is reduced in pool_cell's
-// order (so the results are the same bits), the planes interleaved so that their
-// independent chains of adds or compares overlap instead of waiting on each other.
+// kGroup planes of one level at a time (pool_cell_planes: the same bits as one plane
+// alone), so that their independent chains of adds or compares overlap.
 constexpr int kGroup = 4;
 
 template <typename T, typename A>
@@ -141,26 +135,13 @@ void pool_level_group(const T* const* planes, int H, int W, const PoolLevel& lp,
                       int* const* ams) {
   for (int oy = 0; oy < lp.oh; ++oy)
     for (int ox = 0; ox < lp.ow; ++ox) {
-      int hs, he, ws, we;
-      const int pool_size = pool_window(H, W, lp, oy, ox, hs, he, ws, we);
+      A val[kGroup];
+      int idx[kGroup];
+      pool_cell_planes<kGroup, T, A>(planes, H, W, lp, oy, ox, mode, val, idx);
       const int cell = oy * lp.ow + ox;
-      if (mode == MLIC_POOL_MAX) {
-        A m[kGroup];
-        int mi[kGroup];
-        for (int k = 0; k < kGroup; ++k) m[k] = lowest<A>(), mi[k] = -1;
-        for (int h = hs; h < he; ++h)
-          for (int w = ws; w < we; ++w)
-            for (int k = 0; k < kGroup; ++k) {
-              const A v = static_cast<A>(planes[k][h * W + w]);
-              if (v > m[k]) m[k] = v, mi[k] = h * W + w;
-            }
-        for (int k = 0; k < kGroup; ++k) outs[k][cell] = static_cast<T>(m[k]), ams[k][cell] = mi[k];
-      } else {
-        A s[kGroup] = {};
-        for (int h = hs; h < he; ++h)
-          for (int w = ws; w < we; ++w)
-            for (int k = 0; k < kGroup; ++k) s[k] += static_cast<A>(planes[k][h * W + w]);
-        for (int k = 0; k < kGroup; ++k) outs[k][cell] = static_cast<T>(s[k] / static_cast<A>(pool_size));
+      for (int k = 0; k < kGroup; ++k) {
+        outs[k][cell] = static_cast<T>(val[k]);
+        if (mode == MLIC_POOL_MAX) ams[k][cell] = idx[k];
       }
     }
 }

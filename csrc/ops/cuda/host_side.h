@@ -10,11 +10,6 @@
 //
 // (No include guard: included once per back end namespace.)
 
-#define MLIC_DISPATCH(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
-template <typename T> at::ScalarType acc_dtype() { return c10::CppTypeToScalarType<typename Acc<T>::type>::value; }
-
 std::tuple<Tensor, Tensor> roi_forward(const Tensor& feat_, const Tensor& rois_, const RoiArgs& a) {
   MLIC_DEVICE_GUARD(feat_.device());
   const Tensor feat = feat_.contiguous(), rois = rois_.contiguous();
@@ -154,5 +149,3 @@ std::tuple<Tensor, Tensor> two_stream_backward(const Tensor& g_image_, const Ten
   });
   return {d_cls, d_det};
 }
-
-#undef MLIC_DISPATCH

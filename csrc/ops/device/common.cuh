@@ -76,22 +76,46 @@ struct PoolLevels {
 #define MLIC_POOL_MAX 0
 #define MLIC_POOL_AVE 1
 
-// Max over [hs,he) x [ws,we) of one plane, as Caffe's MAX pooling and ROIPooling: strict
-// '>' from -FLT_MAX, so the first maximum in row-major order wins; index h*W+w, -1 if none.
+// Level of cell j in [0, C*S) of one output row (a RoI's or an image's) for RoiLevels or
+// PoolLevels: level l's block starts at C * offset; j becomes the index inside the level.
+template <typename Levels>
+MLIC_HD int level_of(const Levels& lv, int C, int& j) {
+  int l = 0;
+  while (l + 1 < lv.count && j >= C * lv.level[l + 1].offset) ++l;
+  j -= C * lv.level[l].offset;
+  return l;
+}
+
+// Max over [hs,he) x [ws,we) of G planes at once, as Caffe's MAX pooling and ROIPooling:
+// strict '>' from -FLT_MAX, so the first maximum in row-major order wins; index h*W+w, -1
+// if none. The planes are scanned side by side (independent chains of compares overlap on
+// the CPU); each plane's result is that of scanning it alone.
+template <int G, typename T, typename A>
+MLIC_HD void window_max_planes(const T* const* planes, int W, int hs, int he, int ws, int we, A* val, int* idx) {
+  A m[G];
+  int mi[G];
+  for (int k = 0; k < G; ++k) {
+    m[k] = lowest<A>();
+    mi[k] = -1;
+  }
+  for (int h = hs; h < he; ++h)
+    for (int w = ws; w < we; ++w)
+      for (int k = 0; k < G; ++k) {
+        const A v = static_cast<A>(planes[k][h * W + w]);
+        if (v > m[k]) {
+          m[k] = v;
+          mi[k] = h * W + w;
+        }
+      }
+  for (int k = 0; k < G; ++k) {
+    val[k] = m[k];
+    idx[k] = mi[k];
+  }
+}
+
 template <typename T, typename A>
 MLIC_HD void window_max(const T* plane, int W, int hs, int he, int ws, int we, A& val, int& idx) {
-  A m = lowest<A>();
-  int mi = -1;
-  for (int h = hs; h < he; ++h)
-    for (int w = ws; w < we; ++w) {
-      const A v = static_cast<A>(plane[h * W + w]);
-      if (v > m) {
-        m = v;
-        mi = h * W + w;
-      }
-    }
-  val = m;
-  idx = mi;
+  window_max_planes<1, T, A>(&plane, W, hs, he, ws, we, &val, &idx);
 }
 
 }  // namespace mlic

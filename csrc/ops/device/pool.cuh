@@ -22,27 +22,30 @@ MLIC_HD int pool_window(int H, int W, const PoolLevel& p, int oy, int ox, int& h
   return pool_size;
 }
 
-template <typename T, typename A>
-MLIC_HD void pool_cell(const T* plane, int H, int W, const PoolLevel& p, int oy, int ox, int mode, A& val, int& idx) {
+// Output cell (oy, ox) of G planes at once (see window_max_planes); idx is -1 for AVE.
+template <int G, typename T, typename A>
+MLIC_HD void pool_cell_planes(const T* const* planes, int H, int W, const PoolLevel& p, int oy, int ox, int mode,
+                              A* val, int* idx) {
   int hs, he, ws, we;
   const int pool_size = pool_window(H, W, p, oy, ox, hs, he, ws, we);
   if (mode == MLIC_POOL_MAX) {
-    window_max<T, A>(plane, W, hs, he, ws, we, val, idx);
-  } else {
-    A s = static_cast<A>(0);
-    for (int h = hs; h < he; ++h)
-      for (int w = ws; w < we; ++w) s += static_cast<A>(plane[h * W + w]);
-    val = s / static_cast<A>(pool_size);
-    idx = -1;
+    window_max_planes<G, T, A>(planes, W, hs, he, ws, we, val, idx);
+    return;
+  }
+  A s[G];
+  for (int k = 0; k < G; ++k) s[k] = static_cast<A>(0);
+  for (int h = hs; h < he; ++h)
+    for (int w = ws; w < we; ++w)
+      for (int k = 0; k < G; ++k) s[k] += static_cast<A>(planes[k][h * W + w]);
+  for (int k = 0; k < G; ++k) {
+    val[k] = s[k] / static_cast<A>(pool_size);
+    idx[k] = -1;
   }
 }
 
-// Level of cell j in [0, C*S) of one image's output row; j becomes the index inside the level.
-MLIC_HD int pool_level_of(const PoolLevels& lv, int C, int& j) {
-  int l = 0;
-  while (l + 1 < lv.count && j >= C * lv.level[l + 1].offset) ++l;
-  j -= C * lv.level[l].offset;
-  return l;
+template <typename T, typename A>
+MLIC_HD void pool_cell(const T* plane, int H, int W, const PoolLevel& p, int oy, int ox, int mode, A& val, int& idx) {
+  pool_cell_planes<1, T, A>(&plane, H, W, p, oy, ox, mode, &val, &idx);
 }
 
 // Gradient reaching input pixel (y, x) of one plane from every level, in level order
@@ -83,7 +86,7 @@ __global__ void pool_forward_kernel(const T* __restrict__ x, mlic_int64 N, int C
        i += static_cast<mlic_int64>(gridDim.x) * blockDim.x) {
     const mlic_int64 n = i / row;
     int j = static_cast<int>(i - n * row);
-    const PoolLevel& p = lv.level[pool_level_of(lv, C, j)];
+    const PoolLevel& p = lv.level[level_of(lv, C, j)];
     const int cells = p.oh * p.ow;
     const int c = j / cells, cell = j - c * cells;
     A val;

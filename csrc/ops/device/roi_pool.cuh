@@ -25,6 +25,14 @@ MLIC_HD int roi_batch(A v, int N) {
   return (v > static_cast<A>(-1) && v < static_cast<A>(N)) ? static_cast<int>(v) : -1;
 }
 
+// The factor a RoI's output is scaled by: score_scale * score + score_bias, the score
+// being column 5 of a [K, 6] row and 1 for a [K, 5] one.
+template <typename T, typename A>
+MLIC_HD A roi_factor(const T* roi, int roi_cols, A score_scale, A score_bias) {
+  const A score = roi_cols >= 6 ? static_cast<A>(roi[5]) : static_cast<A>(1);
+  return score_scale * score + score_bias;
+}
+
 template <typename A>
 struct RoiBox {
   int b;        // image index, -1 when outside [0, N)
@@ -43,15 +51,20 @@ MLIC_HD RoiBox<A> roi_box(const T* roi, int roi_cols, int N, A spatial_scale, A 
   const int y2 = roi_coord(static_cast<A>(roi[4]) * spatial_scale);
   r.w = imax(x2 - r.x1 + 1, 1);
   r.h = imax(y2 - r.y1 + 1, 1);
-  const A score = roi_cols >= 6 ? static_cast<A>(roi[5]) : static_cast<A>(1);
-  r.factor = score_scale * score + score_bias;
+  r.factor = roi_factor<T, A>(roi, roi_cols, score_scale, score_bias);
   return r;
+}
+
+// Size of one of `pooled` bins over a RoI extent `len`, in the accumulation type.
+template <typename A>
+MLIC_HD A roi_bin_size(int len, int pooled) {
+  return static_cast<A>(len) / static_cast<A>(pooled);
 }
 
 // Bin p of `pooled` along one axis of extent `len` starting at `start`, clipped to [0, limit].
 template <typename A>
 MLIC_HD void roi_bin(int p, int pooled, int len, int start, int limit, int& lo, int& hi) {
-  const A bin = static_cast<A>(len) / static_cast<A>(pooled);
+  const A bin = roi_bin_size<A>(len, pooled);
   lo = static_cast<int>(c_floor(static_cast<A>(p) * bin));
   hi = static_cast<int>(c_ceil(static_cast<A>(p + 1) * bin));
   lo = imin(imax(lo + start, 0), limit);
@@ -71,12 +84,10 @@ MLIC_HD void bin_max(const T* plane, int W, int hs, int he, int ws, int we, A& v
 
 // Decodes j in [0, C*S) of one RoI's row into (level, channel, ph, pw).
 MLIC_HD void roi_row_decode(int j, int C, const RoiLevels& lv, int& l, int& c, int& ph, int& pw) {
-  l = 0;
-  while (l + 1 < lv.count && j >= C * lv.level[l + 1].offset) ++l;
+  l = level_of(lv, C, j);
   const int hl = lv.level[l].h, wl = lv.level[l].w;
-  const int jj = j - C * lv.level[l].offset;
-  c = jj / (hl * wl);
-  const int cell = jj - c * hl * wl;
+  c = j / (hl * wl);
+  const int cell = j - c * hl * wl;
   ph = cell / wl;
   pw = cell - ph * wl;
 }
@@ -128,8 +139,7 @@ __global__ void roi_pool_backward_atomic_kernel(const T* __restrict__ grad, cons
     if (b < 0) continue;
     int l, c, ph, pw;
     roi_row_decode(static_cast<int>(i - k * row), C, lv, l, c, ph, pw);
-    const A score = roi_cols >= 6 ? static_cast<A>(roi[5]) : static_cast<A>(1);
-    const A factor = score_scale * score + score_bias;
+    const A factor = roi_factor<T, A>(roi, roi_cols, score_scale, score_bias);
     MLIC_ATOMIC_ADD(grad_in + (static_cast<mlic_int64>(b) * C + c) * H * W + idx, static_cast<A>(grad[i]) * factor);
   }
 }
@@ -182,8 +192,8 @@ __global__ void roi_pool_backward_gather_kernel(const T* __restrict__ grad, cons
       const mlic_int64 base = s_k[t] * row;
       for (int l = 0; l < lv.count; ++l) {
         const int hl = lv.level[l].h, wl = lv.level[l].w, off = lv.level[l].offset;
-        const A bh = static_cast<A>(rh) / static_cast<A>(hl);
-        const A bw = static_cast<A>(rw) / static_cast<A>(wl);
+        const A bh = roi_bin_size<A>(rh, hl);
+        const A bw = roi_bin_size<A>(rw, wl);
         const int ph0 = imax(static_cast<int>(c_floor(static_cast<A>(h - y1) / bh)) - 1, 0);
         const int ph1 = imin(static_cast<int>(c_ceil(static_cast<A>(h - y1 + 1) / bh)), hl - 1);
         const int pw0 = imax(static_cast<int>(c_floor(static_cast<A>(w - x1) / bw)) - 1, 0);
