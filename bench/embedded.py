@@ -163,7 +163,7 @@ def layout_cost(preset, repeats: int = 30) -> Dict[str, float]:
             fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
             f = feats.contiguous(memory_format=fmt).requires_grad_()
             t0 = time.perf_counter()
-            out = ops.roi_pool(f, rois, cfg.pooled_size, cfg.pooled_size, cfg.spatial_scale)[0]
+            out = ops.roi_pool(f, rois, cfg.pooled_size, cfg.pooled_size, cfg.spatial_scale)
             out.sum().backward()
             times[name].append(time.perf_counter() - t0)
         f = feats.contiguous(memory_format=torch.channels_last)

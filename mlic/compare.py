@@ -186,12 +186,12 @@ def _load_params(net, z, prefix, caffemodel, case_path: Path, res: CaseResult):
             res.rows.append(row)
 
 
-def _run_standard(z, prefix: str, case_path: Path, res: CaseResult, phase, caffemodel, device):
+def _run_standard(z, prefix: str, case_path: Path, res: CaseResult, phase, caffemodel, device, ops_backend):
     meta = json.loads(_str(z[prefix + "meta"])) if prefix + "meta" in z.files else {}
     if "meta" in z.files and not meta:
         meta = json.loads(_str(z["meta"]))
     phase = phase or meta.get("phase", "TEST")
-    net = CaffeNet(_str(z[prefix + "prototxt"]), phase, retain_diffs=True).to(_device(device))
+    net = CaffeNet(_str(z[prefix + "prototxt"]), phase, retain_diffs=True, ops_backend=ops_backend).to(_device(device))
     _load_params(net, z, prefix, caffemodel, case_path, res)
     inputs = {k[len(prefix) + 6 :]: z[k] for k in z.files if k.startswith(prefix + "input/")}
     net.forward(**inputs)
@@ -223,8 +223,8 @@ def _run_standard(z, prefix: str, case_path: Path, res: CaseResult, phase, caffe
             res.rows.append(compare_arrays(k, pdiffs.get(k[len(prefix) + 11 :]), z[k], "net"))
 
 
-def _run_solver(z, case_path: Path, res: CaseResult, device):
-    net = CaffeNet(_str(z["prototxt"]), "TRAIN").to(_device(device))
+def _run_solver(z, case_path: Path, res: CaseResult, device, ops_backend):
+    net = CaffeNet(_str(z["prototxt"]), "TRAIN", ops_backend=ops_backend).to(_device(device))
     pkeys = {k[6:]: torch.from_numpy(np.ascontiguousarray(z[k])) for k in z.files if k.startswith("param/")}
     load_param_dict(net, pkeys, f"{case_path}: param/")
     solver = Solver(_str(z["solver"]), net)
@@ -249,9 +249,9 @@ def _run_solver(z, case_path: Path, res: CaseResult, device):
                 res.rows.append(compare_arrays(k, ours, z[k], "net"))
 
 
-def _run_data(z, prefix: str, case_path: Path, res: CaseResult, data_dir):
+def _run_data(z, prefix: str, case_path: Path, res: CaseResult, data_dir, ops_backend):
     ddir = Path(data_dir) if data_dir else case_path.parent / f"{case_path.stem}_images"
-    net = CaffeNet(_str(z[prefix + "prototxt"]), "TRAIN", data_dir=str(ddir))
+    net = CaffeNet(_str(z[prefix + "prototxt"]), "TRAIN", data_dir=str(ddir), ops_backend=ops_backend)
     batches = sorted({int(m.group(1)) for k in z.files for m in [re.match(re.escape(prefix) + r"batch(\d+)/", k)] if m})
     for b in batches:
         with torch.no_grad():
@@ -280,14 +280,16 @@ class _FullFloat32:
          torch.backends.mkldnn.enabled) = self.saved
 
 
-def compare_case(path, *, prototxt=None, caffemodel=None, phase=None, device=None, data_dir=None) -> CaseResult:
-    """Run one reference case; never raises for a bad case (the error is in the result)."""
+def compare_case(path, *, prototxt=None, caffemodel=None, phase=None, device=None, data_dir=None,
+                 ops_backend: str = "auto") -> CaseResult:
+    """Run one reference case; never raises for a bad case (the error is in the result).
+    `ops_backend`: the mlic.ops back end of the net's layers (CaffeNet's argument)."""
     with _FullFloat32():
         return _compare_case(path, prototxt=prototxt, caffemodel=caffemodel, phase=phase, device=device,
-                             data_dir=data_dir)
+                             data_dir=data_dir, ops_backend=ops_backend)
 
 
-def _compare_case(path, *, prototxt, caffemodel, phase, device, data_dir) -> CaseResult:
+def _compare_case(path, *, prototxt, caffemodel, phase, device, data_dir, ops_backend) -> CaseResult:
     path = Path(path)
     res = CaseResult(path.name)
     try:
@@ -302,7 +304,7 @@ def _compare_case(path, *, prototxt, caffemodel, phase, device, data_dir) -> Cas
             keys = [k for k in files if k.endswith("prototxt")] or ["prototxt"]
             z = _Override(z, {k: text for k in keys})
         if "solver" in files:
-            _run_solver(z, path, res, device)
+            _run_solver(z, path, res, device, ops_backend)
             return res
         prefixes = sorted({k[: -len("prototxt")] for k in files if k.endswith("prototxt")})
         if not prefixes and "prototxt" not in z.files:
@@ -310,9 +312,9 @@ def _compare_case(path, *, prototxt, caffemodel, phase, device, data_dir) -> Cas
             return res
         for prefix in prefixes or [""]:
             if any(k.startswith(prefix + "batch") for k in files):
-                _run_data(z, prefix, path, res, data_dir)
+                _run_data(z, prefix, path, res, data_dir, ops_backend)
             else:
-                _run_standard(z, prefix, path, res, phase, caffemodel, device)
+                _run_standard(z, prefix, path, res, phase, caffemodel, device, ops_backend)
     except Exception as exc:  # report, do not crash the table
         res.error = f"{type(exc).__name__}: {exc}"
     return res

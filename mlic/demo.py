@@ -56,7 +56,7 @@ def kernels_demo(device: str = "cpu", seed: int = 0) -> int:
         failures += not ok
         print(f"  {name:<28} max |ours - reference| = {err:.3g}  {'ok' if ok else 'MISMATCH'}")
 
-    check("roi_pool 7x7 (200 RoIs)", ops.roi_pool(feats, rois, 7, 7, 1 / 16)[0], ref.roi_pool_ref(feats, rois, 7, 7, 1 / 16)[0])
+    check("roi_pool 7x7 (200 RoIs)", ops.roi_pool(feats, rois, 7, 7, 1 / 16), ref.roi_pool_ref(feats, rois, 7, 7, 1 / 16)[0])
     check("spp (3 levels, max)", ops.spp(feats, 3), ref.spp_ref(feats, 3))
     cls, det = torch.randn(2, 500, 80, device=device), torch.randn(2, 500, 80, device=device)
     check("wsddn_two_stream", ops.wsddn_two_stream(cls, det)[0], ref.wsddn_two_stream_ref(cls, det)[0])

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlic import ops
 from mlic.caffe import proto
 from mlic.caffe.errors import NetBuildError
 from mlic.caffe.io import NetSpec, load_net_spec
@@ -145,8 +146,9 @@ class CaffeNet(nn.Module):
       weights: a caffemodel (path or NetParameter) or a param dict file to load.
       force_backward: override the file's ``force_backward``.
       retain_diffs: keep every blob's gradient after backward (``blob_diffs``).
-      pool_backend: "auto" (PyTorch pooling where it provably equals Caffe's rule,
-        mlic.ops otherwise) or "ops" (always mlic.ops).
+      ops_backend: the mlic.ops back end of the layers' ops (Pooling, SPP, ROIPooling), one
+        of mlic.ops.BACKENDS: "auto" (the compiled kernels; the default) or, to check one
+        against another, "reference" (mlic.ops.reference) and the test back ends.
       data_dir, data_seed: for HumanAttData layers that are not fed (where a relative
         datalist ``source`` is resolved; the data pipeline's seed).
 
@@ -155,11 +157,10 @@ class CaffeNet(nn.Module):
     """
 
     def __init__(self, net, phase="TEST", *, level: Optional[int] = None, stages=None, weights=None,
-                 force_backward: Optional[bool] = None, retain_diffs: bool = False, pool_backend: str = "auto",
+                 force_backward: Optional[bool] = None, retain_diffs: bool = False, ops_backend: str = "auto",
                  data_dir=None, data_seed: int = 0):
         super().__init__()
-        if pool_backend not in ("auto", "ops"):
-            raise ValueError(f"pool_backend must be 'auto' or 'ops', got {pool_backend!r}")
+        ops.check_backend(ops_backend)
         spec: NetSpec = load_net_spec(net)
         self.spec = spec
         self.file = spec.file
@@ -178,7 +179,7 @@ class CaffeNet(nn.Module):
                 f"{spec.where(kept_idx[i])}: layer '{kept[i].name}' (type {kept[i].type}): unknown bottom blob "
                 f"'{b}' (bottom {j}); it is not produced by any earlier layer in phase {self.phase}"
             ) from None
-        self._build_layers(layers, [kept_idx[o] for o in origin], pool_backend, data_dir, data_seed)
+        self._build_layers(layers, [kept_idx[o] for o in origin], ops_backend, data_dir, data_seed)
 
         self.register_buffer("_probe", torch.zeros(0), persistent=False)
         self.blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
@@ -217,7 +218,7 @@ class CaffeNet(nn.Module):
                 kept_idx.append(i)
         return kept, kept_idx
 
-    def _build_layers(self, layers, file_index, pool_backend, data_dir, data_seed) -> None:
+    def _build_layers(self, layers, file_index, ops_backend, data_dir, data_seed) -> None:
         """Each layer built on its bottoms' shapes, its tops wired, in file order."""
         self.layers = nn.ModuleDict()
         self.layer_params: List = []
@@ -232,7 +233,7 @@ class CaffeNet(nn.Module):
         for lp, src in zip(layers, file_index):
             where = self.spec.where(src)
             self._layer_where.append(where)
-            layer = self._make_layer(lp, src, where, available, BuildContext(self.phase_value, where, pool_backend,
+            layer = self._make_layer(lp, src, where, available, BuildContext(self.phase_value, where, ops_backend,
                                                                               data_dir, data_seed))
             for b in lp.bottom:
                 available.pop(b, None)

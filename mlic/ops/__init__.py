@@ -6,25 +6,34 @@ CPU, CUDA (nvcc's compiled kernels, or the same device code compiled at run time
 through CuPy when the extension was built without nvcc; :func:`backend_for` says which),
 Autograd, and Autocast (the ops compute and return float32 under autocast). They work in
 eager mode, under autograd and under torch.compile. Without the compiled extension every
-op raises :class:`mlic._ext.ExtensionNotBuilt` saying how to build it; the pure-PyTorch
-references (mlic.ops.reference) run only when called by name.
+op raises :class:`mlic._ext.ExtensionNotBuilt` saying how to build it.
 
-Tests select other back ends explicitly through mlic.ops.testing (the CUDA back end run on
-the host; NVRTC beside the compiled CUDA kernels).
+Return convention: every op returns what its Caffe layer outputs, a tensor (the two-stream
+head: its two score tensors). The argmax that a max-type backward needs stays inside the
+operators: ``torch.ops.mlic.*`` (:func:`operators`) return it after the output.
+
+Back ends: every op takes ``backend``, one of :data:`BACKENDS`. "auto" (the default) is the
+library's dispatch above. The others are chosen by name only, for checking one against
+another: "emulated-cuda" runs the CUDA back end's host side and kernels on the host for
+CPU tensors (slow; operators ``torch.ops.mlic_emulated_cuda``), "nvrtc" runs CUDA tensors
+through NVRTC beside nvcc's kernels (``torch.ops.mlic_nvrtc``), and "reference" runs the
+pure-PyTorch oracles of mlic.ops.reference.
 """
-from types import SimpleNamespace
-from typing import Optional, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from mlic import _ext
-from mlic.ops import geometry
+from mlic.ops import geometry, reference
 
 OP_NAMES = (
     "roi_pool", "roi_spp", "roi_spp_backward", "spp", "spp_backward", "caffe_pool2d", "caffe_pool2d_backward",
     "wsddn_two_stream", "wsddn_two_stream_backward",
 )
+# back end -> operator namespace of mlic._C ("reference" has none: it is plain PyTorch)
+_NAMESPACES = {"auto": "mlic", "emulated-cuda": "mlic_emulated_cuda", "nvrtc": "mlic_nvrtc"}
+BACKENDS = tuple(_NAMESPACES) + ("reference",)
 
 if _ext.extension_available():
     from mlic.ops import _nvrtc, _registration  # noqa: F401
@@ -32,13 +41,32 @@ if _ext.extension_available():
     _nvrtc.install_launcher()
 
 
-def assert_has_ops() -> None:
-    """Raises ExtensionNotBuilt, saying how to build it, when the compiled ops are missing."""
+def check_backend(backend: str) -> str:
+    """`backend` if it is one of :data:`BACKENDS`; ValueError otherwise."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown ops back end {backend!r}; expected one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def assert_has_ops(backend: str = "auto") -> None:
+    """Raises ExtensionNotBuilt, saying how to build it, when `backend` needs the compiled
+    ops and they are missing (ValueError for an unknown back end)."""
+    if check_backend(backend) != "reference":
+        _ext.require_extension("mlic.ops")
+
+
+def operators(backend: str = "auto"):
+    """The ``torch.ops`` namespace of a compiled back end: the registered operators, whose
+    max-type ops return (output, argmax int32)."""
+    if check_backend(backend) == "reference":
+        raise ValueError("the \"reference\" back end is plain PyTorch (mlic.ops.reference): it has no operators")
     _ext.require_extension("mlic.ops")
+    return getattr(torch.ops, _NAMESPACES[backend])
 
 
 def backend_for(device: Union[str, torch.device]) -> str:
-    """'cpu', 'cuda-extension', 'cuda-nvrtc', or 'unavailable: <reason>' for ops on `device`."""
+    """'cpu', 'cuda-extension', 'cuda-nvrtc', or 'unavailable: <reason>': the kernels the
+    "auto" back end runs for tensors on `device`."""
     device = torch.device(device)
     if not _ext.extension_available():
         return f"unavailable: {_ext.extension_error()}"
@@ -52,67 +80,65 @@ def backend_for(device: Union[str, torch.device]) -> str:
     return f"unavailable: no kernels for device type {device.type!r}"
 
 
-def _deterministic(flag: Optional[bool]) -> bool:
-    return torch.are_deterministic_algorithms_enabled() if flag is None else bool(flag)
+def roi_pool(features: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float = 1.0,
+             score_scale: float = 1.0, score_bias: float = 0.0, deterministic: bool = False, *,
+             backend: str = "auto") -> Tensor:
+    """Caffe ROIPooling of the authors' fork: features [N, C, H, W], rois [K, 6] rows
+    (batch, x1, y1, x2, y2, score) or [K, 5] (score 1) -> [K, C, pooled_h, pooled_w], each
+    RoI's output scaled by score_scale * score + score_bias.
+
+    The backward is deterministic (each input element sums its terms in a fixed order) when
+    `deterministic` is True or torch.use_deterministic_algorithms(True) is in force as it
+    runs; otherwise the CUDA kernels accumulate with atomics, whose order of additions
+    varies. The CPU backward is always deterministic. RoI values are checked on the CPU;
+    on CUDA they are not read on the host (see the README's ops section).
+    """
+    args = (features, rois, int(pooled_h), int(pooled_w), float(spatial_scale), float(score_scale),
+            float(score_bias))
+    if check_backend(backend) == "reference":
+        return reference.roi_pool_ref(*args)[0]
+    return operators(backend).roi_pool(*args, bool(deterministic))[0]
 
 
-def bind(namespace: str) -> SimpleNamespace:
-    """The public op functions over the operators of `namespace` ('mlic' for the library;
-    the test namespaces through mlic.ops.testing)."""
-
-    def op(name):
-        _ext.require_extension(f"mlic.ops.{name}")
-        return getattr(getattr(torch.ops, namespace), name)
-
-    def roi_pool(features: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float = 1.0,
-                 score_scale: float = 1.0, score_bias: float = 0.0,
-                 deterministic: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
-        """Caffe ROIPooling of the authors' fork.
-
-        features [N, C, H, W]; rois [K, 6] rows (batch, x1, y1, x2, y2, score) or [K, 5]
-        (score 1). Returns (out [K, C, pooled_h, pooled_w], argmax int32, h*W+w or -1 for an
-        empty bin). The output is scaled by score_scale*score + score_bias. The backward is
-        deterministic when `deterministic` is true, or None and
-        torch.use_deterministic_algorithms(True) is in force. RoI values are checked on the
-        CPU; on CUDA they are not read on the host (see the README's ops section).
-        """
-        return op("roi_pool")(features, rois, int(pooled_h), int(pooled_w), float(spatial_scale),
-                              float(score_scale), float(score_bias), _deterministic(deterministic))
-
-    def roi_spp(features: Tensor, rois: Tensor, levels: Sequence[Union[int, Sequence[int]]] = (1, 2, 4),
-                spatial_scale: float = 1.0, score_scale: float = 1.0, score_bias: float = 0.0,
-                deterministic: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
-        """Several RoI pooling grids in one kernel: for each RoI the [C, h, w] output of each
-        level (n for n x n, or (h, w)) flattened and concatenated -> [K, C * sum(h*w)]."""
-        hs, ws = geometry.roi_levels(levels)
-        return op("roi_spp")(features, rois, hs, ws, float(spatial_scale), float(score_scale), float(score_bias),
-                             _deterministic(deterministic))
-
-    def spp(x: Tensor, pyramid_height: int, mode: str = "max") -> Tensor:
-        """Caffe's SPP layer: [N, C, H, W] -> [N, sum over levels of C * oh * ow]."""
-        return op("spp")(x, int(pyramid_height), mode)[0]
-
-    def caffe_pool2d(x: Tensor, kernel_size, stride=1, pad=0, mode: str = "max") -> Tensor:
-        """Caffe's Pooling layer (its output-size, padding and AVE divisor rules)."""
-        return op("caffe_pool2d")(x, list(geometry.pair(kernel_size, "kernel_size")),
-                                  list(geometry.pair(stride, "stride")), list(geometry.pair(pad, "pad")), mode)[0]
-
-    def wsddn_two_stream(cls_logits: Tensor, det_logits: Tensor) -> Tuple[Tensor, Tensor]:
-        """WSDDN head: softmax over classes x softmax over regions, summed over regions.
-        [N, R, C] x 2 -> (image_scores [N, C], region_scores [N, R, C])."""
-        image, region, _, _ = op("wsddn_two_stream")(cls_logits, det_logits)
-        return image, region
-
-    return SimpleNamespace(namespace=namespace, roi_pool=roi_pool, roi_spp=roi_spp, spp=spp,
-                           caffe_pool2d=caffe_pool2d, wsddn_two_stream=wsddn_two_stream)
+def roi_spp(features: Tensor, rois: Tensor, levels: Sequence[Union[int, Sequence[int]]] = (1, 2, 4),
+            spatial_scale: float = 1.0, score_scale: float = 1.0, score_bias: float = 0.0,
+            deterministic: bool = False, *, backend: str = "auto") -> Tensor:
+    """Several RoI pooling grids in one kernel: for each RoI the [C, h, w] output of each
+    level (n for n x n, or (h, w)) flattened and concatenated -> [K, C * sum(h*w)].
+    Arguments and the backward as :func:`roi_pool`."""
+    hs, ws = geometry.roi_levels(levels)
+    if check_backend(backend) == "reference":
+        return reference.roi_spp_ref(features, rois, list(zip(hs, ws)), float(spatial_scale), float(score_scale),
+                                     float(score_bias))[0]
+    return operators(backend).roi_spp(features, rois, hs, ws, float(spatial_scale), float(score_scale),
+                                      float(score_bias), bool(deterministic))[0]
 
 
-_ops = bind("mlic")
-roi_pool = _ops.roi_pool
-roi_spp = _ops.roi_spp
-spp = _ops.spp
-caffe_pool2d = _ops.caffe_pool2d
-wsddn_two_stream = _ops.wsddn_two_stream
+def spp(x: Tensor, pyramid_height: int, mode: str = "max", *, backend: str = "auto") -> Tensor:
+    """Caffe's SPP layer: [N, C, H, W] -> [N, sum over levels of C * oh * ow]; level l pools
+    with 2^l bins per side, MAX or AVE (`mode` "max" or "ave")."""
+    if check_backend(backend) == "reference":
+        return reference.spp_ref(x, int(pyramid_height), mode)
+    return operators(backend).spp(x, int(pyramid_height), mode)[0]
+
+
+def caffe_pool2d(x: Tensor, kernel_size, stride=1, pad=0, mode: str = "max", *, backend: str = "auto") -> Tensor:
+    """Caffe's Pooling layer (its output-size, padding and AVE divisor rules): [N, C, H, W]
+    -> [N, C, oh, ow]; kernel_size, stride and pad are ints or (h, w) pairs."""
+    kernel_size, stride, pad = (geometry.pair(kernel_size, "kernel_size"), geometry.pair(stride, "stride"),
+                                geometry.pair(pad, "pad"))
+    if check_backend(backend) == "reference":
+        return reference.caffe_pool2d_ref(x, kernel_size, stride, pad, mode)
+    return operators(backend).caffe_pool2d(x, list(kernel_size), list(stride), list(pad), mode)[0]
+
+
+def wsddn_two_stream(cls_logits: Tensor, det_logits: Tensor, *, backend: str = "auto") -> Tuple[Tensor, Tensor]:
+    """WSDDN head: softmax over classes x softmax over regions, summed over regions.
+    [N, R, C] x 2 -> (image_scores [N, C], region_scores [N, R, C])."""
+    if check_backend(backend) == "reference":
+        return reference.wsddn_two_stream_ref(cls_logits, det_logits)
+    image, region, _, _ = operators(backend).wsddn_two_stream(cls_logits, det_logits)
+    return image, region
 
 
 class RoIPool(nn.Module):
@@ -122,7 +148,7 @@ class RoIPool(nn.Module):
         self.spatial_scale, self.score_scale, self.score_bias = spatial_scale, score_scale, score_bias
 
     def forward(self, features: Tensor, rois: Tensor) -> Tensor:
-        return roi_pool(features, rois, *self.output_size, self.spatial_scale, self.score_scale, self.score_bias)[0]
+        return roi_pool(features, rois, *self.output_size, self.spatial_scale, self.score_scale, self.score_bias)
 
     def extra_repr(self):
         return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
@@ -137,7 +163,7 @@ class RoISPP(nn.Module):
         self.spatial_scale, self.score_scale, self.score_bias = spatial_scale, score_scale, score_bias
 
     def forward(self, features: Tensor, rois: Tensor) -> Tensor:
-        return roi_spp(features, rois, self.levels, self.spatial_scale, self.score_scale, self.score_bias)[0]
+        return roi_spp(features, rois, self.levels, self.spatial_scale, self.score_scale, self.score_bias)
 
 
 class SPP(nn.Module):
@@ -165,5 +191,6 @@ class WSDDNTwoStream(nn.Module):
 
 __all__ = [
     "roi_pool", "roi_spp", "spp", "caffe_pool2d", "wsddn_two_stream", "RoIPool", "RoISPP", "SPP", "CaffePool2d",
-    "WSDDNTwoStream", "backend_for", "assert_has_ops", "bind", "geometry", "OP_NAMES",
+    "WSDDNTwoStream", "backend_for", "assert_has_ops", "check_backend", "operators", "geometry", "BACKENDS",
+    "OP_NAMES",
 ]

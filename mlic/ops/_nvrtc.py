@@ -132,6 +132,18 @@ def _find_libnvrtc() -> Optional[str]:
     return sorted(names)[0] if names else None
 
 
+def _include_dir(libnvrtc: str) -> Optional[str]:
+    """The CUDA headers (cuda_fp16.h, cuda_bf16.h) for NVRTC: beside its library (the wheel's
+    include/), else the toolkit's."""
+    candidates = [Path(libnvrtc).resolve().parent.parent / "include", Path("/usr/local/cuda/include")]
+    if os.environ.get("CUDA_HOME"):
+        candidates.insert(1, Path(os.environ["CUDA_HOME"]) / "include")
+    for d in candidates:
+        if (d / "cuda_fp16.h").is_file():
+            return str(d)
+    return None
+
+
 def compile_ptx(dtype=torch.float32, arch: str = "compute_90") -> str:
     """Compiles the runtime source with the NVRTC library directly (no GPU, no CuPy needed)
     and returns the PTX; raises RuntimeError with NVRTC's log on failure."""
@@ -149,11 +161,7 @@ def compile_ptx(dtype=torch.float32, arch: str = "compute_90") -> str:
     check(nv.nvrtcCreateProgram(ctypes.byref(prog), src, b"mlic.cu", 0, None, None), "create")
     for expr in name_expressions(dtype):
         check(nv.nvrtcAddNameExpression(prog, expr.encode()), "add name")
-    include = []
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home and os.path.isdir(os.path.join(home, "include")):
-            include.append(f"-I{os.path.join(home, 'include')}")
-            break
+    include = [f"-I{d}" for d in (_include_dir(path),) if d]
     opts = [o.encode() for o in OPTIONS + (f"--gpu-architecture={arch}",) + tuple(include)]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     status = nv.nvrtcCompileProgram(prog, len(opts), arr)

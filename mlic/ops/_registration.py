@@ -15,7 +15,7 @@ lib = torch.library
 
 
 # ---------------------------------------------------------------- checks of the fake kernels
-# The same refusals as the C++ front end (csrc/mlic.cpp), so that traced code fails as eager does.
+# The same refusals as the C++ front end (csrc/ops/frontend.cpp), so that traced code fails as eager does.
 
 def _check_float(t, op, name):
     if not t.is_floating_point():
@@ -32,9 +32,7 @@ def _check_same(a, b, op, na, nb):
 def _check_roi_inputs(features, rois, op):
     if features.dim() != 4:
         raise ValueError(f"{op}: `features` must be 4-D [N, C, H, W], got shape {tuple(features.shape)}")
-    if rois.dim() != 2 or rois.shape[1] not in (5, 6):
-        raise ValueError(f"{op}: `rois` must be 2-D [K, 6] (batch, x1, y1, x2, y2, score) or [K, 5], "
-                         f"got shape {tuple(rois.shape)}")
+    G.check_rois_shape(rois.shape, f"{op}: `rois`")
     _check_float(features, op, "features")
     _check_same(features, rois, op, "features", "rois")
     if any(s == 0 for s in features.shape):

@@ -1,6 +1,7 @@
-"""Tensor functions with Caffe's exact semantics (SPEC section 3), in plain PyTorch: the
-losses, Interp and Softmax that the Caffe layers (mlic.caffe) and the ports
-(prototxt_ports) both run.
+"""Tensor functions with Caffe's exact semantics (SPEC section 3) that the Caffe layers
+(mlic.caffe) and the ports (prototxt_ports) both run: the losses, Interp and Softmax in
+plain PyTorch, and Caffe's Pooling (PyTorch's pooling where it gives Caffe's result, the
+compiled caffe_pool2d otherwise).
 
 The loss functions are autograd Functions because Caffe's gradients are not always the
 derivative of the value it reports (CrossEntropyLoss keeps its gradient where the value
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from mlic.ops import caffe_pool2d, geometry
 
 CE_EPS = 1e-4  # the authors' CrossEntropyLoss clamp
 
@@ -210,3 +214,18 @@ class _Softmax(torch.autograd.Function):
 def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Max-subtracted softmax along `dim` with Caffe's backward formula."""
     return _Softmax.apply(x, dim)
+
+
+def caffe_pooling(x: torch.Tensor, kernel_size, stride, pad, mode: str = "max", *,
+                  backend: str = "auto") -> torch.Tensor:
+    """Caffe's Pooling layer on x [N, C, H, W]: F.max_pool2d / F.avg_pool2d where they give
+    Caffe's result (geometry.torch_pool_matches_caffe), mlic.ops.caffe_pool2d on `backend`
+    otherwise."""
+    kernel_size, stride, pad = (geometry.pair(kernel_size, "kernel_size"), geometry.pair(stride, "stride"),
+                                geometry.pair(pad, "pad"))
+    mode = geometry.pool_mode(mode)
+    if x.dim() == 4 and geometry.torch_pool_matches_caffe(x.shape[2], x.shape[3], kernel_size, stride, pad):
+        if mode == "max":
+            return F.max_pool2d(x, kernel_size, stride, pad, ceil_mode=True)
+        return F.avg_pool2d(x, kernel_size, stride, pad, ceil_mode=True, count_include_pad=True)
+    return caffe_pool2d(x, kernel_size, stride, pad, mode, backend=backend)

@@ -1,11 +1,13 @@
 """Caffe's geometry rules, written once for Python.
 
-Pooling output sizes and windows, the SPP pyramid's per-level kernel/pad/stride, RoI
-levels and RoI value validation, WsdRoigen / WsdRoigenSingleScale rows, the Scale
-layer's broadcast shape and the xavier/msra fillers' fans. Used by the reference ops,
-the fake kernels, mlic.caffe's layers and the ports. The C++ copy of the rules the
-kernels need is csrc/ops/frontend.h; the fake kernels' shapes are checked against the
-kernels' outputs, which keeps the two copies equal.
+Pooling output sizes and windows, where PyTorch's pooling gives Caffe's result, the SPP
+pyramid's per-level kernel/pad/stride, RoI levels, ROIPooling's bins, the RoI rows' shape
+and values, WsdRoigen / WsdRoigenSingleScale rows, the Scale layer's broadcast shape and
+the xavier/msra fillers' fans. Used by the reference ops, the fake kernels, mlic.caffe's
+layers and the ports. The C++ place of the rules the kernels need is
+csrc/ops/frontend.cpp (output sizes, levels, checks) and csrc/ops/device/*.cuh (windows,
+RoI bins); the fake kernels' shapes are checked against the kernels' outputs and the
+reference ops against the kernels, which keeps the two languages equal.
 
 Nothing here imports the rest of the package.
 """
@@ -116,6 +118,31 @@ def spp_levels(height: int, width: int, pyramid_height: int) -> List[PoolLevel]:
     return out
 
 
+def _torch_pool_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    """PyTorch's ceil_mode rule: it drops a last window starting in the right padding also
+    when the layer has no padding."""
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def torch_pool_matches_caffe(height: int, width: int, kernel_size: IntPair, stride: IntPair,
+                             pad: IntPair) -> bool:
+    """True when F.max_pool2d / F.avg_pool2d(ceil_mode=True, count_include_pad=True) give
+    Caffe's Pooling result: the same output size, pad <= kernel/2 (PyTorch's limit), and the
+    kernel fits the padded input. The window bounds, the clipping, the AVE divisor (window
+    clipped to [-pad, size + pad)) and the MAX tie rule (first maximum) are the same."""
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(pad, "pad")
+    any_pad = ph > 0 or pw > 0
+    for size, k, st, p in ((height, kh, sh, ph), (width, kw, sw, pw)):
+        if k < 1 or st < 1 or p < 0 or size + 2 * p < k or p > k // 2:
+            return False
+        if pool_output_size(size, k, st, p, any_pad) != _torch_pool_output_size(size, k, st, p):
+            return False
+    return True
+
+
 def pool_mode(mode: str) -> str:
     """'max' or 'ave' (Caffe's MAX / AVE)."""
     m = {"max": "max", "MAX": "max", "ave": "ave", "AVE": "ave", "avg": "ave"}.get(mode)
@@ -143,6 +170,44 @@ def roi_levels(levels) -> Tuple[List[int], List[int]]:
     return hs, ws
 
 
+def check_rois_shape(shape: Sequence[int], what: str = "`rois`") -> None:
+    """RoI rows as ROIPooling reads them: 2-D [K, 6] (batch, x1, y1, x2, y2, score) or [K, 5]
+    (score 1)."""
+    shape = tuple(shape)
+    if len(shape) != 2 or shape[1] not in (5, 6):
+        raise ValueError(f"{what} must be 2-D [K, 6] (batch, x1, y1, x2, y2, score) or [K, 5], got shape {shape}")
+
+
+def c_round(x: torch.Tensor) -> torch.Tensor:
+    """C's round(): half away from zero, exact (no x + 0.5 rounding error)."""
+    t = torch.trunc(x)
+    frac = x - t  # exact in binary floating point
+    return t + torch.where(frac.abs() >= 0.5, torch.sign(x), torch.zeros_like(x))
+
+
+def roi_bins(rois: torch.Tensor, pooled_h: int, pooled_w: int, spatial_scale: float, height: int, width: int,
+             dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ROIPooling's bins of every RoI row: the corners times spatial_scale rounded with C's
+    round, the extent x2 - x1 + 1 (at least 1), bin p spanning [floor(p * e / pooled),
+    ceil((p + 1) * e / pooled)) from the rounded start, clipped to [0, size]. The arithmetic
+    is in `dtype` (Caffe's Dtype). Returns int64 (hstart, hend) [K, pooled_h] and (wstart,
+    wend) [K, pooled_w] on the CPU."""
+    r = rois.detach().to(device="cpu", dtype=dtype)
+    x1, y1, x2, y2 = c_round(r[:, 1:5] * torch.tensor(spatial_scale, dtype=dtype)).to(torch.int64).unbind(1)
+
+    def axis(start, end, pooled, size):
+        extent = torch.clamp(end - start + 1, min=1)
+        bin_size = extent.to(dtype) / torch.tensor(float(pooled), dtype=dtype)
+        p = torch.arange(pooled, dtype=dtype)
+        lo = torch.floor(p[None] * bin_size[:, None]).long() + start[:, None]
+        hi = torch.ceil((p[None] + 1) * bin_size[:, None]).long() + start[:, None]
+        return lo.clamp(0, size), hi.clamp(0, size)
+
+    hstart, hend = axis(y1, y2, pooled_h, height)
+    wstart, wend = axis(x1, x2, pooled_w, width)
+    return hstart, hend, wstart, wend
+
+
 def check_roi_values(rois: torch.Tensor, num_images: int, spatial_scale: float = 1.0, what: str = "rois") -> None:
     """RoI rows (batch, x1, y1, x2, y2[, score]) that ROIPooling can use: finite values, a
     batch index that truncates into [0, num_images), and coordinates whose scaled
@@ -168,14 +233,21 @@ def check_roi_values(rois: torch.Tensor, num_images: int, spatial_scale: float =
                          f"{spatial_scale} they must stay below {ROI_COORD_LIMIT:.0f} in magnitude")
 
 
+def wsd_roigen_shape(list_roi_shape: Sequence[int]) -> Tuple[int, int]:
+    """WsdRoigen's top shape (N*B, 6) for a list_roi of shape [N, 5B] (or N x 5B x 1 x 1)."""
+    shape = tuple(list_roi_shape)
+    if len(shape) < 1:
+        raise ValueError(f"list_roi must be [N, 5B], got shape {shape}")
+    per = math.prod(shape[1:])
+    if per % 5:
+        raise ValueError(f"list_roi has {per} values per image, not a multiple of 5B (x1 y1 x2 y2 s per box)")
+    return shape[0] * (per // 5), 6
+
+
 def _list_roi_boxes(list_roi: torch.Tensor) -> torch.Tensor:
     """list_roi [N, 5B] (or N x 5B x 1 x 1) -> boxes [N, B, 5] (no gradient: they are data)."""
-    if list_roi.dim() < 1:
-        raise ValueError(f"list_roi must be [N, 5B], got shape {tuple(list_roi.shape)}")
+    wsd_roigen_shape(list_roi.shape)
     flat = list_roi.detach().reshape(list_roi.shape[0], -1)
-    if flat.shape[1] % 5:
-        raise ValueError(f"list_roi has {flat.shape[1]} values per image, not a multiple of 5B "
-                         f"(x1 y1 x2 y2 s per box)")
     return flat.reshape(flat.shape[0], flat.shape[1] // 5, 5)
 
 
@@ -188,11 +260,16 @@ def wsd_roigen(list_roi: torch.Tensor) -> torch.Tensor:
     return torch.cat([img, boxes], 2).reshape(n * b, 6)
 
 
+def check_origin_scale(origin_scale: float) -> None:
+    """WsdRoigenSingleScale divides by origin_scale."""
+    if origin_scale == 0:
+        raise ValueError("origin_scale must not be 0")
+
+
 def single_scale_rois(rois: torch.Tensor, single_scale: float, origin_scale: float) -> torch.Tensor:
     """WsdRoigenSingleScale's coordinates: floor(single_scale * x / origin_scale) in
     Caffe's float (float64 for float64 rois); image index and score unchanged."""
-    if origin_scale == 0:
-        raise ValueError("origin_scale must not be 0")
+    check_origin_scale(origin_scale)
     cdt = torch.float64 if rois.dtype == torch.float64 else torch.float32
     s = torch.tensor(single_scale, dtype=cdt, device=rois.device)
     o = torch.tensor(origin_scale, dtype=cdt, device=rois.device)

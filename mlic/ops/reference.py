@@ -3,9 +3,9 @@
 Written from the project's specification of the Caffe layers (ROIPooling, Pooling, SPP,
 and the WSDDN two-stream softmax head), for clarity rather than speed: Python loops over
 RoIs and output cells; the geometry (output sizes, windows, SPP levels, RoI validation)
-comes from mlic.ops.geometry. They run only when called by name: nothing falls back to
-them. Every function
-is differentiable through autograd in the same way as Caffe's backward: max-type
+and ROIPooling's bins come from mlic.ops.geometry. They run only when called by name
+(directly, or as the "reference" back end of mlic.ops): nothing falls back to them. Every
+function is differentiable through autograd in the same way as Caffe's backward: max-type
 ops gather the chosen input element (index computed without grad), so autograd
 scatters the gradient to it.
 """
@@ -21,7 +21,6 @@ from mlic.ops import geometry
 FLT_MAX = 3.4028234663852886e38  # C's FLT_MAX: Caffe starts every max from -FLT_MAX, for any Dtype
 
 __all__ = [
-    "c_round",
     "roi_pool_ref",
     "roi_spp_ref",
     "caffe_pool2d_ref",
@@ -40,13 +39,6 @@ def _coord_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype in (torch.float32, torch.float16, torch.bfloat16):
         return torch.float32
     raise TypeError(f"expected a floating-point tensor, got dtype {dtype}")
-
-
-def c_round(x: torch.Tensor) -> torch.Tensor:
-    """C's round(): half away from zero, exact (no x + 0.5 rounding error)."""
-    t = torch.trunc(x)
-    frac = x - t  # exact in binary floating point
-    return t + torch.where(frac.abs() >= 0.5, torch.sign(x), torch.zeros_like(x))
 
 
 def _check_features(features: torch.Tensor, name: str = "features") -> None:
@@ -98,10 +90,7 @@ def _roi_batch_indices(rois: torch.Tensor, num_images: int, spatial_scale: float
 def _check_rois(rois: torch.Tensor) -> None:
     if not isinstance(rois, torch.Tensor):
         raise TypeError(f"rois must be a tensor, got {type(rois).__name__}")
-    if rois.dim() != 2 or rois.shape[1] not in (5, 6):
-        raise ValueError(
-            f"rois must be 2-D [K, 6] (batch, x1, y1, x2, y2, score) or [K, 5], got shape {tuple(rois.shape)}"
-        )
+    geometry.check_rois_shape(rois.shape, "rois")
     if not rois.is_floating_point():
         raise TypeError(f"rois must be floating point, got dtype {rois.dtype}")
 
@@ -136,23 +125,9 @@ def roi_pool_ref(
     batch = _roi_batch_indices(rois, n, spatial_scale)
 
     cdt = _coord_dtype(features.dtype)
-    r = rois.detach().to(device="cpu", dtype=cdt)
-    scale = torch.tensor(spatial_scale, dtype=cdt)
-    corners = c_round(r[:, 1:5] * scale).to(torch.int64)  # x1, y1, x2, y2
-    x1, y1, x2, y2 = corners.unbind(1)
-    roi_w = torch.clamp(x2 - x1 + 1, min=1)
-    roi_h = torch.clamp(y2 - y1 + 1, min=1)
-    bin_w = roi_w.to(cdt) / torch.tensor(float(pooled_w), dtype=cdt)
-    bin_h = roi_h.to(cdt) / torch.tensor(float(pooled_h), dtype=cdt)
-    ph = torch.arange(pooled_h, dtype=cdt)
-    pw = torch.arange(pooled_w, dtype=cdt)
-    hstart = torch.floor(ph[None] * bin_h[:, None]).long() + y1[:, None]
-    hend = torch.ceil((ph[None] + 1) * bin_h[:, None]).long() + y1[:, None]
-    wstart = torch.floor(pw[None] * bin_w[:, None]).long() + x1[:, None]
-    wend = torch.ceil((pw[None] + 1) * bin_w[:, None]).long() + x1[:, None]
-    hstart, hend = hstart.clamp(0, height), hend.clamp(0, height)
-    wstart, wend = wstart.clamp(0, width), wend.clamp(0, width)
+    hstart, hend, wstart, wend = geometry.roi_bins(rois, pooled_h, pooled_w, spatial_scale, height, width, cdt)
 
+    r = rois.detach().to(device="cpu", dtype=cdt)
     if rois.shape[1] == 6:
         score = r[:, 5]
     else:

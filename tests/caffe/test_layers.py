@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from mlic import ops
 from mlic.caffe import CaffeNet
 from mlic.caffe.errors import NetBuildError
+from mlic.ops import geometry
 
 rng = np.random.default_rng(1234)
 
@@ -201,7 +203,6 @@ def caffe_pool_ref(x, k, s, p, mode):
     return out
 
 
-@pytest.mark.parametrize("backend", ["auto", "ops"])
 @pytest.mark.parametrize("params,k,s,p", [
     ("kernel_size: 3 stride: 2 pad: 1", (3, 3), (2, 2), (0 + 1, 1)),
     ("kernel_size: 2 stride: 2", (2, 2), (2, 2), (0, 0)),
@@ -210,23 +211,22 @@ def caffe_pool_ref(x, k, s, p, mode):
     ("kernel_size: 2 stride: 3", (2, 2), (3, 3), (0, 0)),  # stride > kernel: Caffe keeps a window PyTorch drops
 ])
 @pytest.mark.parametrize("mode", ["MAX", "AVE"])
-def test_pooling_caffe_rules(params, k, s, p, mode, backend):
+def test_pooling_caffe_rules(params, k, s, p, mode):
+    # the layer (PyTorch's pooling where it gives Caffe's result) and the compiled op alone
     x = rng.standard_normal((2, 3, 13, 17)).astype(np.float32)
     text = inp("x", 2, 3, 13, 17) + f'layer {{ name: "p" type: "Pooling" bottom: "x" top: "p" pooling_param {{ pool: {mode} {params} }} }}'
-    net = CaffeNet(text, pool_backend=backend)
-    out = net(x=x)["p"]
+    net = CaffeNet(text)
     ref = caffe_pool_ref(x.astype(np.float64), k, s, p, mode.lower())
-    assert tuple(out.shape) == ref.shape == net.blob_shapes["p"]
-    np.testing.assert_allclose(np_(out), ref, rtol=1e-6, atol=1e-6)
+    for out in (net(x=x)["p"], ops.caffe_pool2d(torch.from_numpy(x), k, s, p, mode.lower())):
+        assert tuple(out.shape) == ref.shape == net.blob_shapes["p"]
+        np.testing.assert_allclose(np_(out), ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["MAX", "AVE"])
 def test_pooling_window_past_the_input(mode):
     """Without padding Caffe keeps a last window that starts past the input (empty: MAX
     gives -FLT_MAX, AVE 0/0); PyTorch's ceil mode drops it, so the net must not use it."""
-    from mlic.caffe.layers import torch_pool_matches_caffe
-
-    assert not torch_pool_matches_caffe(4, 6, (1, 1), (2, 2), (0, 0))
+    assert not geometry.torch_pool_matches_caffe(4, 6, (1, 1), (2, 2), (0, 0))
     x = rng.standard_normal((1, 2, 4, 6)).astype(np.float32)
     text = inp("x", 1, 2, 4, 6) + f'layer {{ name: "p" type: "Pooling" bottom: "x" top: "p" pooling_param {{ pool: {mode} kernel_size: 1 stride: 2 }} }}'
     out = np_(CaffeNet(text)(x=x)["p"])
@@ -238,7 +238,8 @@ def test_pooling_window_past_the_input(mode):
 def test_global_pooling():
     x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
     text = inp("x", 2, 3, 5, 4) + 'layer { name: "p" type: "Pooling" bottom: "x" top: "p" pooling_param { pool: AVE global_pooling: true } }'
-    np.testing.assert_allclose(np_(CaffeNet(text)(x=x)["p"]), x.mean((2, 3), keepdims=True), rtol=1e-5)
+    want = x.astype(np.float64).mean((2, 3), keepdims=True)  # a float32 sum of 20 values: absolute error ~1e-7
+    np.testing.assert_allclose(np_(CaffeNet(text)(x=x)["p"]), want, rtol=1e-5, atol=1e-6)
 
 
 def test_pooling_max_gradient_goes_to_first_maximum():
@@ -301,11 +302,8 @@ def roi_pool_ref(feat, rois, ph, pw, scale, score_scale, score_bias):
     return out
 
 
-@pytest.mark.parametrize("backend", ["auto", "reference"])
-def test_roi_pooling_with_scores(backend, monkeypatch):
-    from mlic.caffe.layers import base as layers
-
-    monkeypatch.setattr(layers, "OPS_BACKEND", backend)
+@pytest.mark.parametrize("backend", ["auto", "reference", "emulated-cuda"])
+def test_roi_pooling_with_scores(backend):
     feat = rng.standard_normal((2, 3, 10, 12)).astype(np.float32)
     boxes = np.array([[2, 6, 9.9, 18, 0.5, 0, 0, 47, 39, 1.0, 10, 10, 2, 2, 0.25],
                       [-8, -8, 3, 3, 0.9, 6, 6, 6, 6, 0.2, 30, 2, 60, 30, 0.7]], np.float32)
@@ -314,7 +312,7 @@ def test_roi_pooling_with_scores(backend, monkeypatch):
         'layer { name: "p" type: "ROIPooling" bottom: "feat" bottom: "roi" top: "p" '
         'roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.25 score_scale: 2 score_bias: 0.5 } }\n'
     )
-    net = CaffeNet(text, force_backward=True, retain_diffs=True)
+    net = CaffeNet(text, force_backward=True, retain_diffs=True, ops_backend=backend)
     net.forward(feat=feat, lr=boxes)
     ref = roi_pool_ref(feat, np_(net.blobs["roi"]), 3, 2, 0.25, 2.0, 0.5)
     np.testing.assert_allclose(np_(net.blobs["p"]), ref, rtol=1e-6, atol=1e-6)

@@ -30,14 +30,12 @@ def test_case_with_the_caffemodel_instead_of_params(caffe_ref):
     assert res.ok, res.table()
 
 
-@pytest.mark.parametrize("backend", ["reference"])
-def test_cases_with_reference_ops(caffe_ref, backend, monkeypatch):
-    """The pure-PyTorch ops give the same answers inside the nets."""
-    from mlic.caffe.layers import base as layers
-
-    monkeypatch.setattr(layers, "OPS_BACKEND", backend)
+@pytest.mark.parametrize("backend", ["reference", "emulated-cuda"])
+def test_cases_with_other_ops_back_ends(caffe_ref, backend):
+    """The pure-PyTorch ops and the CUDA back end run on the host give the same answers
+    inside the nets."""
     for case in ("roi_pool", "interp_pool_spp", "spp_only"):
-        res = compare_case(caffe_ref / f"{case}.npz")
+        res = compare_case(caffe_ref / f"{case}.npz", ops_backend=backend)
         assert res.ok, res.table()
 
 

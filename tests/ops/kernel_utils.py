@@ -1,8 +1,6 @@
 """Shared helpers of the compiled-op tests: skip markers, input generators, comparisons."""
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
@@ -17,25 +15,25 @@ requires_ext = pytest.mark.skipif(
 )
 
 
-# The CUDA back end run on the host (mlic.ops.testing.emulated_cuda): its kernels and
-# launch code tested on CPU tensors where no GPU is present. tests/ops/conftest.py selects
-# it for a test whose `device` parameter is this one.
+# The kernel tests' `device` parameter: "cpu", "cuda", and two back ends chosen by name
+# (mlic.ops's `backend` argument): the CUDA back end run on the host for CPU tensors, and
+# CUDA tensors through NVRTC beside the compiled kernels.
 EMULATED_CUDA = "emulated-cuda"
-# CUDA tensors through the NVRTC back end (mlic.ops.testing.nvrtc), beside the compiled kernels.
 NVRTC = "cuda-nvrtc"
 KERNEL_DEVICES = DEVICES + [pytest.param(NVRTC, marks=requires_cuda), EMULATED_CUDA]
-_selected = {"ops": None}
 
 
-def ops():
-    """The op functions under test: mlic.ops, or mlic.ops.testing.emulated_cuda in a test on
-    the emulated-cuda device (imported lazily: the tests skip before this without the extension)."""
-    return _selected["ops"] or importlib.import_module("mlic.ops")
+def backend_of(device: str) -> str:
+    """The mlic.ops back end that a kernel test on `device` runs."""
+    return {EMULATED_CUDA: "emulated-cuda", NVRTC: "nvrtc"}.get(device, "auto")
 
 
-def select_ops(bound) -> None:
-    """Used by tests/ops/conftest.py: `bound` (a mlic.ops.bind namespace) or None for mlic.ops."""
-    _selected["ops"] = bound
+def operators(device: str):
+    """The registered operators that a kernel test on `device` runs (they return the argmax
+    too: mlic.ops.operators)."""
+    from mlic import ops
+
+    return ops.operators(backend_of(device))
 
 
 def device_or_skip(device: str) -> torch.device:
@@ -126,6 +124,7 @@ def assert_equal_int(actual: torch.Tensor, expected: torch.Tensor, what: str = "
 
 
 __all__ = [
-    "EMULATED_CUDA", "NVRTC", "KERNEL_DEVICES", "EXT", "requires_ext", "ops", "select_ops", "device_or_skip", "FLOAT_DTYPES", "HALF_DTYPES", "distinct_features",
+    "EMULATED_CUDA", "NVRTC", "KERNEL_DEVICES", "EXT", "requires_ext", "backend_of", "operators", "device_or_skip",
+    "FLOAT_DTYPES", "HALF_DTYPES", "distinct_features",
     "random_rois", "tol", "grad_tol", "assert_same", "assert_equal_int", "mlic",
 ]

@@ -4,8 +4,9 @@ their own dtype - so reduced-precision features meet float32 RoIs without a dtyp
 import pytest
 import torch
 
+from mlic import ops as mops
 from tests.ops.kernel_utils import (
-    EMULATED_CUDA, KERNEL_DEVICES, assert_same, device_or_skip, distinct_features, ops, requires_ext,
+    EMULATED_CUDA, KERNEL_DEVICES, assert_same, backend_of, device_or_skip, distinct_features, requires_ext,
 )
 
 pytestmark = requires_ext
@@ -20,12 +21,12 @@ def _low(dev):
     return torch.bfloat16 if dev.type == "cpu" else torch.float16
 
 
-def _calls(m, rois):
+def _calls(be, rois):
     return {
-        "roi_pool": lambda f: m.roi_pool(f, rois, 2, 3, spatial_scale=0.5, score_scale=2.0)[0],
-        "roi_spp": lambda f: m.roi_spp(f, rois, [1, 2], spatial_scale=0.5)[0],
-        "spp": lambda f: m.spp(f, 2, "max"),
-        "caffe_pool2d": lambda f: m.caffe_pool2d(f, 3, 2, 1, "ave"),
+        "roi_pool": lambda f: mops.roi_pool(f, rois, 2, 3, spatial_scale=0.5, score_scale=2.0, backend=be),
+        "roi_spp": lambda f: mops.roi_spp(f, rois, [1, 2], spatial_scale=0.5, backend=be),
+        "spp": lambda f: mops.spp(f, 2, "max", backend=be),
+        "caffe_pool2d": lambda f: mops.caffe_pool2d(f, 3, 2, 1, "ave", backend=be),
     }
 
 
@@ -37,7 +38,7 @@ def test_pooling_ops_run_in_float32_under_autocast(device, op):
     low = _low(dev)
     f = distinct_features(2, 3, 8, 10, g, spacing=0.25).to(dev, low).requires_grad_()
     rois = torch.tensor([[0, 0, 0, 15, 13, 0.5], [1, 2, 3, 9, 12, 1.0]], device=dev)  # float32, as the data gives
-    call = _calls(ops(), rois)[op]
+    call = _calls(backend_of(device), rois)[op]
     with _autocast(dev):
         out = call(f)
     assert out.dtype == torch.float32
@@ -60,10 +61,10 @@ def test_two_stream_runs_in_float32_under_autocast(device):
     cls = torch.randn(shape, generator=g).to(dev, low).requires_grad_()
     det = torch.randn(shape, generator=g).to(dev, low).requires_grad_()
     with _autocast(dev):
-        image, region = ops().wsddn_two_stream(cls, det)
+        image, region = mops.wsddn_two_stream(cls, det, backend=backend_of(device))
     assert image.dtype == region.dtype == torch.float32
     c32, d32 = cls.detach().float().requires_grad_(), det.detach().float().requires_grad_()
-    wi, wr = ops().wsddn_two_stream(c32, d32)
+    wi, wr = mops.wsddn_two_stream(c32, d32, backend=backend_of(device))
     assert_same(image, wi, what="image scores")
     assert_same(region, wr, what="region scores")
     (image.sum() + (region * region).sum()).backward()
@@ -76,7 +77,7 @@ def test_float64_stays_float64_under_autocast():
     f = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     rois = torch.tensor([[0, 0, 0, 4, 4, 1.0]], dtype=torch.float64)
     with torch.autocast("cpu"):
-        out, _ = ops().roi_pool(f, rois, 2, 2)
+        out = mops.roi_pool(f, rois, 2, 2)
     assert out.dtype == torch.float64
 
 

@@ -61,6 +61,63 @@ def test_pool2d_level_and_errors():
         G.pool_mode("min")
 
 
+def test_torch_pool_matches_caffe_where_it_says_so():
+    # wherever the rule says yes, PyTorch's pooling gives the output of Caffe's formula written
+    # out here (windows clipped to [-pad, size + pad) for the divisor, to the input for values)
+    x = torch.randn(1, 1, 9, 9, dtype=torch.float64)
+    said_no = 0
+    for size in (1, 2, 3, 5, 8, 9):
+        for k in range(1, 5):
+            for st in range(1, 4):
+                for p in range(0, k):
+                    xs = x[..., :size, :size]
+                    if not G.torch_pool_matches_caffe(size, size, k, st, p):
+                        said_no += 1
+                        continue
+                    oh = G.pool_output_size(size, k, st, p, p > 0)
+                    mx = torch.empty(oh, oh, dtype=torch.float64)
+                    av = torch.empty(oh, oh, dtype=torch.float64)
+                    for i in range(oh):
+                        for j in range(oh):
+                            h0, h1 = i * st - p, min(i * st - p + k, size + p)
+                            w0, w1 = j * st - p, min(j * st - p + k, size + p)
+                            win = xs[0, 0, max(h0, 0):min(h1, size), max(w0, 0):min(w1, size)]
+                            mx[i, j], av[i, j] = win.max(), win.sum() / ((h1 - h0) * (w1 - w0))
+                    assert torch.equal(F.max_pool2d(xs, k, st, p, ceil_mode=True)[0, 0], mx), (size, k, st, p)
+                    got = F.avg_pool2d(xs, k, st, p, ceil_mode=True, count_include_pad=True)[0, 0]
+                    torch.testing.assert_close(got, av, rtol=1e-12, atol=1e-12)
+    assert said_no > 0
+    # Caffe keeps a last window that starts past the input without padding; PyTorch drops it
+    assert not G.torch_pool_matches_caffe(4, 6, 1, 2, 0)
+    assert not G.torch_pool_matches_caffe(5, 5, 4, 1, 3)  # pad > kernel / 2: outside PyTorch's domain
+    assert not G.torch_pool_matches_caffe(1, 5, 2, 2, 0)  # the kernel does not fit
+    assert G.torch_pool_matches_caffe(13, 17, 3, 2, 1)
+
+
+def test_roi_bins_by_hand():
+    # scale 1/2: (3, 1, 13.5, 9) -> round -> x 2..7 (C rounds 6.75 to 7), y 1..5 (0.5 -> 1, 4.5 -> 5)
+    rois = torch.tensor([[0, 3.0, 1.0, 13.5, 9.0, 1.0], [0, 4, 4, 2, 2, 1.0]])
+    hs, he, ws, we = G.roi_bins(rois, 2, 4, 0.5, 4, 10, torch.float32)
+    # height 5 in 2 bins of 2.5: [0, 3), [2, 5) from y 1, clipped to 4; width 6 in 4 bins of 1.5
+    assert hs[0].tolist() == [1, 3] and he[0].tolist() == [4, 4]
+    assert ws[0].tolist() == [2, 3, 5, 6] and we[0].tolist() == [4, 5, 7, 8]
+    # an inverted box has extent 1: every bin is its one pixel
+    assert hs[1].tolist() == [2, 2] and he[1].tolist() == [3, 3]
+    assert ws[1].tolist() == [2, 2, 2, 2] and we[1].tolist() == [3, 3, 3, 3]
+    assert G.c_round(torch.tensor([0.5, -0.5, 2.5, 0.49999997])).tolist() == [1.0, -1.0, 3.0, 0.0]
+
+
+def test_rois_shape():
+    G.check_rois_shape((3, 6))
+    G.check_rois_shape((0, 5))
+    for shape in ((6,), (3, 4), (3, 7), (1, 6, 1)):
+        with pytest.raises(ValueError, match=r"must be 2-D \[K, 6\]"):
+            G.check_rois_shape(shape)
+    assert G.wsd_roigen_shape((2, 15)) == (6, 6) and G.wsd_roigen_shape((2, 10, 1, 1)) == (4, 6)
+    with pytest.raises(ValueError, match="multiple of 5"):
+        G.wsd_roigen_shape((2, 7))
+
+
 def test_spp_levels():
     # the spp_only shape: 26 x 30, level 3 has pad 3 with kernel 4 (more than half)
     assert G.spp_level(26, 3) == (4, 3)

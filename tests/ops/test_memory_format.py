@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from mlic.ops.reference import caffe_pool2d_ref, roi_pool_ref, roi_spp_ref, spp_ref
-from tests.ops.kernel_utils import KERNEL_DEVICES, assert_equal_int, device_or_skip, ops, random_rois, requires_ext
+from tests.ops.kernel_utils import (
+    KERNEL_DEVICES, assert_equal_int, device_or_skip, operators, random_rois, requires_ext,
+)
 
 pytestmark = requires_ext
 
@@ -45,8 +47,8 @@ def test_roi_pool_channels_last(device, ties):
     n, c, h, w = 2, 5, 9, 11
     x = tied_features(n, c, h, w, g) if ties else torch.randn(n, c, h, w, generator=g)
     rois = random_rois(12, n, h, w, 0.5, g, cols=6, device=dev)
-    res = _both_layouts(lambda f: ops().roi_pool(f, rois, 3, 2, spatial_scale=0.5, score_scale=2.0, score_bias=0.5),
-                        x.to(dev))
+    res = _both_layouts(lambda f: operators(device).roi_pool(f, rois, 3, 2, spatial_scale=0.5, score_scale=2.0,
+                                                             score_bias=0.5), x.to(dev))
     _assert_identical(res, "roi_pool")
     ref_out, ref_arg = roi_pool_ref(x, rois.cpu(), 3, 2, 0.5, 2.0, 0.5)
     assert torch.equal(res[1][0][0], ref_out.to(res[1][0][0].dtype))
@@ -59,7 +61,7 @@ def test_roi_spp_channels_last(device):
     g = torch.Generator().manual_seed(4)
     x = tied_features(2, 4, 10, 8, g)
     rois = random_rois(7, 2, 10, 8, 1.0, g, cols=6, device=dev)
-    res = _both_layouts(lambda f: ops().roi_spp(f, rois, (1, 2, 3)), x.to(dev))
+    res = _both_layouts(lambda f: operators(device).roi_spp(f, rois, [1, 2, 3], [1, 2, 3]), x.to(dev))
     _assert_identical(res, "roi_spp")
     assert torch.equal(res[1][0][0], roi_spp_ref(x, rois.cpu(), (1, 2, 3))[0])
 
@@ -70,10 +72,10 @@ def test_spp_and_caffe_pool2d_channels_last(device, mode):
     dev = device_or_skip(device)
     g = torch.Generator().manual_seed(6)
     x = tied_features(2, 3, 13, 17, g)
-    res = _both_layouts(lambda f: ops().spp(f, 3, mode), x.to(dev))
+    res = _both_layouts(lambda f: operators(device).spp(f, 3, mode), x.to(dev))
     _assert_identical(res, f"spp {mode}")
     torch.testing.assert_close(res[1][0][0], spp_ref(x, 3, mode), rtol=0, atol=1e-6)
-    res = _both_layouts(lambda f: ops().caffe_pool2d(f, 3, 2, 1, mode), x.to(dev))
+    res = _both_layouts(lambda f: operators(device).caffe_pool2d(f, [3, 3], [2, 2], [1, 1], mode), x.to(dev))
     _assert_identical(res, f"caffe_pool2d {mode}")
     torch.testing.assert_close(res[1][0][0], caffe_pool2d_ref(x, 3, 2, 1, mode), rtol=0, atol=1e-6)
 

@@ -1,12 +1,15 @@
 """The registered torch.ops.mlic operators: torch.library.opcheck on the calls the public
 functions make, coverage of every registered op, and torch.compile(fullgraph=True)."""
+import inspect
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from mlic import ops as mops
 from tests.conftest import DEVICES
-from tests.ops.kernel_utils import assert_same, device_or_skip, distinct_features, ops, requires_ext
+from tests.ops.kernel_utils import assert_same, device_or_skip, distinct_features, requires_ext
 
 pytestmark = requires_ext
 PUBLIC = {"roi_pool", "roi_spp", "spp", "caffe_pool2d", "wsddn_two_stream"}
@@ -15,7 +18,7 @@ PUBLIC = {"roi_pool", "roi_spp", "spp", "caffe_pool2d", "wsddn_two_stream"}
 def _inputs(name, dtype=torch.float64, device="cpu"):
     """Small float inputs of each public op (max-type ops without ties) and the call."""
     g = torch.Generator().manual_seed(0)
-    m = ops()  # resolved here: the calls below are traced by torch.compile
+    m = mops
     if name == "wsddn_two_stream":
         cls = torch.randn(2, 6, 4, generator=g, dtype=dtype).to(device)
         det = torch.randn(2, 6, 4, generator=g, dtype=dtype).to(device)
@@ -89,7 +92,35 @@ def test_ops_are_registered():
     names = _registered_ops()
     assert names, "no operator registered in the mlic namespace"
     for public in PUBLIC:
-        assert callable(getattr(ops(), public)), f"mlic.ops.{public} missing"
+        assert callable(getattr(mops, public)), f"mlic.ops.{public} missing"
+
+
+def test_public_ops_are_plain_functions():
+    # help(), IDEs and docs see each op's own signature and docstring
+    for name in PUBLIC:
+        fn = getattr(mops, name)
+        assert inspect.isfunction(fn) and fn.__module__ == "mlic.ops" and fn.__qualname__ == name, name
+        params = inspect.signature(fn).parameters
+        assert "backend" in params and params["backend"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert params["backend"].default == "auto" and fn.__doc__, name
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_one_return_convention(name):
+    # what the Caffe layer outputs: one tensor, the two-stream head its (image, region) scores;
+    # the registered operator returns the argmax after the output
+    inputs, call = _inputs(name)
+    out = call(*inputs)
+    if name == "wsddn_two_stream":
+        assert isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+        assert out[0].shape == inputs[0].shape[::2] and out[1].shape == inputs[0].shape
+        return
+    assert isinstance(out, torch.Tensor) and out.is_floating_point()
+    calls = _capture(name)
+    (op, (args, kwargs)), = [(op, c) for op, c in calls.items() if op.name().split("::")[1].split(".")[0] in PUBLIC]
+    raw = op(*args, **kwargs)
+    assert isinstance(raw, tuple) and len(raw) == 2 and raw[1].dtype == torch.int32
+    assert torch.equal(raw[0].reshape(out.shape), out)
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -114,7 +145,7 @@ def test_every_registered_op_is_exercised():
     seen_base = {n.split(".")[0] for n in seen}
     missing = [n for n in _registered_ops() if n.split(".")[0] not in seen_base]
     assert not missing, f"registered ops never reached from the public functions on CPU: {missing}"
-    listed = {f"mlic::{n}" for n in getattr(ops(), "OP_NAMES", ())}
+    listed = {f"mlic::{n}" for n in mops.OP_NAMES}
     assert listed <= set(_registered_ops()), f"mlic.ops.OP_NAMES lists unregistered ops: {listed - set(_registered_ops())}"
 
 

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from mlic import ops as mops
 from mlic.ops.reference import caffe_pool2d_ref, spp_ref
 from tests.conftest import requires_cuda
 from tests.ops.kernel_utils import (
@@ -12,9 +13,9 @@ from tests.ops.kernel_utils import (
     HALF_DTYPES,
     KERNEL_DEVICES,
     assert_same,
+    backend_of,
     device_or_skip,
     distinct_features,
-    ops,
     requires_ext,
 )
 
@@ -65,28 +66,28 @@ POOL_CASES = [
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_caffe_pool2d(device, dtype, mode, case):
-    dev = device_or_skip(device)
+    dev, be = device_or_skip(device), backend_of(device)
     h, w, k, s, p = case
     g = torch.Generator().manual_seed(h * 31 + w)
     x = _features((2, 3, h, w), g, dtype, mode).to(dev)
-    _compare(lambda t: ops().caffe_pool2d(t, k, s, p, mode), lambda t: caffe_pool2d_ref(t, k, s, p, mode), x, g,
-             f"pool {case} {mode}")
+    _compare(lambda t: mops.caffe_pool2d(t, k, s, p, mode, backend=be), lambda t: caffe_pool2d_ref(t, k, s, p, mode),
+             x, g, f"pool {case} {mode}")
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_pad_correction_applies_to_both_dims(device):
     # Caffe: `if (pad_h_ || pad_w_)` drops a last window starting in the padding along BOTH
     # dimensions; along h (k=1, s=3, no pad) 5 -> ceil(4/3)+1 = 3 windows, the last at row 6 -> 2
-    dev = device_or_skip(device)
+    dev, be = device_or_skip(device), backend_of(device)
     x = torch.randn(1, 1, 5, 5, device=dev)
-    assert ops().caffe_pool2d(x, (1, 2), (3, 3), (0, 1), "max").shape == (1, 1, 2, 2)
-    assert ops().caffe_pool2d(x, (1, 2), (3, 3), (0, 0), "max").shape == (1, 1, 3, 2)
+    assert mops.caffe_pool2d(x, (1, 2), (3, 3), (0, 1), "max", backend=be).shape == (1, 1, 2, 2)
+    assert mops.caffe_pool2d(x, (1, 2), (3, 3), (0, 0), "max", backend=be).shape == (1, 1, 3, 2)
 
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_caffe_pool2d_random(device, seed):
-    dev = device_or_skip(device)
+    dev, be = device_or_skip(device), backend_of(device)
     g = torch.Generator().manual_seed(seed)
     ri = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))  # noqa: E731
     k = (ri(1, 5), ri(1, 5))
@@ -95,8 +96,8 @@ def test_caffe_pool2d_random(device, seed):
     h, w = ri(max(1, k[0] - 2 * p[0]), 14), ri(max(1, k[1] - 2 * p[1]), 14)
     for mode in MODES:
         x = _features((1, 2, h, w), g, torch.float64, mode).to(dev)
-        _compare(lambda t: ops().caffe_pool2d(t, k, s, p, mode), lambda t: caffe_pool2d_ref(t, k, s, p, mode), x, g,
-                 f"pool {(h, w, k, s, p)} {mode}")
+        _compare(lambda t: mops.caffe_pool2d(t, k, s, p, mode, backend=be),
+                 lambda t: caffe_pool2d_ref(t, k, s, p, mode), x, g, f"pool {(h, w, k, s, p)} {mode}")
 
 
 # (H, W, pyramid_height): spp_only's shape (pad 3 with kernel 4), odd sizes, one level, 1x1 input
@@ -108,11 +109,12 @@ SPP_CASES = [(26, 30, 4), (13, 17, 3), (8, 19, 3), (7, 7, 1), (1, 1, 1), (16, 16
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_spp(device, dtype, mode, case):
-    dev = device_or_skip(device)
+    dev, be = device_or_skip(device), backend_of(device)
     h, w, levels = case
     g = torch.Generator().manual_seed(h * 7 + w)
     x = _features((2, 3, h, w), g, dtype, mode).to(dev)
-    _compare(lambda t: ops().spp(t, levels, mode), lambda t: spp_ref(t, levels, mode), x, g, f"spp {case} {mode}")
+    _compare(lambda t: mops.spp(t, levels, mode, backend=be), lambda t: spp_ref(t, levels, mode), x, g,
+             f"spp {case} {mode}")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -121,13 +123,13 @@ def test_spp_cpu_plane_groups_give_single_plane_bits(mode):
     exactly the bits it gets alone (one plane per call), and match the reference."""
     g = torch.Generator().manual_seed(21)
     x = _features((3, 7, 26, 30), g, torch.float32, mode)
-    whole = ops().spp(x, 4, mode)
+    whole = mops.spp(x, 4, mode)
     torch.testing.assert_close(whole, spp_ref(x, 4, mode), rtol=1e-6, atol=1e-6)
     cells = [1, 4, 16, 64]  # 26x30 in 1, 2, 4, 8 bins a side
     n_planes, channels = 0, x.shape[1]
     for n in range(x.shape[0]):
         for c in range(channels):
-            alone = ops().spp(x[n:n + 1, c:c + 1].contiguous(), 4, mode)[0]
+            alone = mops.spp(x[n:n + 1, c:c + 1].contiguous(), 4, mode)[0]
             parts, start = [], 0
             for k in cells:
                 parts.append(whole[n, channels * start + c * k: channels * start + (c + 1) * k])
@@ -140,7 +142,7 @@ def test_spp_cpu_plane_groups_give_single_plane_bits(mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_noncontiguous(device, mode):
-    dev = device_or_skip(device)
+    dev, be = device_or_skip(device), backend_of(device)
     g = torch.Generator().manual_seed(1)
     x = _features((2, 4, 11, 9), g, torch.float32, mode).to(dev)
     for name, v in {
@@ -149,33 +151,34 @@ def test_noncontiguous(device, mode):
         "strided": torch.cat([x, x], 1)[:, ::2],
     }.items():
         assert not v.is_contiguous()
-        _compare(lambda t: ops().spp(t, 3, mode), lambda t: spp_ref(t, 3, mode), v, g, f"spp {name}")
-        _compare(lambda t: ops().caffe_pool2d(t, 3, 2, 1, mode), lambda t: caffe_pool2d_ref(t, 3, 2, 1, mode), v, g,
-                 f"pool {name}")
+        _compare(lambda t: mops.spp(t, 3, mode, backend=be), lambda t: spp_ref(t, 3, mode), v, g, f"spp {name}")
+        _compare(lambda t: mops.caffe_pool2d(t, 3, 2, 1, mode, backend=be),
+                 lambda t: caffe_pool2d_ref(t, 3, 2, 1, mode), v, g, f"pool {name}")
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=requires_cuda), EMULATED_CUDA])
 def test_half_precision(device, mode, dtype):
-    dev = device_or_skip(device)
+    dev, be = device_or_skip(device), backend_of(device)
     g = torch.Generator().manual_seed(3)
     x = distinct_features(2, 3, 10, 12, g, torch.float32).round().to(dtype).to(dev)  # exact small integers
-    _compare(lambda t: ops().spp(t, 3, mode), lambda t: spp_ref(t, 3, mode), x, g, "spp", dtype=dtype)
-    _compare(lambda t: ops().caffe_pool2d(t, 3, 2, 1, mode), lambda t: caffe_pool2d_ref(t, 3, 2, 1, mode), x, g,
-             "pool", dtype=dtype)
+    _compare(lambda t: mops.spp(t, 3, mode, backend=be), lambda t: spp_ref(t, 3, mode), x, g, "spp", dtype=dtype)
+    _compare(lambda t: mops.caffe_pool2d(t, 3, 2, 1, mode, backend=be), lambda t: caffe_pool2d_ref(t, 3, 2, 1, mode),
+             x, g, "pool", dtype=dtype)
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_gradcheck(device, mode):
-    dev = device_or_skip(device)
+    dev, be = device_or_skip(device), backend_of(device)
     g = torch.Generator().manual_seed(5)
     x = _features((1, 2, 7, 9), g, torch.float64, mode, spacing=0.01).to(dev).requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: ops().spp(t, 3, mode), (x,), eps=1e-6, atol=1e-6)
-    assert torch.autograd.gradcheck(lambda t: ops().caffe_pool2d(t, 3, 2, 1, mode), (x,), eps=1e-6, atol=1e-6)
-    assert torch.autograd.gradcheck(lambda t: ops().caffe_pool2d(t, (2, 3), (1, 2), (0, 1), mode), (x,),
-                                    eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda t: mops.spp(t, 3, mode, backend=be), (x,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda t: mops.caffe_pool2d(t, 3, 2, 1, mode, backend=be), (x,), eps=1e-6,
+                                    atol=1e-6)
+    assert torch.autograd.gradcheck(lambda t: mops.caffe_pool2d(t, (2, 3), (1, 2), (0, 1), mode, backend=be),
+                                    (x,), eps=1e-6, atol=1e-6)
 
 
 @requires_cuda
@@ -188,7 +191,7 @@ def test_cpu_and_cuda_agree(mode):
     res = {}
     for dev in ("cpu", "cuda"):
         t = x.to(dev).requires_grad_()
-        out = ops().spp(t, 3, mode)
+        out = mops.spp(t, 3, mode)
         out.backward(grad_spp.to(dev))
         res[dev] = (out.cpu(), t.grad.cpu())
     assert_same(res["cuda"][0], res["cpu"][0], what="spp forward")
@@ -198,31 +201,32 @@ def test_cpu_and_cuda_agree(mode):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_windows_where_nothing_beats_minus_flt_max(device, dtype):
-    dev = device_or_skip(device)
+    dev, be = device_or_skip(device), backend_of(device)
     x = torch.full((1, 1, 4, 4), -math.inf, dtype=dtype, device=dev)
     x[0, 0, 0, 0] = math.nan
     x[0, 0, 3, 0] = 1.0
-    for out, ref in [(ops().caffe_pool2d(x, 2, 2, 0, "max"), caffe_pool2d_ref(x.cpu(), 2, 2, 0, "max")),
-                     (ops().spp(x, 2, "max"), spp_ref(x.cpu(), 2, "max"))]:
+    for out, ref in [(mops.caffe_pool2d(x, 2, 2, 0, "max", backend=be),
+                      caffe_pool2d_ref(x.cpu(), 2, 2, 0, "max")),
+                     (mops.spp(x, 2, "max", backend=be), spp_ref(x.cpu(), 2, "max"))]:
         assert_same(out, ref, what="max pooling over -inf and NaN")
         assert (out == -3.4028234663852886e38).sum() == (ref == -3.4028234663852886e38).sum() > 0
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_bad_inputs(device):
-    dev = device_or_skip(device)
+    dev, be = device_or_skip(device), backend_of(device)
     x = torch.randn(1, 2, 8, 19, device=dev)
     cases = [
-        ("level 3", lambda: ops().spp(x, 4)),  # W=19: kernel 3, pad 3 at level 3 (Caffe refuses)
-        ("pyramid_height", lambda: ops().spp(x, 0)),
-        ("mode", lambda: ops().spp(x, 2, "min")),
-        ("x|input", lambda: ops().spp(x[0], 2)),
-        ("x|input", lambda: ops().spp(x.long(), 2)),
-        ("pad", lambda: ops().caffe_pool2d(x, 2, 1, 2)),
-        ("stride", lambda: ops().caffe_pool2d(x, 2, 0, 0)),
-        ("kernel", lambda: ops().caffe_pool2d(x, 0, 1, 0)),
-        ("mode", lambda: ops().caffe_pool2d(x, 2, 1, 0, "median")),
-        ("x|input", lambda: ops().caffe_pool2d(x[0, 0], 2, 1, 0)),
+        ("level 3", lambda: mops.spp(x, 4, backend=be)),  # W=19: kernel 3, pad 3 at level 3 (Caffe refuses)
+        ("pyramid_height", lambda: mops.spp(x, 0, backend=be)),
+        ("mode", lambda: mops.spp(x, 2, "min", backend=be)),
+        ("x|input", lambda: mops.spp(x[0], 2, backend=be)),
+        ("x|input", lambda: mops.spp(x.long(), 2, backend=be)),
+        ("pad", lambda: mops.caffe_pool2d(x, 2, 1, 2, backend=be)),
+        ("stride", lambda: mops.caffe_pool2d(x, 2, 0, 0, backend=be)),
+        ("kernel", lambda: mops.caffe_pool2d(x, 0, 1, 0, backend=be)),
+        ("mode", lambda: mops.caffe_pool2d(x, 2, 1, 0, "median", backend=be)),
+        ("x|input", lambda: mops.caffe_pool2d(x[0, 0], 2, 1, 0, backend=be)),
     ]
     for arg, call in cases:
         with pytest.raises(ERRORS, match=arg):

@@ -10,14 +10,13 @@ import torch.nn.functional as F
 
 from mlic.ops.reference import (
     FLT_MAX,
-    c_round,
     caffe_pool2d_ref,
     roi_pool_ref,
     roi_spp_ref,
     spp_ref,
     wsddn_two_stream_ref,
 )
-from mlic.ops.geometry import spp_level
+from mlic.ops.geometry import c_round, spp_level
 
 
 def grid(h, w, n=1, c=1, dtype=torch.float32):

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
+from mlic import ops as mops
 from mlic.ops.reference import wsddn_two_stream_ref
 from tests.conftest import requires_cuda
 from tests.ops.kernel_utils import (
-    EMULATED_CUDA, FLOAT_DTYPES, HALF_DTYPES, KERNEL_DEVICES, assert_same, device_or_skip, ops, requires_ext,
+    EMULATED_CUDA, FLOAT_DTYPES, HALF_DTYPES, KERNEL_DEVICES, assert_same, backend_of, device_or_skip, requires_ext,
 )
 
 pytestmark = requires_ext
@@ -15,10 +16,10 @@ ERRORS = (ValueError, RuntimeError, TypeError)
 SHAPES = [(2, 10, 5), (1, 1, 1), (3, 1, 7), (2, 9, 1), (2, 500, 80), (1, 37, 3), (2, 7, 37), (1, 6, 300)]
 
 
-def _run(cls, det, g, which="both"):
+def _run(backend, cls, det, g, which="both"):
     dev, dtype = cls.device, cls.dtype
     ck, dk = cls.clone().requires_grad_(), det.clone().requires_grad_()
-    image, region = ops().wsddn_two_stream(ck, dk)
+    image, region = mops.wsddn_two_stream(ck, dk, backend=backend)
     ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     cr = cls.detach().cpu().to(ref_dtype).requires_grad_()
     dr = det.detach().cpu().to(ref_dtype).requires_grad_()
@@ -49,7 +50,7 @@ def test_matches_reference(device, dtype, shape, which):
     g = torch.Generator().manual_seed(sum(shape))
     cls = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dev, dtype)
     det = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dev, dtype)
-    _run(cls, det, g, which)
+    _run(backend_of(device), cls, det, g, which)
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
@@ -58,9 +59,9 @@ def test_large_logits_are_stable(device):
     g = torch.Generator().manual_seed(0)
     cls = torch.randn(2, 30, 6, generator=g) * 200 + 1000
     det = torch.randn(2, 30, 6, generator=g) * 200 - 1000
-    image, region = ops().wsddn_two_stream(cls.to(dev), det.to(dev))
+    image, region = mops.wsddn_two_stream(cls.to(dev), det.to(dev), backend=backend_of(device))
     assert torch.isfinite(image).all() and torch.isfinite(region).all()
-    _run(cls.to(dev), det.to(dev), g)
+    _run(backend_of(device), cls.to(dev), det.to(dev), g)
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
@@ -70,7 +71,7 @@ def test_noncontiguous(device):
     cls = torch.randn(3, 6, 11, generator=g).to(dev).transpose(1, 2)  # N x C x R viewed as N x R x C
     det = torch.randn(3, 11, 12, generator=g).to(dev)[:, :, ::2]
     assert cls.shape == det.shape == (3, 11, 6) and not cls.is_contiguous() and not det.is_contiguous()
-    _run(cls, det, g)
+    _run(backend_of(device), cls, det, g)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
@@ -80,7 +81,7 @@ def test_half_precision(device, dtype):
     g = torch.Generator().manual_seed(2)
     cls = torch.randn(2, 50, 8, generator=g).to(dev, dtype)
     det = torch.randn(2, 50, 8, generator=g).to(dev, dtype)
-    _run(cls, det, g)
+    _run(backend_of(device), cls, det, g)
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
@@ -91,8 +92,11 @@ def test_gradcheck(device):
     shape = (1, 3, 2) if device == EMULATED_CUDA else (2, 5, 4)
     cls = torch.randn(shape, generator=g, dtype=torch.float64).to(dev).requires_grad_()
     det = torch.randn(shape, generator=g, dtype=torch.float64).to(dev).requires_grad_()
-    f = ops().wsddn_two_stream
-    assert torch.autograd.gradcheck(lambda a, b: f(a, b), (cls, det))
+
+    def f(a, b):
+        return mops.wsddn_two_stream(a, b, backend=backend_of(device))
+
+    assert torch.autograd.gradcheck(f, (cls, det))
     if device == EMULATED_CUDA:
         return
     assert torch.autograd.gradcheck(lambda a, b: f(a, b)[0], (cls, det))
@@ -111,7 +115,7 @@ def test_cpu_and_cuda_agree():
     res = {}
     for dev in ("cpu", "cuda"):
         a, b = cls.to(dev).requires_grad_(), det.to(dev).requires_grad_()
-        image, region = ops().wsddn_two_stream(a, b)
+        image, region = mops.wsddn_two_stream(a, b)
         torch.autograd.backward([image, region], [gi.to(dev), gr.to(dev)])
         res[dev] = [t.detach().cpu() for t in (image, region, a.grad, b.grad)]
     for name, x, y in zip(["image", "region", "d cls", "d det"], res["cuda"], res["cpu"]):
@@ -122,7 +126,9 @@ def test_cpu_and_cuda_agree():
 def test_bad_inputs(device):
     dev = device_or_skip(device)
     ok = torch.randn(2, 4, 3, device=dev)
-    f = ops().wsddn_two_stream
+    def f(*args):
+        return mops.wsddn_two_stream(*args, backend=backend_of(device))
+
     cases = [
         ("cls_logits", lambda: f(ok[0], ok)),
         ("det_logits", lambda: f(ok, ok[None])),
@@ -156,7 +162,7 @@ def test_special_values(device):
     det[1, 12, 6] = float("nan")
     cls[1, 20, 0] = -200.0  # exp(-200 - max): 0 in float32 either way
     det[0, :, 9] = torch.linspace(-120.0, 0.0, 40)  # runs through the flush-to-zero range of exp
-    image, region = (t.cpu() for t in ops().wsddn_two_stream(cls.to(dev), det.to(dev)))
+    image, region = (t.cpu() for t in mops.wsddn_two_stream(cls.to(dev), det.to(dev), backend=backend_of(device)))
     rimage, rregion = wsddn_two_stream_ref(cls.double(), det.double())
     assert_same(region, rregion.float(), what="region_scores")
     assert_same(image, rimage.float(), what="image_scores")
@@ -170,4 +176,4 @@ def test_half_precision_cpu(dtype):
     g = torch.Generator().manual_seed(10)
     cls = torch.randn(2, 50, 19, generator=g).to(dtype)
     det = torch.randn(2, 50, 19, generator=g).to(dtype)
-    _run(cls, det, g)
+    _run("auto", cls, det, g)

@@ -7,10 +7,10 @@ SetUp: the parameter blobs are created and filled here), and runs
 propagate_down, loss weights and in-place blobs. A layer type is registered in LAYERS
 by its family's module, all of which are imported here.
 
-The Pooling, SPP and ROIPooling kernels are looked up at call time in ``mlic.ops`` (the
-compiled extension; without it they raise an error that says how to build it).
+The Pooling, SPP and ROIPooling layers run ``mlic.ops`` on the back end the net was built
+with (BuildContext.ops_backend; the compiled extension by default, and without it the
+layers that need it raise an error that says how to build it).
 """
 from mlic.caffe.layers import common, loss, neuron, rois, utility, vision  # noqa: F401  (registers them)
-from mlic.caffe.layers.base import LAYERS, BuildContext, Layer, get_op, supported_layer_types  # noqa: F401
+from mlic.caffe.layers.base import LAYERS, BuildContext, Layer, supported_layer_types  # noqa: F401
 from mlic.caffe.layers.data import HumanAttDataLayer, InputLayer, human_att_data_config  # noqa: F401
-from mlic.caffe.layers.vision import torch_pool_matches_caffe  # noqa: F401

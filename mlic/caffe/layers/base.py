@@ -1,5 +1,5 @@
 """The base of the Caffe layers: Layer (Caffe's SetUp and the bottom/top rules), the
-registry of layer types, Caffe's fillers, the op lookup and the build context."""
+registry of layer types, Caffe's fillers and the build context."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple, Type
@@ -10,26 +10,9 @@ from torch import nn
 
 from mlic.caffe import proto
 from mlic.caffe.errors import NetBuildError
-import mlic.ops as ops
-from mlic.ops import geometry, reference
+from mlic.ops import geometry
 
 Shape = Tuple[int, ...]
-
-# ----------------------------------------------------------------------------- op lookup
-
-
-# "auto": the compiled ops (mlic.ops; a missing extension is an error that says how to
-# build it); "reference": mlic.ops.reference, by name only (for checking one against the other).
-OPS_BACKEND = "auto"
-
-
-def get_op(name: str):
-    """mlic.ops.<name>, or mlic.ops.reference.<name>_ref when OPS_BACKEND is "reference"."""
-    if OPS_BACKEND == "reference":
-        return getattr(reference, f"{name}_ref")
-    ops.assert_has_ops()
-    return getattr(ops, name)
-
 
 # ----------------------------------------------------------------------------- fillers
 
@@ -175,9 +158,13 @@ def supported_layer_types() -> List[str]:
 
 
 class BuildContext:
-    def __init__(self, phase: int, where: str = "<net>", pool_backend: str = "auto", data_dir=None, data_seed=0):
+    """What a layer is built with: the phase, where it is defined (for messages), the
+    mlic.ops back end its ops run on (one of mlic.ops.BACKENDS), and the data layer's
+    folder and seed."""
+
+    def __init__(self, phase: int, where: str = "<net>", ops_backend: str = "auto", data_dir=None, data_seed=0):
         self.phase = phase
         self.where = where
-        self.pool_backend = pool_backend
+        self.ops_backend = ops_backend
         self.data_dir = data_dir
         self.data_seed = data_seed

@@ -142,10 +142,10 @@ class ScaleLayer(Layer):
                 raise self.error(str(exc)) from None
             self.weight = None
             self.param_shape = tuple(ss)
-        if tuple(s[self.axis : self.axis + len(self.param_shape)]) != self.param_shape:
-            raise self.error(
-                f"scale shape {list(self.param_shape)} does not match bottom {list(s)} from axis {self.axis}"
-            )
+        try:
+            geometry.scale_view_shape(s, self.axis, self.param_shape)
+        except ValueError as exc:
+            raise self.error(str(exc)) from None
         if sp.bias_term:
             bf = sp.bias_filler if sp.HasField("bias_filler") else _constant_filler(0.0)
             self.bias = self._new_param(self.param_shape, bf, "bias")

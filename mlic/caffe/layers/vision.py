@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from mlic import ops
 from mlic.caffe import proto
-from mlic.caffe.layers.base import get_op, Layer, register
+from mlic.caffe.layers.base import Layer, register
 from mlic.ops import functional as CF, geometry
 
 
@@ -84,27 +85,11 @@ class ConvolutionLayer(Layer):
         return [F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)]
 
 
-def _torch_pool_out(size: int, k: int, s: int, p: int) -> int:
-    # PyTorch's ceil_mode rule: always drops a last window starting in the right padding
-    out = -((-(size + 2 * p - k)) // s) + 1
-    if (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
-def torch_pool_matches_caffe(h, w, kernel, stride, pad) -> bool:
-    """True when F.max_pool2d / F.avg_pool2d(ceil_mode=True, count_include_pad=True) give
-    Caffe's result: same output size (PyTorch's ceil rule drops a window starting in the
-    padding also when pad == 0, Caffe's does not), pad <= kernel/2 (PyTorch's limit), and
-    the kernel fits the padded input. The window bounds, the clipping, the AVE divisor
-    (window clipped to [-p, size+p)) and the MAX tie rule (first maximum) are the same."""
-    any_pad = pad[0] > 0 or pad[1] > 0
-    for size, k, s, p in ((h, kernel[0], stride[0], pad[0]), (w, kernel[1], stride[1], pad[1])):
-        if size + 2 * p < k or p > k // 2:
-            return False
-        if geometry.pool_output_size(size, k, s, p, any_pad) != _torch_pool_out(size, k, s, p):
-            return False
-    return True
+def _pool_method(layer, param):
+    try:
+        return geometry.pool_mode(proto.enum_name(param, "pool"))
+    except ValueError as exc:
+        raise layer.error(f"pool method {proto.enum_name(param, 'pool')}: {exc}") from None
 
 
 @register
@@ -118,9 +103,7 @@ class PoolingLayer(Layer):
         s = bottom_shapes[0]
         if len(s) != 4:
             raise self.error(f"expects an N x C x H x W bottom, got {list(s)}")
-        self.mode = {"MAX": "max", "AVE": "ave"}.get(proto.enum_name(pp, "pool"))
-        if self.mode is None:
-            raise self.error(f"pool method {proto.enum_name(pp, 'pool')} is not supported (MAX, AVE)")
+        self.mode = _pool_method(self, pp)
         if proto.enum_name(pp, "round_mode") != "CEIL":
             raise self.error("round_mode FLOOR is not supported (Caffe's default CEIL is)")
         self.global_pooling = pp.global_pooling
@@ -146,39 +129,25 @@ class PoolingLayer(Layer):
             self.stride = (pp.stride, pp.stride)
         if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
             raise self.error("with global_pooling, pad must be 0 and stride 1")
-        if min(self.stride) < 1:
-            raise self.error(f"stride {self.stride} must be positive")
-        if self.kernel is not None:
-            if min(self.kernel) < 1:
-                raise self.error(f"kernel {self.kernel} must be positive")
-            if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
-                raise self.error(f"pad {self.pad} must be smaller than the kernel {self.kernel} (Caffe requires it)")
-        self.backend = ctx.pool_backend
-        return [self.out_shape(s)]
+        self.ops_backend = ctx.ops_backend
+        lv = self.level(s[2], s[3], self.error)
+        return [(s[0], s[1], lv.oh, lv.ow)]
 
-    def geometry(self, h, w):
+    def level(self, h, w, err):
+        """Caffe's geometry for an h x w bottom (its refusals raised through `err`)."""
         kernel = (h, w) if self.global_pooling else self.kernel
-        return kernel, self.stride, self.pad
-
-    def out_shape(self, s):
-        kernel, stride, pad = self.geometry(s[2], s[3])
-        any_pad = pad[0] > 0 or pad[1] > 0
-        oh = geometry.pool_output_size(s[2], kernel[0], stride[0], pad[0], any_pad)
-        ow = geometry.pool_output_size(s[3], kernel[1], stride[1], pad[1], any_pad)
-        if oh < 1 or ow < 1:
-            raise self.error(f"kernel {kernel} does not fit the input {list(s)}")
-        return (s[0], s[1], oh, ow)
+        try:
+            return geometry.pool2d_level(h, w, kernel, self.stride, self.pad)
+        except ValueError as exc:
+            raise err(str(exc)) from None
 
     def forward(self, x):
         if x.dim() != 4:
             raise self.runtime_error(f"expects an N x C x H x W bottom, got {tuple(x.shape)}")
-        kernel, stride, pad = self.geometry(x.shape[2], x.shape[3])
-        if self.backend == "auto" and torch_pool_matches_caffe(x.shape[2], x.shape[3], kernel, stride, pad):
-            if self.mode == "max":
-                return [F.max_pool2d(x, kernel, stride, pad, ceil_mode=True)]
-            return [F.avg_pool2d(x, kernel, stride, pad, ceil_mode=True, count_include_pad=True)]
+        lv = self.level(x.shape[2], x.shape[3], self.runtime_error)
+        kernel, stride, pad = (lv.kh, lv.kw), (lv.sh, lv.sw), (lv.pad_h, lv.pad_w)
         try:
-            return [get_op("caffe_pool2d")(x, kernel, stride, pad, self.mode)]
+            return [CF.caffe_pooling(x, kernel, stride, pad, self.mode, backend=self.ops_backend)]
         except ValueError as exc:
             raise self.runtime_error(str(exc)) from None
 
@@ -194,28 +163,26 @@ class SPPLayer(Layer):
         s = bottom_shapes[0]
         if len(s) != 4:
             raise self.error(f"expects an N x C x H x W bottom, got {list(s)}")
-        if not sp.HasField("pyramid_height") or sp.pyramid_height < 1:
-            raise self.error("spp_param.pyramid_height must be >= 1")
+        if not sp.HasField("pyramid_height"):
+            raise self.error("spp_param.pyramid_height is required")
         self.levels = int(sp.pyramid_height)
-        self.mode = {"MAX": "max", "AVE": "ave"}.get(proto.enum_name(sp, "pool"))
-        if self.mode is None:
-            raise self.error(f"pool method {proto.enum_name(sp, 'pool')} is not supported (MAX, AVE)")
-        self.check_levels(s[2], s[3], self.error)
-        get_op("spp")  # a missing extension fails the build of the net, not its first forward
-        total = sum(4**l for l in range(self.levels))
-        return [(s[0], s[1] * total)]
+        self.mode = _pool_method(self, sp)
+        self.ops_backend = ctx.ops_backend
+        ops.assert_has_ops(self.ops_backend)  # a missing extension fails the build of the net, not its first forward
+        cells = sum(lv.oh * lv.ow for lv in self.pyramid(s[2], s[3], self.error))
+        return [(s[0], s[1] * cells)]
 
-    def check_levels(self, h, w, err):
+    def pyramid(self, h, w, err):
         try:
-            geometry.spp_levels(h, w, self.levels)
+            return geometry.spp_levels(h, w, self.levels)
         except ValueError as exc:
             raise err(str(exc)) from None
 
     def forward(self, x):
         if x.dim() != 4:
             raise self.runtime_error(f"expects an N x C x H x W bottom, got {tuple(x.shape)}")
-        self.check_levels(x.shape[2], x.shape[3], self.runtime_error)
-        return [get_op("spp")(x, self.levels, self.mode)]
+        self.pyramid(x.shape[2], x.shape[3], self.runtime_error)
+        return [ops.spp(x, self.levels, self.mode, backend=self.ops_backend)]
 
 
 @register
