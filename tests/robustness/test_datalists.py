@@ -25,6 +25,14 @@ def data(tmp_path_factory):
     files = generate_dataset(str(root / "d"), SyntheticConfig(num_train=6, num_test=4, bbox_num=2, image_size=64,
                                                               num_classes=4, seed=5))
     lines = Path(files["train"]).read_text().splitlines()
+    # the first 40 % of an image file: a JPEG (which libjpeg decodes, the rest grey) and a PNG
+    import cv2
+
+    img = cv2.imread(str(Path(files["root_folder"]) / lines[0].split()[0]))
+    for ext in ("jpg", "png"):
+        ok, buf = cv2.imencode(f".{ext}", img)
+        assert ok
+        (Path(files["root_folder"]) / "train" / f"cut.{ext}").write_bytes(buf.tobytes()[: len(buf) * 2 // 5])
     return root, files, lines
 
 
@@ -75,6 +83,23 @@ CASES = {
     "a path with a space": (
         lambda L: _edit(L, lambda k, ln: "my " + ln if k == 1 else ln), ["--num-classes", "4"], 2,
         "the image path seems to contain whitespace"),
+    "a truncated JPEG on line 2": (
+        lambda L: _edit(L, lambda k, ln: " ".join(["train/cut.jpg"] + _fields(ln)[1:]) if k == 1 else ln),
+        ["--num-classes", "4", "--max-iter", "3"], 2, "train.txt:2: cannot decode image"),
+    "a truncated PNG on line 2": (
+        lambda L: _edit(L, lambda k, ln: " ".join(["train/cut.png"] + _fields(ln)[1:]) if k == 1 else ln),
+        ["--num-classes", "4", "--max-iter", "3"], 2, "train.txt:2: cannot decode image"),
+    "a UTF-8 byte order mark": (
+        lambda L: "\ufeff" + _edit(L, lambda k, ln: ln), [], 2,
+        "train.txt:1: the file starts with a UTF-8 byte order mark (EF BB BF)"),
+    "lines ended by CR alone": (
+        lambda L: "\r".join(L) + "\r", [], 2, "train.txt:1: lines end in a carriage return alone (CR"),
+    "lines ended by CR alone, label count given": (
+        lambda L: "\r".join(L) + "\r", ["--num-classes", "4"], 2, "train.txt:1: lines end in a carriage return alone"),
+    "line 3 laid out as 9 labels + 1 box": (
+        lambda L: _edit(L, lambda k, ln: " ".join(_fields(ln)[:5] + ["0", "0", "1", "1", "1"] + _fields(ln)[10:])
+                        if k == 2 else ln), [], 0,
+        "train.txt:3 reads as 9 labels + 1 box, unlike the 5 lines read as 4 labels + 2 boxes"),
     "a missing image on line 4": (
         lambda L: _edit(L, lambda k, ln: ln.replace("train/", "gone/") if k == 3 else ln), ["--num-classes", "4"], 2,
         "train.txt:4: image file not found"),
