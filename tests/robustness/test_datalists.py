@@ -173,6 +173,9 @@ def _coco_gt(tmp_path, files, drop_last=False):
     ("gt in an unknown format", 2, "unknown ground truth format: expected COCO instances JSON"),
     ("coco gt with 80 categories", 2, "80 classes, but the network has 4"),
     ("coco gt", 0, "CorLoc"),
+    ("the training split's gt", 2, ("gt_train.json: names another split ('train'): 4 of the 4 listed images matched "
+                                    "only by file name", "('train/000000.png' for 'test/000000.png', ",
+                                    "test.txt:1); ", " boxes fall outside the listed images and ")),
 ])
 def test_test_tool_inputs(case, status, fragment, data, trained, tmp_path, capsys):
     root, files, lines = data
@@ -193,6 +196,8 @@ def test_test_tool_inputs(case, status, fragment, data, trained, tmp_path, capsy
         d["categories"] = [{"id": k + 1, "name": f"c{k}"} for k in range(80)]
         p.write_text(json.dumps(d))
         args += ["--gt", str(p)]
+    elif case == "the training split's gt":
+        args += ["--gt", files["gt_train"]]
     else:
         args += ["--gt", str(_coco_gt(tmp_path, files))]
     code = tool_main("test")(args)
