@@ -26,6 +26,7 @@ from mlic.data import HumanAttDataConfig, build_loader, read_datalist
 from mlic.errors import UserInputError
 from mlic.evaluation import evaluate_multilabel
 from mlic.solver import LR_POLICIES, CaffeSGD
+from mlic.solver.sgd import stepvalue_warning
 from mlic.training.cli import run_tool
 from mlic.training.config import (BGR_MEAN, DEFAULT_KEEP_CHECKPOINTS, PROTOTXT_DEFAULTS, RELEASED_SCALES,  # noqa: F401
                                   STAGE_DEFAULTS, DataConfig, RunConfig, SolverConfig, TrainConfig)
@@ -239,15 +240,18 @@ def build_solver(s: SolverConfig, model, defaults: tuple, sp=None) -> Tuple[Caff
         if not max_iter:
             log.warning("--solver %s sets no max_iter and --max-iter is not given: 0 iterations will run and "
                         "final.pt will hold the initial weights", s.file)
-        return solver, max_iter
-    max_iter = s.max_iter or iters_default
-    try:
-        solver = CaffeSGD(model.param_groups(), base_lr=s.base_lr if s.base_lr is not None else lr_default,
-                          momentum=s.momentum, weight_decay=s.weight_decay, lr_policy=s.lr_policy, gamma=s.gamma,
-                          power=s.power, stepsize=s.stepsize, stepvalue=list(s.stepvalue), max_iter=max_iter,
-                          iter_size=s.iter_size)
-    except ValueError as exc:
-        raise UserInputError(f"solver: {exc}") from None
+    else:
+        max_iter = s.max_iter or iters_default
+        try:
+            solver = CaffeSGD(model.param_groups(), base_lr=s.base_lr if s.base_lr is not None else lr_default,
+                              momentum=s.momentum, weight_decay=s.weight_decay, lr_policy=s.lr_policy,
+                              gamma=s.gamma, power=s.power, stepsize=s.stepsize, stepvalue=list(s.stepvalue),
+                              max_iter=max_iter, iter_size=s.iter_size)
+        except ValueError as exc:
+            raise UserInputError(f"solver: {exc}") from None
+    note = stepvalue_warning(solver.stepvalue) if solver.lr_policy == "multistep" else None
+    if note:
+        log.warning("%s: %s", f"--solver {s.file}" if s.file else "--stepvalue", note)
     return solver, max_iter
 
 

@@ -2,6 +2,7 @@
 fault -> the tool's exit status and a fragment of its one-sentence message; and the
 kill-during-write loop (kill -9 at random moments and while a checkpoint is being
 written, resume, and end bit-identical to an uninterrupted run)."""
+import csv
 import os
 import random
 import shutil
@@ -68,6 +69,10 @@ FLAG_CASES = [
     ("scales negative", ["--scales", "1.0,-2"], 2, "--scales: every factor must be a positive number"),
     ("lr-mult unknown kind", ["--lr-mult", "nope=1"], 2, "--lr-mult 'nope=1': expected KIND=LR[,DECAY]"),
     ("step policy without stepsize", ["--lr-policy", "step", "--gamma", "0.1"], 2, "lr_policy 'step' needs stepsize"),
+    ("gamma negative", ["--lr-policy", "step", "--gamma", "-1", "--stepsize", "2"], 2,
+     "gamma must be a finite number >= 0 for lr_policy 'step', got -1.0"),
+    ("power nan", ["--lr-policy", "poly", "--power", "nan"], 2,
+     "power must be a finite number >= 0 for lr_policy 'poly', got nan"),
     ("stepvalue not numbers", ["--stepvalue", "10,x"], 2, "--stepvalue: expected comma-separated iterations"),
     ("keep-checkpoints negative", ["--keep-checkpoints", "-1"], 2, "--keep-checkpoints must be 0 or more"),
     ("checkpoint-period negative", ["--checkpoint-period", "-5"], 2, "--checkpoint-period must be 0 or more"),
@@ -111,6 +116,21 @@ SOLVER_CASES = [
      "weight_decay must be a finite non-negative number, got nan"),
     ("inf rate", 'base_lr: inf\nlr_policy: "fixed"\nmax_iter: 2\n', 2,
      "base_lr must be a finite non-negative number, got inf"),
+    ("negative rate", 'base_lr: -0.1\nlr_policy: "fixed"\nmax_iter: 2\n', 2,
+     "base_lr must be a finite non-negative number, got -0.1"),
+    ("negative gamma", 'base_lr: 0.01\nlr_policy: "step"\ngamma: -1\nstepsize: 1\nmax_iter: 4\n', 2,
+     "gamma must be a finite number >= 0 for lr_policy 'step', got -1.0"),
+    ("nan gamma, multistep", 'base_lr: 0.01\nlr_policy: "multistep"\ngamma: nan\nstepvalue: 1\nmax_iter: 2\n', 2,
+     "gamma must be a finite number >= 0 for lr_policy 'multistep', got nan"),
+    ("negative power, inv", 'base_lr: 0.01\nlr_policy: "inv"\ngamma: 0.1\npower: -2\nmax_iter: 2\n', 2,
+     "power must be a finite number >= 0 for lr_policy 'inv', got -2.0"),
+    ("zero stepsize", 'base_lr: 0.01\nlr_policy: "step"\ngamma: 0.1\nstepsize: 0\nmax_iter: 2\n', 2,
+     "lr_policy 'step' needs a positive stepsize, got 0"),
+    ("negative sigmoid stepsize", 'base_lr: 0.01\nlr_policy: "sigmoid"\ngamma: -0.5\nstepsize: -3\nmax_iter: 2\n',
+     2, "lr_policy 'sigmoid' needs a stepsize >= 0, got -3"),
+    ("negative max_iter", 'base_lr: 0.01\nlr_policy: "fixed"\nmax_iter: -5\n', 2, "max_iter must be >= 0, got -5"),
+    ("iter_size 0", 'base_lr: 0.01\nlr_policy: "fixed"\niter_size: 0\nmax_iter: 2\n', 2,
+     "iter_size must be >= 1, got 0"),
 ]
 
 
@@ -121,6 +141,23 @@ def test_bad_solver_files(data, tmp_path, capsys, case, text, status, fragment):
     rc, err = run(argv, capsys)
     assert rc == status and fragment in err, err
     assert "solver.prototxt" in err
+
+
+def test_step_values_that_do_not_increase_are_explained_and_logged_as_applied(data, tmp_path, capsys):
+    """stepvalue 3 then 1: Caffe's counter takes one step per iteration, at 3 and at 4; the
+    warning says so, and log.csv's rate is the rate those steps give."""
+    path = write(tmp_path, "solver.prototxt", 'base_lr: 0.01\nlr_policy: "multistep"\ngamma: 0.1\nstepvalue: 3\n'
+                                              'stepvalue: 1\nmax_iter: 5\n')
+    argv = [a for a in base(data, tmp_path / "run") if a not in ("--max-iter", "3")] + ["--solver", path]
+    rc, err = run(argv, capsys)
+    assert rc == 0, err
+    assert (f"--solver {path}: stepvalue 1 follows 3 and does not increase: Caffe takes the steps in the order given, "
+            "at most one per iteration, so the rate drops at iterations 3, 4") in err
+    with open(tmp_path / "run" / "log.csv") as f:
+        lr = {int(r["iter"]): float(r["lr"]) for r in csv.DictReader(f)}
+    # row k: the step from iteration k - 1, whose rate is 0.01 before iteration 3, then 0.001, then 0.0001
+    assert lr[3] == pytest.approx(0.01, rel=1e-6) and lr[4] == pytest.approx(1e-3, rel=1e-6)
+    assert lr[5] == pytest.approx(1e-4, rel=1e-6)
 
 
 def test_solver_file_without_max_iter_warns(data, tmp_path, capsys):
