@@ -76,6 +76,13 @@ def f(tmp_path_factory):
     wide = WSDDN(small_cfg(fc_dim=SMALL["fc"] * 2))
     save_port_caffemodel(wide, root / "wide.caffemodel")
     out["wide.caffemodel"] = root / "wide.caffemodel"
+    (root / "overwrite.prototxt").write_text(
+        'name: "n"\nlayer {\n  name: "in" type: "Input" top: "x"\n  input_param { shape { dim: 1 dim: 3 } }\n}\n'
+        'layer {\n  name: "a" type: "ReLU" bottom: "x" top: "y"\n}\n'
+        'layer { name: "s" type: "Sigmoid" bottom: "x" top: "s" }\n'
+        'layer {\n  name: "b" type: "ReLU" bottom: "s" top: "y"\n}\n'
+        'layer { name: "c" type: "ReLU" bottom: "y2" top: "z" }\n')
+    out["overwrite.prototxt"] = root / "overwrite.prototxt"
     return out
 
 
@@ -165,6 +172,9 @@ CASES = {
     "a student export without a student": (
         "convert_caffemodel", _convert("final.pt", "--student", dst="s.pt", prototxt=None), 2,
         "{final.pt}: a WSDDN teacher (fc8_c, fc8_d), not a student classifier"),
+    "a second layer writing a top again": (
+        "convert_caffemodel", _convert("good.caffemodel", prototxt="overwrite.prototxt"), 2,
+        "{overwrite.prototxt}:10: layer 'b': top blob 'y' is produced by multiple sources"),
     # reference cases
     "missing reference case": (
         "compare_caffe", lambda f: [str(f["root"] / "nowhere.npz")], 2, "nowhere.npz: no such reference case file"),
