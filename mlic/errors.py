@@ -11,6 +11,11 @@ class UserInputError(ValueError):
     sentence naming the argument or file and what is wrong with it."""
 
 
+class OutputError(UserInputError):
+    """An output the user named cannot be written (a missing folder, a read-only or full
+    file system, the input file itself): the message names the path and the cause."""
+
+
 class RunStopped(RuntimeError):
     """A run stopped for a reason its message states in one sentence (training diverged,
     a checkpoint could not be written); the tools exit with status 1 without a traceback."""

@@ -13,16 +13,19 @@ param dict, tools/train.py checkpoint, student export, torchvision VGG16). The o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
 
+from mlic.caffe import torchvision_vgg as tv
 from mlic.caffe.errors import CaffeError
 from mlic.caffe.net import CaffeNet
 from mlic.caffe.student_export import save_student, student_export
 from mlic.caffe.torchvision_vgg import InputTransform
 from mlic.caffe.weight_files import initialize_weights, read_weight_file
 from mlic.caffe.weights import save_caffemodel, save_param_dict
+from mlic.errors import OutputError
 
 TORCH_EXT = (".pt", ".pth")
 
@@ -49,6 +52,20 @@ def read_class_names(path) -> list:
     return names
 
 
+def check_output(src, dst: Path) -> None:
+    """Refuses, before any work, an output that cannot be written or that is the input."""
+    if dst.is_dir():
+        raise OutputError(f"{dst}: a folder; the output must be a file")
+    if not dst.parent.is_dir():
+        raise OutputError(f"{dst}: the folder {dst.parent} does not exist")
+    if not dst.exists():
+        return
+    source = tv.resolve(os.fspath(src)) if tv.is_torchvision_spec(os.fspath(src)) else os.fspath(src)
+    if os.path.exists(source) and os.path.samefile(source, dst):
+        raise OutputError(f"{dst}: this is the input file {src}; writing it would replace the weights being "
+                          "converted: choose another output")
+
+
 def convert(src, dst, prototxt=None, phase="TEST", *, strict=False, student=False, class_names=None,
             allow_untrained_teacher=False, mean=None, scale=None, log=print, warn=None) -> None:
     warn = warn or (lambda m: log(f"warning: {m}"))
@@ -56,6 +73,7 @@ def convert(src, dst, prototxt=None, phase="TEST", *, strict=False, student=Fals
     to_torch = dst.suffix in TORCH_EXT
     if not to_torch and dst.suffix != ".caffemodel":
         raise CaffeError(f"{dst}: the output must end in .caffemodel, .pt or .pth")
+    check_output(src, dst)
     if student:
         if not to_torch:
             raise CaffeError(f"{dst}: a student export is a torch file (.pt or .pth)")

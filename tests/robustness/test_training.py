@@ -182,9 +182,12 @@ def _corrupt(kind, path):
         path.write_bytes(bytes(data))
     elif kind == "emptied":
         path.write_bytes(b"")
+    elif kind == "64 bytes flipped, its hash removed":
+        _corrupt("64 bytes flipped", path)
+        Path(str(path) + ".sha256").unlink()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "64 bytes flipped", "emptied"])
+@pytest.mark.parametrize("kind", ["truncated", "64 bytes flipped", "emptied", "64 bytes flipped, its hash removed"])
 def test_resume_skips_a_corrupt_latest_checkpoint(data, tmp_path, capsys, kind):
     out = tmp_path / "run"
     assert run(base(data, out, iters=4), capsys)[0] == 0  # checkpoints at 1, 2, 3 (keep 2: 2, 3)
@@ -196,6 +199,23 @@ def test_resume_skips_a_corrupt_latest_checkpoint(data, tmp_path, capsys, kind):
     rc, err = run(base(data, out, iters=4) + ["--resume"], capsys)
     assert rc == 0, err
     assert f"skipping checkpoint {latest}" in err and "resumed from" in err and "iter_00000002.pt" in err
+    resumed = torch.load(out / "final.pt", weights_only=False)["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resume_from_checkpoints_without_hashes_warns(data, tmp_path, capsys):
+    """No checkpoint can be verified: the newest is taken, with a warning naming it."""
+    out = tmp_path / "run"
+    assert run(base(data, out, iters=4), capsys)[0] == 0
+    straight = torch.load(out / "final.pt", weights_only=False)["model"]
+    (out / "final.pt").unlink()
+    for p in _checkpoints(out):
+        Path(str(p) + ".sha256").unlink()
+    rc, err = run(base(data, out, iters=4) + ["--resume"], capsys)
+    assert rc == 0, err
+    latest = _checkpoints(out)[-1]
+    assert f"{latest} has no SHA-256 beside it (iter_00000003.pt.sha256): it is read unverified" in err
+    assert f"resumed from {latest} at iteration 3" in err
     resumed = torch.load(out / "final.pt", weights_only=False)["model"]
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
