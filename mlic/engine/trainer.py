@@ -139,12 +139,19 @@ class Trainer:
         raise TrainingDiverged(f"training diverged at iteration {it}: {reason}; {where}")
 
     def load_state_dict(self, state: dict) -> None:
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        except RuntimeError as exc:  # shapes that differ
+            detail = [l.strip() for l in str(exc).splitlines() if l.strip().startswith("size mismatch")]
+            raise CheckpointError(f"the checkpoint does not fit the model ({detail[0] if detail else exc})") from None
         missing = [k for k in missing if not (self.exclude and self.exclude(k))]
         if missing or unexpected:
             raise CheckpointError(f"the checkpoint does not fit the model: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}")
-        self.solver.load_state_dict(state["solver"])
+        try:
+            self.solver.load_state_dict(state["solver"])
+        except ValueError as exc:
+            raise CheckpointError(f"the checkpoint's solver state does not fit this solver ({exc})") from None
         self.iter = int(state["iter"])
         set_rng_state(state["rng"])
         self._iter = None

@@ -21,9 +21,10 @@ from mlic.caffe.weight_files import initialize_weights
 from mlic.engine import distributed as D
 from mlic.engine import (DivergenceWatch, EvalHook, MetricsWriter, PeriodicCheckpointer, Trainer,
                          load_newest_intact)
-from mlic.engine.checkpoint import atomic_save
+from mlic.engine.checkpoint import CheckpointError, atomic_save
+from mlic.engine.run_lock import hold_folder
 from mlic.data import HumanAttDataConfig, build_loader, read_datalist
-from mlic.errors import UserInputError
+from mlic.errors import OutputError, UserInputError
 from mlic.evaluation import evaluate_multilabel
 from mlic.solver import LR_POLICIES, CaffeSGD
 from mlic.solver.sgd import stepvalue_warning
@@ -51,12 +52,24 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     try:
         if D.is_main():
-            out.mkdir(parents=True, exist_ok=True)
-        with _train_log(out if D.is_main() else None):
+            make_out_folder(out)
+        # one run per folder: the main process holds it (the other ranks are the same run)
+        with hold_folder(out) if D.is_main() else contextlib.nullcontext(), \
+                _train_log(out if D.is_main() else None):
             return _train(cfg, device, out)
     finally:
         if started_group:
             D.cleanup()
+
+
+def make_out_folder(out: Path) -> None:
+    """--out, created when missing; OutputError naming it and the cause otherwise."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager
@@ -66,7 +79,10 @@ def _train_log(out: Optional[Path]):
     saved = logger.level
     handler = None
     if out is not None:
-        handler = logging.FileHandler(out / "train.log")
+        try:
+            handler = logging.FileHandler(out / "train.log")
+        except OSError as exc:
+            raise OutputError(f"--out {out}: cannot write {out / 'train.log'} ({exc.strerror or exc})") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         if logger.getEffectiveLevel() > logging.INFO:
@@ -105,7 +121,7 @@ def _train(cfg: TrainConfig, device: str, out: Path) -> Path:
         model_state = {k: v.contiguous() for k, v in task.model.state_dict().items()}
         if teacher is not None and not cfg.run.embed_teacher:
             model_state = {k: v for k, v in model_state.items() if not is_teacher_key(k)}
-        atomic_save({"model": model_state, "meta": trainer.meta}, final)
+        atomic_save({"model": model_state, "meta": trainer.meta, "iter": trainer.iter}, final)
         log.info("final weights: %s%s", final, "" if teacher is None or cfg.run.embed_teacher else
                  f" (the teacher by reference: {teacher['path']}, SHA-256 {teacher['sha256'][:16]}...)")
     D.barrier()
@@ -302,17 +318,83 @@ def build_trainer(cfg: TrainConfig, task: Task, data: _Data, solver, max_iter: i
 
 def resume(trainer: Trainer, out: Path, teacher: Optional[dict] = None) -> None:
     """Continue from the newest intact checkpoint in `out` (a corrupt newer one is skipped
-    with a warning); a KD checkpoint's teacher must be the --teacher given now."""
+    with a warning). Refused: a checkpoint of another configuration (no older one stands
+    in for it), a KD checkpoint whose teacher is not the --teacher given now, and a
+    --max-iter below the iteration the run has reached (its final.pt would be replaced)."""
+    reached = _final_iteration(out / "final.pt")
+    if reached is not None and reached > trainer.max_iter:
+        raise UserInputError(f"--resume: {out / 'final.pt'} holds iteration {reached}, beyond --max-iter "
+                             f"{trainer.max_iter}; give --max-iter {reached} or more (or another --out)")
     found = load_newest_intact(out)
     if found is None:
         log.info("--resume: no checkpoint in %s, starting from scratch", out)
         return
     ck, state = found
+    saved = state.get("meta", {}) if isinstance(state.get("meta"), dict) else {}
+    differ = config_differences(saved, trainer.meta)
+    if differ:
+        raise UserInputError(f"--resume: {ck} was written by a run of another configuration ({'; '.join(differ)}); "
+                             "resume with its settings, or give another --out")
     if teacher is not None:
-        check_teacher_reference(state.get("meta", {}).get("teacher"), teacher, f"--resume: {ck}")
-    trainer.load_state_dict(state)
+        check_teacher_reference(saved.get("teacher"), teacher, f"--resume: {ck}")
+    if int(state.get("iter", 0)) > trainer.max_iter:
+        raise UserInputError(f"--resume: {ck} is at iteration {int(state['iter'])}, beyond --max-iter "
+                             f"{trainer.max_iter}; give --max-iter {int(state['iter'])} or more (or another --out)")
+    try:
+        trainer.load_state_dict(state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume: {ck}: {exc}") from None
     trainer.last_checkpoint = ck
     log.info("resumed from %s at iteration %d", ck, trainer.iter)
+
+
+def _final_iteration(final: Path) -> Optional[int]:
+    """The iteration a run's final.pt holds, when it says (mapped, not read whole)."""
+    if not final.is_file():
+        return None
+    try:
+        state = torch.load(final, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # unreadable: nothing of value to keep, the run writes a new one
+        return None
+    it = state.get("iter") if isinstance(state, dict) else None
+    return int(it) if isinstance(it, int) else None
+
+
+# what decides the model and the shape of its state: a checkpoint must agree on these (a
+# --prototxt run's net is checked by loading it: its file may have moved)
+_FIT_KEYS = ("stage", "net", "switches")
+
+
+def config_differences(saved: dict, now: dict) -> list:
+    """'net.fc_dim is 16 in the checkpoint, 32 now' for each setting of _FIT_KEYS that differs."""
+    out = []
+    for key in _FIT_KEYS:
+        a, b = _plain(saved.get(key)), _plain(now.get(key))
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k} is {_shown(a.get(k))} in the checkpoint, {_shown(b.get(k))} now"
+                    for k in list(b) + [k for k in a if k not in b] if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key} is {_shown(a)} in the checkpoint, {_shown(b)} now")
+    return out
+
+
+def _plain(v):
+    """Tuples as lists (as a round trip through JSON gives them), for comparing."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _shown(v) -> str:
+    if isinstance(v, (list, tuple)):
+        text = ",".join(_shown(x) for x in v)
+    elif isinstance(v, dict):
+        text = "{" + ", ".join(f"{k}: {_shown(x)}" for k, x in v.items()) + "}"
+    else:
+        text = str(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def evaluate_model(task, model, loader, max_batches: Optional[int] = None) -> Dict[str, float]:
