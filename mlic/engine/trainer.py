@@ -7,6 +7,7 @@ continues exactly where the interrupted one stopped (bit-identical on CPU).
 """
 import math
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional
@@ -18,8 +19,8 @@ from torch import nn
 from mlic.engine import distributed as D
 from mlic.engine.allocator import keep_freed_memory
 from mlic.engine.checkpoint import CheckpointError, latest_intact_checkpoint
-from mlic.engine.hooks import HookBase
-from mlic.errors import RunStopped
+from mlic.engine.hooks import HookBase, PeriodicCheckpointer
+from mlic.errors import RunInterrupted, RunStopped
 
 
 class TrainingDiverged(RunStopped):
@@ -64,6 +65,15 @@ def set_rng_state(state: dict) -> None:
 PHASES = ("data", "forward", "backward", "update", "hooks")
 
 
+class _DataEnded(Exception):
+    """The batches stopped coming after a stop was requested (first: before any pass of the
+    iteration ran, so the state is still the previous iteration's)."""
+
+    def __init__(self, first: bool):
+        super().__init__()
+        self.first = first
+
+
 class Trainer:
     """
     model:      nn.Module
@@ -100,6 +110,7 @@ class Trainer:
             h.trainer = self
             self.hooks.append(h)
         self._iter: Optional[Iterator] = None
+        self._stop_signal: Optional[int] = None  # a signal asked the run to stop after this iteration
         # wall seconds per phase of the steps this run computed (data, forward, backward,
         # update: the solver and the loop's checks); hooks are timed apart
         self.phase_seconds: Dict[str, float] = dict.fromkeys(PHASES, 0.0)
@@ -125,12 +136,55 @@ class Trainer:
         if not _all_finite(list(_state_tensors(self.solver.state_dict()))):
             self.stop("the solver's history holds inf or nan")
 
-    def stop(self, reason: str, iteration: Optional[int] = None) -> None:
-        """Raise TrainingDiverged naming the iteration (1-based, as the progress bar counts;
-        default: the one being computed) and the last checkpoint that exists and is intact."""
+    def _last_intact_checkpoint(self) -> Optional[Path]:
         ck = self.last_checkpoint
         if ck is None or not Path(ck).is_file():
             ck = latest_intact_checkpoint(self.out_dir) if self.out_dir else None
+        return ck
+
+    def request_stop(self, signum: int) -> None:
+        """Asks the loop to stop after the current iteration, write a checkpoint and raise
+        RunInterrupted (what a signal handler calls: a scheduler's SIGTERM)."""
+        self._stop_signal = signum
+
+    def _stop_requested(self) -> bool:
+        # every rank stops at the same iteration when any of them got the signal
+        return D.any_rank(self._stop_signal is not None, self.device) if D.world_size() > 1 \
+            else self._stop_signal is not None
+
+    def _stop_for_signal(self, note: str = "") -> None:
+        """Checkpoints the state after iteration self.iter and raises RunInterrupted."""
+        signum = self._stop_signal or signal.SIGTERM
+        saved = None
+        for h in self.hooks:
+            if isinstance(h, PeriodicCheckpointer):
+                saved = h.save()
+        name = signal.Signals(signum).name
+        if saved is not None:
+            then = f"checkpoint written: {saved}; the same command with --resume continues from it"
+        else:
+            then = ("no checkpoint of it was written" + (f" ({self.suspect})" if self.suspect else "") + "; "
+                    + self._resume_advice())
+        raise RunInterrupted(f"stopped by {name} after iteration {self.iter} of {self.max_iter}{note}; {then}",
+                             signum)
+
+    def _resume_advice(self) -> str:
+        ck = self._last_intact_checkpoint()
+        if ck is None:
+            return "no checkpoint was written before, so the same command starts the run again"
+        return f"the same command with --resume continues from the last checkpoint, {ck}"
+
+    def interrupted(self, how: str, signum: int) -> RunInterrupted:
+        """The RunInterrupted for a run that `how` (e.g. "interrupted by Ctrl-C") ended where
+        it is now, saying how to continue."""
+        where = (f"during iteration {self.iter + 1} of {self.max_iter}" if not self.completed
+                 else f"after its last iteration ({self.iter}), before its final weights were written")
+        return RunInterrupted(f"{how} {where}; {self._resume_advice()}", signum)
+
+    def stop(self, reason: str, iteration: Optional[int] = None) -> None:
+        """Raise TrainingDiverged naming the iteration (1-based, as the progress bar counts;
+        default: the one being computed) and the last checkpoint that exists and is intact."""
+        ck = self._last_intact_checkpoint()
         if ck is not None:
             where = f"the last checkpoint, {ck}, is intact: lower the rate and continue from it with --resume"
         else:
@@ -179,8 +233,14 @@ class Trainer:
             clock = now
 
         sums: Dict[str, float] = {}
-        for _ in range(self.iter_size):
-            batch = self._next_batch()
+        for k in range(self.iter_size):
+            try:
+                batch = self._next_batch()
+            except Exception:
+                # the signal that asked the run to stop also ended the loader's workers
+                if self._stop_signal is not None:
+                    raise _DataEnded(first=k == 0) from None
+                raise
             lap("data")
             with torch.autocast(device_type=self.device.split(":")[0], enabled=self.amp):
                 out = self.step_fn(self.model, batch)
@@ -226,13 +286,32 @@ class Trainer:
                 for h in self.hooks:
                     h.before_step()
                 t1 = time.perf_counter()
-                self.run_step()
+                try:
+                    self.run_step()
+                except _DataEnded as exc:
+                    if not exc.first:  # part of the iteration ran: its state is not one to keep
+                        raise RunInterrupted(f"stopped by {signal.Signals(self._stop_signal).name} during iteration "
+                                             f"{self.iter + 1} of {self.max_iter}, whose data the signal cut off; "
+                                             f"{self._resume_advice()}", self._stop_signal) from None
+                    self._stop_for_signal(f" (iteration {self.iter + 1} could not start: the signal ended the "
+                                          "data loader's workers)")
                 self.iter += 1
                 t2 = time.perf_counter()
                 for h in self.hooks:
                     h.after_step()
                 self.phase_seconds["hooks"] += t1 - t0 + time.perf_counter() - t2
+                if self.iter < self.max_iter and self._stop_requested():
+                    self._stop_for_signal()
             self.completed = True
         finally:
+            self._close_batches()
             for h in self.hooks:
                 h.after_train()
+
+    def _close_batches(self) -> None:
+        """Ends the batch iterator now (a DataLoader's workers with it) rather than whenever
+        the garbage collector gets to it."""
+        it, self._iter = self._iter, None
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()

@@ -8,6 +8,8 @@ import contextlib
 import logging
 import os
 import random
+import signal
+import threading
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -24,7 +26,7 @@ from mlic.engine import (DivergenceWatch, EvalHook, MetricsWriter, PeriodicCheck
 from mlic.engine.checkpoint import CheckpointError, atomic_save
 from mlic.engine.run_lock import hold_folder
 from mlic.data import HumanAttDataConfig, build_loader, read_datalist
-from mlic.errors import OutputError, UserInputError
+from mlic.errors import OutputError, RunInterrupted, UserInputError
 from mlic.evaluation import evaluate_multilabel
 from mlic.solver import LR_POLICIES, CaffeSGD
 from mlic.solver.sgd import stepvalue_warning
@@ -51,12 +53,15 @@ def train(cfg: TrainConfig) -> Path:
         device = f"cuda:{torch.cuda.current_device()}"
     out = Path(cfg.out)
     try:
-        if D.is_main():
-            make_out_folder(out)
-        # one run per folder: the main process holds it (the other ranks are the same run)
-        with hold_folder(out) if D.is_main() else contextlib.nullcontext(), \
-                _train_log(out if D.is_main() else None):
-            return _train(cfg, device, out)
+        with _sigterm_interrupts():
+            if D.is_main():
+                make_out_folder(out)
+            # one run per folder: the main process holds it (the other ranks are the same run)
+            with hold_folder(out) if D.is_main() else contextlib.nullcontext(), \
+                    _train_log(out if D.is_main() else None):
+                return _train(cfg, device, out)
+    except KeyboardInterrupt as exc:  # before the loop started: nothing to continue from
+        raise RunInterrupted(f"{_how(exc)} while the run was being set up; no iteration ran", _signum(exc)) from None
     finally:
         if started_group:
             D.cleanup()
@@ -111,7 +116,16 @@ def _train(cfg: TrainConfig, device: str, out: Path) -> Path:
     if cfg.run.resume:
         resume(trainer, out, teacher)
     start = trainer.iter
-    trainer.train()
+    try:
+        with _checkpoint_on_sigterm(trainer):
+            trainer.train()
+        return _write_final(cfg, task, trainer, teacher, out, start)
+    except KeyboardInterrupt as exc:
+        raise trainer.interrupted(_how(exc), _signum(exc)) from None
+
+
+def _write_final(cfg: TrainConfig, task: Task, trainer: Trainer, teacher: Optional[dict], out: Path,
+                 start: int) -> Path:
     if trainer.iter > start:
         n = trainer.iter - start
         log.info("time per iteration: %s", ", ".join(f"{k} {1000 * v / n:.1f} ms"
@@ -126,6 +140,66 @@ def _train(cfg: TrainConfig, device: str, out: Path) -> Path:
                  f" (the teacher by reference: {teacher['path']}, SHA-256 {teacher['sha256'][:16]}...)")
     D.barrier()
     return final
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop: it unwinds as Ctrl-C does (no `except Exception`
+    mistakes it for a failure of what was running)."""
+
+    signum = signal.SIGTERM
+
+
+def _signum(exc: KeyboardInterrupt) -> int:
+    return getattr(exc, "signum", signal.SIGINT)
+
+
+def _how(exc: KeyboardInterrupt) -> str:
+    signum = _signum(exc)
+    return "interrupted by Ctrl-C" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM ends what is running with a message (outside the loop, which checkpoints
+    first: _checkpoint_on_sigterm)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _checkpoint_on_sigterm(trainer: Trainer):
+    """SIGTERM (a scheduler's notice before it kills a job) ends the run after the current
+    iteration, with a checkpoint (Trainer.request_stop); the handler is this process's
+    only while the loop runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    chld = signal.getsignal(signal.SIGCHLD)
+
+    def on_sigterm(signum, frame):
+        # A signal sent to the whole process group also ends the DataLoader's workers;
+        # torch's SIGCHLD handler would then raise in the middle of the iteration.
+        if callable(signal.getsignal(signal.SIGCHLD)):
+            signal.signal(signal.SIGCHLD, lambda *_: None)
+        trainer.request_stop(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if chld is not None:
+            signal.signal(signal.SIGCHLD, chld)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -143,7 +143,7 @@ def test_non_finite_solver_history_is_never_written(tmp_path):
     buf = next(iter(t.solver.opt.state.values()))["momentum_buffer"]
     buf[0] = float("inf")
     with pytest.raises(TrainingDiverged, match="solver's history holds inf or nan"):
-        t.hooks[1]._save()
+        t.hooks[1].save()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
