@@ -58,6 +58,7 @@ class PeriodicCheckpointer(HookBase):
             return None
         path = atomic_save(t.state_dict(), checkpoint_path(t.out_dir, t.iter))
         t.last_checkpoint = path
+        t.note_checkpoint(path)
         t.log(f"checkpoint written: {path}")
         if self.keep > 0:
             for _, old in list_checkpoints(t.out_dir)[self.keep:]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from mlic.engine import distributed as D
 from mlic.engine.allocator import keep_freed_memory
-from mlic.engine.checkpoint import CheckpointError, latest_intact_checkpoint
+from mlic.engine.checkpoint import CheckpointError, latest_intact_checkpoint, list_checkpoints, verify
 from mlic.engine.hooks import HookBase, PeriodicCheckpointer
 from mlic.errors import RunInterrupted, RunStopped
 
@@ -63,6 +63,25 @@ def set_rng_state(state: dict) -> None:
 
 
 PHASES = ("data", "forward", "backward", "update", "hooks")
+# A checkpoint is a sane point to continue from after a divergence while no weight exceeds
+# this many times the largest one at the start of the run (at least 1).
+SANE_GROWTH = 1e4
+
+
+def weights_peak(tensors) -> float:
+    """The largest magnitude among floating-point tensors (0 for none)."""
+    tensors = [t.detach() for t in tensors if t is not None and t.is_floating_point() and t.numel()]
+    if not tensors:
+        return 0.0
+    return float(torch.stack([p.float() for p in torch._foreach_norm(tensors, float("inf"))]).max())
+
+
+def _checkpoint_peak(path) -> Optional[float]:
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return weights_peak(state["model"].values())
+    except Exception:  # unreadable: not a point to continue from
+        return None
 
 
 class _DataEnded(Exception):
@@ -111,6 +130,8 @@ class Trainer:
             self.hooks.append(h)
         self._iter: Optional[Iterator] = None
         self._stop_signal: Optional[int] = None  # a signal asked the run to stop after this iteration
+        self.start_peak: Optional[float] = None  # the largest weight when the run started (kept on resume)
+        self._checkpoint_peaks: Dict[str, float] = {}  # of the checkpoints this run wrote
         # wall seconds per phase of the steps this run computed (data, forward, backward,
         # update: the solver and the loop's checks); hooks are timed apart
         self.phase_seconds: Dict[str, float] = dict.fromkeys(PHASES, 0.0)
@@ -135,6 +156,11 @@ class Trainer:
             self.stop("a parameter holds inf or nan")
         if not _all_finite(list(_state_tensors(self.solver.state_dict()))):
             self.stop("the solver's history holds inf or nan")
+
+    def note_checkpoint(self, path) -> None:
+        """Called by the checkpointer for each checkpoint written: its largest weight, for
+        the advice after a divergence."""
+        self._checkpoint_peaks[str(path)] = weights_peak(self.model.parameters())
 
     def _last_intact_checkpoint(self) -> Optional[Path]:
         ck = self.last_checkpoint
@@ -183,14 +209,41 @@ class Trainer:
 
     def stop(self, reason: str, iteration: Optional[int] = None) -> None:
         """Raise TrainingDiverged naming the iteration (1-based, as the progress bar counts;
-        default: the one being computed) and the last checkpoint that exists and is intact."""
-        ck = self._last_intact_checkpoint()
-        if ck is not None:
-            where = f"the last checkpoint, {ck}, is intact: lower the rate and continue from it with --resume"
-        else:
-            where = "no checkpoint was written before it, so there is nothing to resume from"
+        default: the one being computed) and the last intact checkpoint whose weights are
+        sane (SANE_GROWTH), or saying that none is."""
         it = self.iter + 1 if iteration is None else iteration
-        raise TrainingDiverged(f"training diverged at iteration {it}: {reason}; {where}")
+        raise TrainingDiverged(f"training diverged at iteration {it}: {reason}; {self._divergence_advice()}")
+
+    def _divergence_advice(self) -> str:
+        found = [p for _, p in list_checkpoints(self.out_dir)] if self.out_dir else []
+        intact = []
+        for p in found:
+            try:
+                verify(p)
+                intact.append(p)
+            except CheckpointError:
+                continue
+        if not intact:
+            return "no checkpoint was written before it, so there is nothing to resume from"
+        limit = SANE_GROWTH * max(self.start_peak or 0.0, 1.0)
+        newer = []
+        for p in intact:
+            peak = self._checkpoint_peaks.get(str(p))
+            if peak is None:
+                peak = _checkpoint_peak(p)
+            if peak is not None and peak <= limit:
+                break
+            newer.append((p, peak))
+        else:
+            worst = max((pk for _, pk in newer if pk is not None), default=float("nan"))
+            return (f"the checkpoints written before it already hold weights up to {worst:.3g}, beyond the "
+                    f"{limit:.3g} a sane one may reach, so none is a point to continue from: start afresh (without "
+                    "--resume) with a lower rate")
+        if not newer:
+            return f"the last checkpoint, {p}, is intact: lower the rate and continue from it with --resume"
+        return (f"the last checkpoint with sane weights is {p}; the newer {', '.join(str(q) for q, _ in newer)} "
+                f"already hold(s) weights up to {max(pk or 0.0 for _, pk in newer):.3g}, beyond the {limit:.3g} a "
+                "sane one may reach: remove the newer ones, lower the rate and continue from it with --resume")
 
     def load_state_dict(self, state: dict) -> None:
         try:
@@ -208,6 +261,9 @@ class Trainer:
             raise CheckpointError(f"the checkpoint's solver state does not fit this solver ({exc})") from None
         self.iter = int(state["iter"])
         set_rng_state(state["rng"])
+        peak = (state.get("meta") or {}).get("start_peak")
+        if peak is not None:
+            self.start_peak = self.meta["start_peak"] = float(peak)
         self._iter = None
 
     # ------------------------------------------------------------------ loop
@@ -278,6 +334,8 @@ class Trainer:
 
     def train(self) -> None:
         keep_freed_memory()
+        if self.start_peak is None:
+            self.start_peak = self.meta["start_peak"] = weights_peak(self.model.parameters())
         for h in self.hooks:
             h.before_train()
         try:

@@ -240,10 +240,12 @@ def test_stale_partial_checkpoint_files_are_removed_at_start(data, tmp_path, cap
     assert not any(p.exists() for p in stale)
 
 
-@pytest.mark.parametrize("rate,period", [("10", "2"), ("1e38", "1")])
+@pytest.mark.parametrize("rate,period", [("10", "2"), ("1e38", "1"), ("1e30", "1")])
 def test_a_too_high_rate_stops_instead_of_reporting_a_plausible_map(data, tmp_path, capsys, rate, period):
     """A small WSDDN with a rate far too high: training stops naming the iteration and the
-    checkpoint situation; no final weights, no metrics, no checkpoint with inf/nan."""
+    checkpoint to continue from, one whose weights are sane (at 1e30 the first update
+    already takes them to ~1e31: none is), or saying there is none; no final weights, no
+    metrics, no checkpoint with inf/nan."""
     out = tmp_path / "run"
     argv = base(data, out, iters=30) + ["--base-lr", rate, "--checkpoint-period", period, "--test-datalist",
                                         data["test"]]
@@ -252,15 +254,21 @@ def test_a_too_high_rate_stops_instead_of_reporting_a_plausible_map(data, tmp_pa
     msg = err.strip().splitlines()[-1]
     assert msg.startswith("train.py: error: training diverged at iteration "), msg
     assert not (out / "final.pt").exists() and not (out / "eval.csv").exists()
-    ckpts = _checkpoints(out)
-    if ckpts:
-        assert f"the last checkpoint, {ckpts[-1]}, is intact" in msg
-        for p in ckpts:
-            st = torch.load(p, weights_only=False)
-            assert all(torch.isfinite(v).all() for v in st["model"].values())
+    peaks = {}
+    for p in _checkpoints(out):
+        st = torch.load(p, weights_only=False)
+        assert all(torch.isfinite(v).all() for v in st["model"].values())
+        peaks[p] = max(float(v.abs().max()) for v in st["model"].values() if v.is_floating_point())
+    named = [p for p in peaks if f"the last checkpoint, {p}, is intact: lower the rate and continue from it" in msg]
+    if named:
+        assert peaks[named[0]] < 1e3, (named, peaks)  # sane by any measure
+    elif peaks:
+        assert max(peaks.values()) > 1e20, peaks
+        assert "so none is a point to continue from: start afresh (without --resume) with a lower rate" in msg
     else:
         assert "no checkpoint was written before it, so there is nothing to resume from" in msg
-        assert "is intact" not in msg
+    if rate == "1e30":
+        assert peaks and "none is a point to continue from" in msg, msg
 
 
 def _unshare_tmpfs_ok():
