@@ -13,6 +13,7 @@ param dict, tools/train.py checkpoint, student export, torchvision VGG16). The o
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -135,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, help="for torchvision weights: the net's input scale (default 1)")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = ap.parse_args(argv)
+    warnings = _Warnings()  # the library's warnings (an unverified input file), as this tool's own
+    logging.getLogger("mlic").addHandler(warnings)
     try:
         convert(args.src, args.dst, args.prototxt, args.phase, strict=args.strict, student=args.student,
                 class_names=args.class_names, allow_untrained_teacher=args.allow_untrained_teacher,
@@ -145,7 +148,17 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"convert_caffemodel.py: error: {_sentence(exc)}", file=sys.stderr)
         return 2
+    finally:
+        logging.getLogger("mlic").removeHandler(warnings)
     return 0
+
+
+class _Warnings(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record):
+        print(f"warning: {record.getMessage()}", file=sys.stderr)
 
 
 def _sentence(exc: BaseException) -> str:

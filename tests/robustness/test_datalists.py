@@ -254,3 +254,18 @@ def test_one_case_in_its_own_process(data, tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2
     assert "train.txt:3: field 4 (label 3) must be 0 or 1, got '2'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("tool", ["test", "convert_caffemodel"])
+def test_weights_without_their_hash_are_read_with_a_warning(tool, data, trained, tmp_path, capsys):
+    import shutil
+
+    root, files, _ = data
+    copy = tmp_path / "final.pt"
+    shutil.copy(trained, copy)  # without final.pt.sha256
+    args = (["--weights", str(copy), "--datalist", files["test"], "--root-folder", files["root_folder"]]
+            if tool == "test" else [str(copy), str(tmp_path / "params.pt")])
+    code = tool_main(tool)(args)
+    err = capsys.readouterr().err
+    assert code == 0, err[-2000:]
+    assert f"{copy} has no SHA-256 beside it (final.pt.sha256): it is read unverified" in err, err[-2000:]
