@@ -13,16 +13,20 @@ param dict, tools/train.py checkpoint, student export, torchvision VGG16). The o
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
+from mlic.caffe import torchvision_vgg as tv
 from mlic.caffe.errors import CaffeError
 from mlic.caffe.net import CaffeNet
 from mlic.caffe.student_export import save_student, student_export
 from mlic.caffe.torchvision_vgg import InputTransform
 from mlic.caffe.weight_files import initialize_weights, read_weight_file
 from mlic.caffe.weights import save_caffemodel, save_param_dict
+from mlic.errors import OutputError
 
 TORCH_EXT = (".pt", ".pth")
 
@@ -49,6 +53,20 @@ def read_class_names(path) -> list:
     return names
 
 
+def check_output(src, dst: Path) -> None:
+    """Refuses, before any work, an output that cannot be written or that is the input."""
+    if dst.is_dir():
+        raise OutputError(f"{dst}: a folder; the output must be a file")
+    if not dst.parent.is_dir():
+        raise OutputError(f"{dst}: the folder {dst.parent} does not exist")
+    if not dst.exists():
+        return
+    source = tv.resolve(os.fspath(src)) if tv.is_torchvision_spec(os.fspath(src)) else os.fspath(src)
+    if os.path.exists(source) and os.path.samefile(source, dst):
+        raise OutputError(f"{dst}: this is the input file {src}; writing it would replace the weights being "
+                          "converted: choose another output")
+
+
 def convert(src, dst, prototxt=None, phase="TEST", *, strict=False, student=False, class_names=None,
             allow_untrained_teacher=False, mean=None, scale=None, log=print, warn=None) -> None:
     warn = warn or (lambda m: log(f"warning: {m}"))
@@ -56,6 +74,7 @@ def convert(src, dst, prototxt=None, phase="TEST", *, strict=False, student=Fals
     to_torch = dst.suffix in TORCH_EXT
     if not to_torch and dst.suffix != ".caffemodel":
         raise CaffeError(f"{dst}: the output must end in .caffemodel, .pt or .pth")
+    check_output(src, dst)
     if student:
         if not to_torch:
             raise CaffeError(f"{dst}: a student export is a torch file (.pt or .pth)")
@@ -117,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, help="for torchvision weights: the net's input scale (default 1)")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = ap.parse_args(argv)
+    warnings = _Warnings()  # the library's warnings (an unverified input file), as this tool's own
+    logging.getLogger("mlic").addHandler(warnings)
     try:
         convert(args.src, args.dst, args.prototxt, args.phase, strict=args.strict, student=args.student,
                 class_names=args.class_names, allow_untrained_teacher=args.allow_untrained_teacher,
@@ -127,7 +148,17 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"convert_caffemodel.py: error: {_sentence(exc)}", file=sys.stderr)
         return 2
+    finally:
+        logging.getLogger("mlic").removeHandler(warnings)
     return 0
+
+
+class _Warnings(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record):
+        print(f"warning: {record.getMessage()}", file=sys.stderr)
 
 
 def _sentence(exc: BaseException) -> str:

@@ -20,6 +20,8 @@ from google.protobuf.message import DecodeError
 from mlic.caffe import proto
 from mlic.caffe.errors import CaffemodelError, PrototxtError, where
 from mlic.caffe.layers import supported_layer_types
+from mlic.errors import OutputError
+from mlic.integrity import atomic_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -413,6 +415,10 @@ def blob_to_array(blob, what: str = "blob") -> np.ndarray:
         raise CaffemodelError(
             f"{what}: holds {arr.size} values but its shape {list(shape)} needs {count} (truncated or corrupt)"
         )
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise CaffemodelError(f"{what}: holds {int(arr.size - finite.sum())} non-finite value(s) (nan or inf); "
+                              "weights must be finite numbers")
     return arr.reshape(shape)
 
 
@@ -430,8 +436,7 @@ def array_to_blob(arr, blob=None):
 
 
 def write_binary(message, path: PathLike) -> None:
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(message.SerializeToString())
-    os.replace(tmp, path)
+    """The message's binary form, written atomically (OutputError naming the file when it
+    cannot be written; nothing partial is left)."""
+    data = message.SerializeToString()
+    atomic_write(path, lambda f: f.write(data), OutputError)

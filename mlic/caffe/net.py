@@ -68,17 +68,25 @@ def split_blob_name(layer_name: str, blob_name: str, blob_idx: int, split_idx: i
     return f"{blob_name}_{layer_name}_{blob_idx}_split_{split_idx}"
 
 
+class RepeatedTop(Exception):
+    """(layer index, top index, blob): a layer writes a blob an earlier layer produced,
+    without being in place on it."""
+
+
 def insert_splits(layers: List) -> Tuple[List, List[int], Dict[str, str]]:
     """Caffe's InsertSplits on a list of LayerParameters.
 
     Returns (new layers, index of the original layer each new one comes from, and for a
-    loss top that was split: top name -> the split blob that carries its loss).
+    loss top that was split: top name -> the split blob that carries its loss). Raises
+    KeyError((layer, bottom, blob)) for a bottom no earlier layer produces and RepeatedTop
+    for a top written twice, whichever comes first in the file.
     """
     last_top: Dict[str, Tuple[int, int]] = {}
     source_of: Dict[Tuple[int, int], Tuple[int, int]] = {}
     consumers: Dict[Tuple[int, int], int] = {}
     loss_w: Dict[Tuple[int, int], float] = {}
     for i, lp in enumerate(layers):
+        # in Caffe's order (Net::Init): a layer's bottoms, then its tops, layer after layer
         for j, b in enumerate(lp.bottom):
             if b not in last_top:
                 raise KeyError((i, j, b))
@@ -86,6 +94,8 @@ def insert_splits(layers: List) -> Tuple[List, List[int], Dict[str, str]]:
             source_of[(i, j)] = src
             consumers[src] = consumers.get(src, 0) + 1
         for j, t in enumerate(lp.top):
+            if t in last_top and not (j < len(lp.bottom) and lp.bottom[j] == t):
+                raise RepeatedTop((i, j, t))
             last_top[t] = (i, j)
         for j in range(min(len(lp.loss_weight), len(lp.top))):
             src = last_top[lp.top[j]]
@@ -179,6 +189,12 @@ class CaffeNet(nn.Module):
                 f"{spec.where(kept_idx[i])}: layer '{kept[i].name}' (type {kept[i].type}): unknown bottom blob "
                 f"'{b}' (bottom {j}); it is not produced by any earlier layer in phase {self.phase}"
             ) from None
+        except RepeatedTop as exc:
+            i, j, t = exc.args[0]
+            raise NetBuildError(
+                f"{spec.where(kept_idx[i])}: layer '{kept[i].name}': top blob '{t}' is produced by multiple sources "
+                f"(only an in-place layer, with the same blob as bottom {j}, may write it again)"
+            ) from None
         self._build_layers(layers, [kept_idx[o] for o in origin], ops_backend, data_dir, data_seed)
 
         self.register_buffer("_probe", torch.zeros(0), persistent=False)
@@ -237,13 +253,7 @@ class CaffeNet(nn.Module):
                                                                               data_dir, data_seed))
             for b in lp.bottom:
                 available.pop(b, None)
-            for j, t in enumerate(lp.top):
-                inplace = j < len(lp.bottom) and lp.bottom[j] == t
-                if t in self.blob_shapes and not inplace:
-                    raise NetBuildError(
-                        f"{where}: layer '{lp.name}': top blob '{t}' is produced by multiple sources "
-                        f"(only an in-place layer, with the same blob as bottom {j}, may write it again)"
-                    )
+            for j, t in enumerate(lp.top):  # a top written twice was refused by insert_splits
                 self.blob_shapes[t] = layer.top_shapes[j]
                 available[t] = None
             if isinstance(layer, (InputLayer, HumanAttDataLayer)):

@@ -19,7 +19,6 @@ directly) without the teacher.
 """
 from __future__ import annotations
 
-import os
 import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -32,6 +31,8 @@ from mlic.caffe.io import load_net_spec
 from mlic.caffe.layers import human_att_data_config
 from mlic.caffe.weight_files import STUDENT_FORMAT, WeightFile, belongs_to_teacher, layer_of, load_file, \
     read_weight_file
+from mlic.errors import OutputError
+from mlic.integrity import write_with_hash
 from prototxt_ports import NetConfig, Student
 from prototxt_ports.config import RELEASED_MEAN_BGR
 
@@ -174,9 +175,8 @@ def build_student(exp: dict, device="cpu") -> Tuple[Student, StudentInfo]:
 
 
 def save_student(exp: dict, path) -> None:
-    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-    torch.save(exp, tmp)
-    os.replace(tmp, path)
+    """torch.save of the export, atomically and with its SHA-256 beside it (mlic.integrity)."""
+    write_with_hash(path, lambda f: torch.save(exp, f), OutputError)
 
 
 def load_student(source, device="cpu", prototxt=None) -> Tuple[Student, StudentInfo]:

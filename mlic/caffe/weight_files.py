@@ -37,9 +37,9 @@ import torch
 from mlic.caffe import proto
 from mlic.caffe import torchvision_vgg as tv
 from mlic.caffe.errors import CaffemodelError
-from mlic.caffe.io import array_to_blob, read_caffemodel, write_binary
+from mlic.caffe.io import array_to_blob, write_binary
 from mlic.caffe.weights import LoadReport, caffemodel_to_param_dict, load_caffemodel, load_param_dict, name_map
-from mlic.integrity import file_sha256
+from mlic.integrity import file_sha256, verify_file, warn_unverified
 from prototxt_ports.wsddn import wsddn_to_kd_name
 
 STUDENT_FORMAT = "mlic-student"
@@ -95,14 +95,31 @@ def _reason(exc: BaseException) -> str:
 
 
 def torch_load(path: str, label: Optional[str] = None):
-    """torch.load of a file the user named, with every failure as one sentence naming it.
-    (Full unpickling: checkpoints hold RNG states and metadata besides tensors.)"""
+    """torch.load of a file the user named, after checking the hash recorded beside it
+    (a checkpoint of tools/train.py without one is read with a warning), with every
+    failure as one sentence naming it. (Full unpickling: checkpoints hold RNG states and
+    metadata besides tensors.)"""
     label = label or path
+    recorded = verify_file(path, label)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises RuntimeError, OSError, EOFError, UnpicklingError ...
         raise CaffemodelError(f"{label}: cannot read this torch.save file; it is truncated or corrupt "
                               f"({_reason(exc)})") from None
+    if recorded is None and isinstance(obj, dict) and "model" in obj and "meta" in obj:
+        warn_unverified(path, label)
+    return obj
+
+
+def check_finite(params, source: str) -> None:
+    """Refuses weights holding nan or inf, naming the file and the layer."""
+    for key, value in params.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            layer, _, i = key.rpartition("/")
+            what = f"layer '{layer}' blob {i}" if layer and i.isdigit() else f"entry {key!r}"
+            raise CaffemodelError(f"{source}: {what} holds {bad} non-finite value(s) (nan or inf); weights must "
+                                  "be finite numbers")
 
 
 def _is_param_dict(d) -> bool:
@@ -148,7 +165,14 @@ def read_weight_file(source, transform: Optional[tv.InputTransform] = None) -> W
     if not _is_torch_file(path):
         if tv.is_torchvision_spec(label):
             raise CaffemodelError(f"{label}: {path} is not a torch.save file")
-        return WeightFile(label, "caffemodel", caffemodel_to_param_dict(read_caffemodel(path)))
+        verify_file(path, label)
+        return WeightFile(label, "caffemodel", caffemodel_to_param_dict(path))  # non-finite blobs refused there
+    wf = _read_torch_weights(label, path, transform)
+    check_finite(wf.params, label)
+    return wf
+
+
+def _read_torch_weights(label: str, path: str, transform) -> WeightFile:
     obj = torch_load(path, label)
     if tv.looks_like_vgg16(obj):
         if transform is None:
@@ -219,11 +243,15 @@ def load_weights(net, source, strict: bool = False, rename=None) -> LoadReport:
     name: a caffemodel (path or NetParameter), a {'layer/i': tensor} dict, or any weight
     file. `rename` maps the file's layer names to the net's (a dict or a callable)."""
     if isinstance(source, proto.NetParameter):
-        return load_caffemodel(net, source, strict, rename)
-    if isinstance(source, dict):
-        return load_param_dict(net, _renamed(source, rename), strict=strict)
-    wf = read_weight_file(source)
-    return load_param_dict(net, _renamed(wf.params, rename), wf.source, strict)
+        rep = load_caffemodel(net, source, strict, rename)
+    elif isinstance(source, dict):
+        rep = load_param_dict(net, _renamed(source, rename), strict=strict)
+    else:
+        wf = read_weight_file(source)
+        rep = load_param_dict(net, _renamed(wf.params, rename), wf.source, strict)
+    if not rep.loaded and rep.unexpected:
+        raise _shares_no_layer(rep.source, "weights", rep.unexpected, list(net.params))
+    return rep
 
 
 def _renamed(d, rename):
@@ -335,12 +363,14 @@ def load_file(model_or_params, wf: WeightFile, role: str = "weights", params=Non
     d = wf.params if params is None else params
     file_layers = list(OrderedDict.fromkeys(layer_of(k) for k in d))
     if not any(l in target for l in file_layers):
-        ours = list(target)
-        raise CaffemodelError(
-            f"{wf.source}: shares no layer name with the net ({role}); the file has "
-            f"{_few(file_layers) or 'no layers'}, the net {_few(ours) or 'no learnable layers'}")
+        raise _shares_no_layer(wf.source, role, file_layers, list(target))
     rep = load_param_dict(_View(target), d, wf.source)
     return Loaded(wf, role, rep.loaded, rep.unexpected, how)
+
+
+def _shares_no_layer(source: str, role: str, file_layers, net_layers) -> CaffemodelError:
+    return CaffemodelError(f"{source}: shares no layer name with the net ({role}); the file has "
+                           f"{_few(file_layers) or 'no layers'}, the net {_few(net_layers) or 'no learnable layers'}")
 
 
 def _few(names: Sequence[str], n: int = 6) -> str:

@@ -24,6 +24,8 @@ from mlic.caffe import proto
 from mlic.caffe.errors import CaffemodelError
 from mlic.caffe.io import (StoredLayer, array_to_blob, blob_to_array, caffemodel_layers, is_legacy_blob,
                            read_caffemodel, write_binary)
+from mlic.errors import OutputError
+from mlic.integrity import write_with_hash
 
 
 @dataclass
@@ -184,7 +186,9 @@ def caffemodel_to_param_dict(source) -> "OrderedDict[str, torch.Tensor]":
 
 
 def save_param_dict(d, path) -> None:
-    torch.save(OrderedDict((k, v.detach().cpu()) for k, v in d.items()), os.fspath(path))
+    """torch.save of the dict, atomically and with its SHA-256 beside it (mlic.integrity)."""
+    d = OrderedDict((k, v.detach().cpu()) for k, v in d.items())
+    write_with_hash(path, lambda f: torch.save(d, f), OutputError)
 
 
 def load_param_dict(net, d, source: str = "<param dict>", strict: bool = False) -> LoadReport:

@@ -19,7 +19,8 @@ Every box is mapped into the network's frame (the datalist frame, new_width x ne
 e.g. 672 x 672) the way the proposals were: ``x * new_width / width`` (and y alike) with
 the image size the annotation file gives, then clipped to the frame
 (:func:`mlic.data.builders.map_boxes_to_frame`). Datalist lines are matched to annotated
-images by path, else by file name; a line without annotation is an error naming it.
+images by path, else by file name; a line without annotation is an error naming it, and so
+are annotations matched by file name to images in other folders (another split's file).
 Errors are :class:`~mlic.data.builders.DatasetFormatError` naming the file.
 """
 from __future__ import annotations
@@ -74,24 +75,70 @@ class _Matcher:
 
     def __init__(self, path, names: Sequence[str]):
         self.path = path
+        self.names = [str(n).replace("\\", "/") for n in names]
         self.exact: Dict[str, int] = {}
         self.base: Dict[str, List[int]] = {}
-        for k, n in enumerate(names):
-            n = str(n).replace("\\", "/")
+        self.by_name: List[Tuple[int, int]] = []  # (datalist entry, annotated image) matched by file name only
+        for k, n in enumerate(self.names):
             self.exact.setdefault(n, k)
             self.base.setdefault(os.path.basename(n), []).append(k)
 
-    def find(self, image_path: str, where: str) -> int:
+    def find(self, image_path: str, where: str, entry: int = -1) -> int:
         p = image_path.replace("\\", "/")
         if p in self.exact:
             return self.exact[p]
         hits = self.base.get(os.path.basename(p), [])
         if len(hits) == 1:
+            self.by_name.append((entry, hits[0]))
             return hits[0]
         if not hits:
             raise _err(self.path, f"no annotation for {image_path!r} ({where})")
         raise _err(self.path, f"{len(hits)} annotated images are named {os.path.basename(p)!r}; cannot tell "
                    f"which one is {image_path!r} ({where})")
+
+
+def _folders(path: str) -> List[str]:
+    return [c for c in path.replace("\\", "/").split("/")[:-1] if c not in ("", ".")]
+
+
+def _in_other_folder(listed: str, annotated: str) -> bool:
+    """Two paths of the same file name whose folders cannot be the same place: neither
+    one's folders end the other's (train/000000.png is not .../test/000000.png)."""
+    a, b = _folders(listed), _folders(annotated)
+    n = min(len(a), len(b))
+    return n > 0 and a[len(a) - n:] != b[len(b) - n:]
+
+
+def _check_same_images(match: _Matcher, datalist, sizes, boxes, split=None) -> None:
+    """Refuses annotations matched by file name to images in other folders (another split's
+    file): the message says how many matched so, and how many of their boxes (in the
+    annotated image's pixels) fall outside the listed images. sizes[k]: the (width,
+    height) the file gives image k; boxes[k]: its boxes as inclusive corners."""
+    from mlic.data.transforms import read_image_bgr
+
+    full = getattr(datalist, "image_path", lambda i: datalist.paths[i])
+    other = [(i, k) for i, k in match.by_name if _in_other_folder(full(i), match.names[k])]
+    if not other:
+        return
+    outside = total = resized = 0
+    for i, k in other:
+        img = read_image_bgr(full(i))
+        b = np.asarray(boxes[k], dtype=np.float64).reshape(-1, 4)
+        total += len(b)
+        if img is None:
+            continue
+        h, w = img.shape[:2]
+        try:
+            resized += (float(sizes[k][0]), float(sizes[k][1])) != (w, h)
+        except (TypeError, ValueError):
+            pass
+        outside += int(((b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w - 1) | (b[:, 3] > h - 1)).sum())
+    i, k = other[0]
+    raise _err(match.path, f"names another split{f' ({split!r})' if split else ''}: {len(other)} of the "
+               f"{len(datalist.paths)} listed images matched only by file name, to images in other folders "
+               f"({match.names[k]!r} for {datalist.paths[i]!r}, {_where(datalist, i)}); {outside} of their "
+               f"{total} boxes fall outside the listed images and {resized} of these images differ in size "
+               "from the file's; give the ground truth of the datalist's own split")
 
 
 def _where(datalist, i: int) -> str:
@@ -174,12 +221,14 @@ def _coco_from_dict(data, path, datalist, frame, class_names, num_classes) -> Gr
     match = _Matcher(path, names)
     out = []
     for i in range(len(datalist.paths)):
-        im = images[ids[match.find(datalist.paths[i], _where(datalist, i))]]
+        im = images[ids[match.find(datalist.paths[i], _where(datalist, i), i)]]
         anns = per_image.get(int(im["id"]), [])
         b = np.array([a[:4] for a in anns], dtype=np.float64).reshape(-1, 4)
         b = _frame_boxes(b, im.get("width"), im.get("height"), frame, path, f"image {im['file_name']!r}")
         out.append({"boxes": b, "labels": np.array([a[4] for a in anns], dtype=np.int64),
                     "difficult": np.array([a[5] for a in anns], dtype=bool)})
+    _check_same_images(match, datalist, [(im.get("width"), im.get("height")) for im in data["images"]],
+                       [[a[:4] for a in per_image.get(i, [])] for i in ids])
     return GroundTruthImages(out, order, "coco", str(path))
 
 
@@ -259,7 +308,7 @@ def _synthetic_from_dict(data, path, datalist, frame, class_names, num_classes) 
     match = _Matcher(path, names)
     out = []
     for i in range(len(datalist.paths)):
-        im = images[match.find(datalist.paths[i], _where(datalist, i))]
+        im = images[match.find(datalist.paths[i], _where(datalist, i), i)]
         boxes, labels = [], []
         for o in im["objects"]:
             c = o["class"]
@@ -271,6 +320,9 @@ def _synthetic_from_dict(data, path, datalist, frame, class_names, num_classes) 
                                                 frame[0], frame[1])[0])
         out.append({"boxes": np.array(boxes, dtype=np.float64).reshape(-1, 4),
                     "labels": np.array(labels, dtype=np.int64), "difficult": np.zeros(len(labels), bool)})
+    _check_same_images(match, datalist, [(im["width"], im["height"]) for im in images],
+                       [[o["box_image"] for o in im["objects"] if "box_image" in o] for im in images],
+                       data.get("split"))
     return GroundTruthImages(out, order, "synthetic", str(path))
 
 

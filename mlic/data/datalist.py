@@ -13,6 +13,7 @@ and the 1-based line number.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -267,16 +268,21 @@ def parse_datalist_text(text: str, source: PathLike = "<text>", att_num: Optiona
     leading: List[int] = []       # per line: how many leading values are 0/1
     votes: List[int] = []         # per line: the label count it reads as (-1: none)
     line_numbers: List[int] = []
+    if text.startswith("\ufeff"):
+        raise DatalistError(source, 1, "the file starts with a UTF-8 byte order mark (EF BB BF), which Caffe's "
+                            "reader takes as part of the first image path; save the list without it")
     raw_lines = text.split("\n")
     for lineno, raw in enumerate(raw_lines, start=1):
         tokens = _fields(raw)
         if not tokens:
             continue
         if known:
-            lab, box = parse_line(tokens, att_num, bbox_num, source, lineno)
+            with _cr_endings(raw):
+                lab, box = parse_line(tokens, att_num, bbox_num, source, lineno)
             rows.append(np.concatenate([lab.astype(np.float32), box.reshape(-1)]))
         else:
-            values = _numbers(tokens, att_num, None, source, lineno)
+            with _cr_endings(raw):
+                values = _numbers(tokens, att_num, None, source, lineno)
             lead = _leading_01(values)
             # the line's own reading: its leading 0/1 fields, as many as leave whole boxes
             c = lead - ((lead - len(values)) % 5)
@@ -314,6 +320,24 @@ def parse_datalist_text(text: str, source: PathLike = "<text>", att_num: Optiona
     )
 
 
+# A carriage return that does not end its line: lines separated by CR alone (classic Mac OS)
+_CR_INSIDE = re.compile(r"\r[^\s]")
+
+
+@contextlib.contextmanager
+def _cr_endings(raw: str):
+    """A line that fails to parse because it is several lines separated by CR alone is
+    reported as that, not as the field where the next line's path begins."""
+    try:
+        yield
+    except DatalistError as exc:
+        if _CR_INSIDE.search(raw) is None:
+            raise
+        raise DatalistError(exc.file, exc.line, "lines end in a carriage return alone (CR, classic Mac OS line "
+                            "endings), which Caffe's reader does not split at, so they run together into one "
+                            f"line; convert the line endings to LF ({exc.reason})") from None
+
+
 def _layout(c: int, b: int) -> str:
     return f"{c} label{'s' if c != 1 else ''} + {b} box{'es' if b != 1 else ''}"
 
@@ -324,7 +348,8 @@ def _infer(rows, leading, line_votes, line_numbers, tokens_of, att_num, bbox_num
     The field count is the one most lines have (a line that differs is the error). Without
     ``att_num`` each line reads as its leading 0/1 fields, as many as leave whole 5-value
     boxes (the largest such count), provided every box then has x1 <= x2 and y1 <= y2; the
-    count most lines agree on is taken. Refused as ambiguous: lines disagreeing evenly, and a
+    count most lines agree on is taken (a line that reads otherwise is named in a warning).
+    Refused as ambiguous: lines disagreeing evenly, and a
     count 5 smaller that fits too when the 5 fields in between are not all 0 (they could be a
     box of 0/1 values: the format cannot tell).
     """
@@ -375,6 +400,18 @@ def _infer(rows, leading, line_votes, line_numbers, tokens_of, att_num, bbox_num
     log.info("%s: no label count given; read as %s per line (inferred from %d of %d lines; "
              "state the label count, e.g. --num-classes %d, to skip the guess)", source, _layout(c, (n - c) // 5),
              ranked[0][1], len(rows), c)
+    # the lines that read otherwise are read as the others are: each kind is named
+    other = next((i for i, (v, k) in enumerate(zip(rows, line_votes)) if len(v) == n and k >= 0 and k != c), None)
+    if other is not None:
+        k = line_votes[other]
+        log.warning("%s:%d reads as %s, unlike the %d lines read as %s (the same number of fields, laid out "
+                    "differently); it is read as they are: if that is wrong, state the label count (--num-classes, "
+                    "att_num)", source, line_numbers[other], _layout(k, (n - k) // 5), ranked[0][1],
+                    _layout(c, (n - c) // 5))
+    unordered = next((i for i, (v, k) in enumerate(zip(rows, line_votes)) if len(v) == n and k < 0), None)
+    if unordered is not None:
+        log.warning("%s:%d has a box with x1 > x2 or y1 > y2 in every reading; it is read as the others are (%s)",
+                    source, line_numbers[unordered], _layout(c, (n - c) // 5))
     return c, (n - c) // 5
 
 
@@ -388,7 +425,8 @@ def read_datalist(source: PathLike, att_num: Optional[int] = None, bbox_num: Opt
     it from the numbers alone is a fallback. What is not given is inferred from all lines
     (logged): the field count most lines have; without ``att_num``, the count of leading 0/1
     fields that leaves whole 5-value boxes with x1 <= x2 and y1 <= y2, as most lines read.
-    It is refused when the lines disagree evenly, or when a count 5 smaller fits every line
+    A line that reads as another layout than most is read as they are, with a warning naming
+    it. It is refused when the lines disagree evenly, or when a count 5 smaller fits every line
     too and the five fields in between are not all 0 (they could be a box of 0/1 values: a
     line with the same number of fields laid out differently cannot be told apart).
     Every line must then fit the one layout. ``min_boxes``: fewer boxes per line is an error.

@@ -398,7 +398,7 @@ class HumanAttDataset(Dataset):
                         "when the list is loaded") if self.check_files != "construct" else \
                     "it existed when the list was loaded"
                 raise self.datalist.error(i, f"image file not found: {path!r} ({when})", ImageReadError)
-            raise self.datalist.error(i, f"cannot decode image {path!r} (unreadable or corrupt)", ImageReadError)
+            raise self.datalist.error(i, f"cannot decode image {path!r} (unreadable, corrupt or truncated)", ImageReadError)
         if self.config.new_width > 0:
             img = resize_linear(img, self.config.new_width, self.config.new_height)
         return img

@@ -6,17 +6,49 @@ All arithmetic that Caffe does in ``float`` is done in float32 here so that trun
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional, Tuple
 
 import cv2
 import numpy as np
 
+# A JPEG marker that starts a segment: 0xFF (and fill bytes) then a code other than a stuffed
+# zero, TEM, RSTn or SOI, which stand alone. Entropy-coded data never holds one.
+_JPEG_MARKER = re.compile(rb"\xff+([^\x00\x01\xd0-\xd8\xff])")
+
+
+def jpeg_truncated(data: bytes) -> bool:
+    """Whether JPEG data end before their end-of-image marker. libjpeg decodes such a file
+    with only a warning ("Premature end of JPEG file"), the missing rows grey. Segments are
+    skipped by their length, so an embedded thumbnail's marker does not count (a file cut
+    right after one lacks its frame and does not decode at all)."""
+    if data.endswith(b"\xff\xd9"):
+        return False
+    pos = 2
+    while True:
+        m = _JPEG_MARKER.search(data, pos)
+        if m is None:
+            return True
+        if m.group(1) == b"\xd9":
+            return False
+        pos = m.end()
+        if pos + 2 > len(data):
+            return True
+        pos += int.from_bytes(data[pos:pos + 2], "big")
+
 
 def read_image_bgr(path: str) -> Optional[np.ndarray]:
-    """8-bit 3-channel BGR image as OpenCV's IMREAD_COLOR reads it, or None if unreadable."""
+    """8-bit 3-channel BGR image as OpenCV's IMREAD_COLOR reads it, or None if unreadable
+    (a truncated JPEG included, which OpenCV would return part grey)."""
     if not os.path.isfile(path):
         return None
-    return cv2.imread(path, cv2.IMREAD_COLOR)
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is not None:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:2] == b"\xff\xd8" and jpeg_truncated(data):
+            return None
+    return img
 
 
 def resize_linear(img: np.ndarray, width: int, height: int) -> np.ndarray:

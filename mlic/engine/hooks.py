@@ -46,25 +46,29 @@ class PeriodicCheckpointer(HookBase):
         if freed:
             t.log(f"removed partial files of an interrupted checkpoint write ({freed / 2**20:.1f} MB)")
 
-    def _save(self):
+    def save(self):
+        """Writes the state now (the main process); returns the path, or None when nothing
+        was written (another process, or a state the divergence watch distrusts)."""
         t = self.trainer
         if t.suspect:
             t.log(f"no checkpoint at iteration {t.iter}: {t.suspect}")
-            return
+            return None
         t.check_finite_state()  # every rank: they hold the same parameters
         if not D.is_main():
-            return
+            return None
         path = atomic_save(t.state_dict(), checkpoint_path(t.out_dir, t.iter))
         t.last_checkpoint = path
+        t.note_checkpoint(path)
         t.log(f"checkpoint written: {path}")
         if self.keep > 0:
             for _, old in list_checkpoints(t.out_dir)[self.keep:]:
                 remove_checkpoint(old)
+        return path
 
     def after_step(self):
         it = self.trainer.iter
         if self.period > 0 and it % self.period == 0 and it != self.trainer.max_iter:
-            self._save()
+            self.save()
 
 
 def _device_of(model):

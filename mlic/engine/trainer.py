@@ -7,6 +7,7 @@ continues exactly where the interrupted one stopped (bit-identical on CPU).
 """
 import math
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional
@@ -17,9 +18,9 @@ from torch import nn
 
 from mlic.engine import distributed as D
 from mlic.engine.allocator import keep_freed_memory
-from mlic.engine.checkpoint import CheckpointError, latest_intact_checkpoint
-from mlic.engine.hooks import HookBase
-from mlic.errors import RunStopped
+from mlic.engine.checkpoint import CheckpointError, latest_intact_checkpoint, list_checkpoints, verify
+from mlic.engine.hooks import HookBase, PeriodicCheckpointer
+from mlic.errors import RunInterrupted, RunStopped
 
 
 class TrainingDiverged(RunStopped):
@@ -62,6 +63,34 @@ def set_rng_state(state: dict) -> None:
 
 
 PHASES = ("data", "forward", "backward", "update", "hooks")
+# A checkpoint is a sane point to continue from after a divergence while no weight exceeds
+# this many times the largest one at the start of the run (at least 1).
+SANE_GROWTH = 1e4
+
+
+def weights_peak(tensors) -> float:
+    """The largest magnitude among floating-point tensors (0 for none)."""
+    tensors = [t.detach() for t in tensors if t is not None and t.is_floating_point() and t.numel()]
+    if not tensors:
+        return 0.0
+    return float(torch.stack([p.float() for p in torch._foreach_norm(tensors, float("inf"))]).max())
+
+
+def _checkpoint_peak(path) -> Optional[float]:
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return weights_peak(state["model"].values())
+    except Exception:  # unreadable: not a point to continue from
+        return None
+
+
+class _DataEnded(Exception):
+    """The batches stopped coming after a stop was requested (first: before any pass of the
+    iteration ran, so the state is still the previous iteration's)."""
+
+    def __init__(self, first: bool):
+        super().__init__()
+        self.first = first
 
 
 class Trainer:
@@ -100,6 +129,9 @@ class Trainer:
             h.trainer = self
             self.hooks.append(h)
         self._iter: Optional[Iterator] = None
+        self._stop_signal: Optional[int] = None  # a signal asked the run to stop after this iteration
+        self.start_peak: Optional[float] = None  # the largest weight when the run started (kept on resume)
+        self._checkpoint_peaks: Dict[str, float] = {}  # of the checkpoints this run wrote
         # wall seconds per phase of the steps this run computed (data, forward, backward,
         # update: the solver and the loop's checks); hooks are timed apart
         self.phase_seconds: Dict[str, float] = dict.fromkeys(PHASES, 0.0)
@@ -125,28 +157,113 @@ class Trainer:
         if not _all_finite(list(_state_tensors(self.solver.state_dict()))):
             self.stop("the solver's history holds inf or nan")
 
-    def stop(self, reason: str, iteration: Optional[int] = None) -> None:
-        """Raise TrainingDiverged naming the iteration (1-based, as the progress bar counts;
-        default: the one being computed) and the last checkpoint that exists and is intact."""
+    def note_checkpoint(self, path) -> None:
+        """Called by the checkpointer for each checkpoint written: its largest weight, for
+        the advice after a divergence."""
+        self._checkpoint_peaks[str(path)] = weights_peak(self.model.parameters())
+
+    def _last_intact_checkpoint(self) -> Optional[Path]:
         ck = self.last_checkpoint
         if ck is None or not Path(ck).is_file():
             ck = latest_intact_checkpoint(self.out_dir) if self.out_dir else None
-        if ck is not None:
-            where = f"the last checkpoint, {ck}, is intact: lower the rate and continue from it with --resume"
+        return ck
+
+    def request_stop(self, signum: int) -> None:
+        """Asks the loop to stop after the current iteration, write a checkpoint and raise
+        RunInterrupted (what a signal handler calls: a scheduler's SIGTERM)."""
+        self._stop_signal = signum
+
+    def _stop_requested(self) -> bool:
+        # every rank stops at the same iteration when any of them got the signal
+        return D.any_rank(self._stop_signal is not None, self.device) if D.world_size() > 1 \
+            else self._stop_signal is not None
+
+    def _stop_for_signal(self, note: str = "") -> None:
+        """Checkpoints the state after iteration self.iter and raises RunInterrupted."""
+        signum = self._stop_signal or signal.SIGTERM
+        saved = None
+        for h in self.hooks:
+            if isinstance(h, PeriodicCheckpointer):
+                saved = h.save()
+        name = signal.Signals(signum).name
+        if saved is not None:
+            then = f"checkpoint written: {saved}; the same command with --resume continues from it"
         else:
-            where = "no checkpoint was written before it, so there is nothing to resume from"
+            then = ("no checkpoint of it was written" + (f" ({self.suspect})" if self.suspect else "") + "; "
+                    + self._resume_advice())
+        raise RunInterrupted(f"stopped by {name} after iteration {self.iter} of {self.max_iter}{note}; {then}",
+                             signum)
+
+    def _resume_advice(self) -> str:
+        ck = self._last_intact_checkpoint()
+        if ck is None:
+            return "no checkpoint was written before, so the same command starts the run again"
+        return f"the same command with --resume continues from the last checkpoint, {ck}"
+
+    def interrupted(self, how: str, signum: int) -> RunInterrupted:
+        """The RunInterrupted for a run that `how` (e.g. "interrupted by Ctrl-C") ended where
+        it is now, saying how to continue."""
+        where = (f"during iteration {self.iter + 1} of {self.max_iter}" if not self.completed
+                 else f"after its last iteration ({self.iter}), before its final weights were written")
+        return RunInterrupted(f"{how} {where}; {self._resume_advice()}", signum)
+
+    def stop(self, reason: str, iteration: Optional[int] = None) -> None:
+        """Raise TrainingDiverged naming the iteration (1-based, as the progress bar counts;
+        default: the one being computed) and the last intact checkpoint whose weights are
+        sane (SANE_GROWTH), or saying that none is."""
         it = self.iter + 1 if iteration is None else iteration
-        raise TrainingDiverged(f"training diverged at iteration {it}: {reason}; {where}")
+        raise TrainingDiverged(f"training diverged at iteration {it}: {reason}; {self._divergence_advice()}")
+
+    def _divergence_advice(self) -> str:
+        found = [p for _, p in list_checkpoints(self.out_dir)] if self.out_dir else []
+        intact = []
+        for p in found:
+            try:
+                verify(p)
+                intact.append(p)
+            except CheckpointError:
+                continue
+        if not intact:
+            return "no checkpoint was written before it, so there is nothing to resume from"
+        limit = SANE_GROWTH * max(self.start_peak or 0.0, 1.0)
+        newer = []
+        for p in intact:
+            peak = self._checkpoint_peaks.get(str(p))
+            if peak is None:
+                peak = _checkpoint_peak(p)
+            if peak is not None and peak <= limit:
+                break
+            newer.append((p, peak))
+        else:
+            worst = max((pk for _, pk in newer if pk is not None), default=float("nan"))
+            return (f"the checkpoints written before it already hold weights up to {worst:.3g}, beyond the "
+                    f"{limit:.3g} a sane one may reach, so none is a point to continue from: start afresh (without "
+                    "--resume) with a lower rate")
+        if not newer:
+            return f"the last checkpoint, {p}, is intact: lower the rate and continue from it with --resume"
+        return (f"the last checkpoint with sane weights is {p}; the newer {', '.join(str(q) for q, _ in newer)} "
+                f"already hold(s) weights up to {max(pk or 0.0 for _, pk in newer):.3g}, beyond the {limit:.3g} a "
+                "sane one may reach: remove the newer ones, lower the rate and continue from it with --resume")
 
     def load_state_dict(self, state: dict) -> None:
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        except RuntimeError as exc:  # shapes that differ
+            detail = [l.strip() for l in str(exc).splitlines() if l.strip().startswith("size mismatch")]
+            raise CheckpointError(f"the checkpoint does not fit the model ({detail[0] if detail else exc})") from None
         missing = [k for k in missing if not (self.exclude and self.exclude(k))]
         if missing or unexpected:
             raise CheckpointError(f"the checkpoint does not fit the model: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}")
-        self.solver.load_state_dict(state["solver"])
+        try:
+            self.solver.load_state_dict(state["solver"])
+        except ValueError as exc:
+            raise CheckpointError(f"the checkpoint's solver state does not fit this solver ({exc})") from None
         self.iter = int(state["iter"])
         set_rng_state(state["rng"])
+        peak = (state.get("meta") or {}).get("start_peak")
+        if peak is not None:
+            self.start_peak = self.meta["start_peak"] = float(peak)
         self._iter = None
 
     # ------------------------------------------------------------------ loop
@@ -172,8 +289,14 @@ class Trainer:
             clock = now
 
         sums: Dict[str, float] = {}
-        for _ in range(self.iter_size):
-            batch = self._next_batch()
+        for k in range(self.iter_size):
+            try:
+                batch = self._next_batch()
+            except Exception:
+                # the signal that asked the run to stop also ended the loader's workers
+                if self._stop_signal is not None:
+                    raise _DataEnded(first=k == 0) from None
+                raise
             lap("data")
             with torch.autocast(device_type=self.device.split(":")[0], enabled=self.amp):
                 out = self.step_fn(self.model, batch)
@@ -211,6 +334,8 @@ class Trainer:
 
     def train(self) -> None:
         keep_freed_memory()
+        if self.start_peak is None:
+            self.start_peak = self.meta["start_peak"] = weights_peak(self.model.parameters())
         for h in self.hooks:
             h.before_train()
         try:
@@ -219,13 +344,32 @@ class Trainer:
                 for h in self.hooks:
                     h.before_step()
                 t1 = time.perf_counter()
-                self.run_step()
+                try:
+                    self.run_step()
+                except _DataEnded as exc:
+                    if not exc.first:  # part of the iteration ran: its state is not one to keep
+                        raise RunInterrupted(f"stopped by {signal.Signals(self._stop_signal).name} during iteration "
+                                             f"{self.iter + 1} of {self.max_iter}, whose data the signal cut off; "
+                                             f"{self._resume_advice()}", self._stop_signal) from None
+                    self._stop_for_signal(f" (iteration {self.iter + 1} could not start: the signal ended the "
+                                          "data loader's workers)")
                 self.iter += 1
                 t2 = time.perf_counter()
                 for h in self.hooks:
                     h.after_step()
                 self.phase_seconds["hooks"] += t1 - t0 + time.perf_counter() - t2
+                if self.iter < self.max_iter and self._stop_requested():
+                    self._stop_for_signal()
             self.completed = True
         finally:
+            self._close_batches()
             for h in self.hooks:
                 h.after_train()
+
+    def _close_batches(self) -> None:
+        """Ends the batch iterator now (a DataLoader's workers with it) rather than whenever
+        the garbage collector gets to it."""
+        it, self._iter = self._iter, None
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()

@@ -40,10 +40,52 @@ def check_lr_policy(policy: str, *, gamma=None, power=None, stepsize=None, stepv
         raise ValueError(f"lr_policy {policy!r} needs {', '.join(missing)}")
     if policy == "step" and stepsize <= 0:
         raise ValueError(f"lr_policy 'step' needs a positive stepsize, got {stepsize}")
+    if policy == "sigmoid" and stepsize < 0:
+        raise ValueError(f"lr_policy 'sigmoid' needs a stepsize >= 0, got {stepsize}")
     if policy == "poly" and max_iter <= 0:
         raise ValueError(f"lr_policy 'poly' needs a positive max_iter, got {max_iter}")
     if policy == "multistep" and not len(stepvalue):
         raise ValueError("lr_policy 'multistep' needs at least one stepvalue")
+    # a negative gamma or power would make the rate negative, alternate or grow without bound;
+    # sigmoid's gamma only sets the direction of its ramp
+    for name in need:
+        value = given[name]
+        if name in ("gamma", "power") and not _finite(value, policy == "sigmoid"):
+            raise ValueError(f"{name} must be a finite number{'' if policy == 'sigmoid' else ' >= 0'} for "
+                             f"lr_policy {policy!r}, got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    """A float as the float32 Caffe keeps (a solver file's -0.1 is not -0.10000000149)."""
+    return str(np.float32(value)) if isinstance(value, float) else str(value)
+
+
+def _finite(value, negative_ok: bool = False) -> bool:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(v) and (negative_ok or v >= 0)
+
+
+def multistep_iterations(stepvalue: Sequence[int]) -> List[int]:
+    """The iterations at which Caffe's multistep counter takes each step: the first at which
+    the counter has reached it and the iteration is at least its value (multistep_count)."""
+    out: List[int] = []
+    for v in stepvalue:
+        out.append(max(int(v), out[-1] + 1 if out else 0))
+    return out
+
+
+def stepvalue_warning(stepvalue: Sequence[int]) -> Optional[str]:
+    """What Caffe does with step values that do not increase, or None when they do."""
+    k = next((k for k in range(1, len(stepvalue)) if stepvalue[k] <= stepvalue[k - 1]), None)
+    if k is None:
+        return None
+    at = multistep_iterations(stepvalue)
+    return (f"stepvalue {stepvalue[k]} follows {stepvalue[k - 1]} and does not increase: Caffe takes the steps in "
+            f"the order given, at most one per iteration, so the rate drops at iterations "
+            f"{', '.join(map(str, at))} (the step values are {', '.join(map(str, stepvalue))})")
 
 
 def multistep_count(stepvalue: Sequence[int], it: int, current: int = 0) -> int:
@@ -114,12 +156,10 @@ class CaffeSGD:
         if regularization_type not in ("L1", "L2"):
             raise ValueError(f"regularization_type must be 'L1' or 'L2', got {regularization_type!r}")
         for name, value in (("base_lr", base_lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-            try:
-                ok = math.isfinite(float(value)) and float(value) >= 0
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ValueError(f"{name} must be a finite non-negative number, got {value}")
+            if not _finite(value):
+                raise ValueError(f"{name} must be a finite non-negative number, got {_shown(value)}")
+        if max_iter is not None and max_iter < 0:
+            raise ValueError(f"max_iter must be >= 0, got {max_iter}")
         self.defaults = dict(lr_mult=1.0, decay_mult=1.0)
         self.param_groups: List[dict] = self._expand(params)
         seen = set()

@@ -11,7 +11,7 @@ from mlic.caffe.errors import CaffeError
 from mlic.data.builders import DatasetFormatError
 from mlic.data.datalist import DatalistError
 from mlic.engine import distributed as D
-from mlic.errors import RunStopped, UserInputError
+from mlic.errors import RunInterrupted, RunStopped, UserInputError
 
 # The errors whose message is a sentence about the user's input (a flag or a file).
 USER_ERRORS = (UserInputError, CaffeError, DatalistError, DatasetFormatError)
@@ -56,11 +56,17 @@ def setup_console_logging() -> None:
 def run_tool(prog: str, fn: Callable[[], object], debug: bool = False) -> int:
     """Runs `fn` as a tool's body: 0 when it returns, 2 with one sentence on stderr when it
     raises a user error, 1 when the run stopped for a stated reason (divergence, a full
-    disk); the traceback comes first only with `debug`."""
+    disk), 128 + the signal's number when a signal ended it (RunInterrupted: 130 for
+    Ctrl-C, 143 for SIGTERM); the traceback comes first only with `debug`."""
     setup_console_logging()
     try:
         fn()
         return 0
+    except RunInterrupted as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_status
     except (USER_ERRORS + (RunStopped,)) as exc:
         if debug:
             traceback.print_exc()

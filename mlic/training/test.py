@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from mlic.caffe.student_export import build_student, student_export
-from mlic.caffe.weight_files import STUDENT_FORMAT, WeightFile, state_dict_to_param_dict, torch_load
+from mlic.caffe.weight_files import (STUDENT_FORMAT, WeightFile, check_finite, state_dict_to_param_dict,
+                                     torch_load)
 from mlic.data import BatchSpec, HumanAttDataConfig, HumanAttDataset, read_datalist
 from mlic.data.annotations import GT_FORMAT_HELP, read_ground_truth
 from mlic.evaluation import evaluate_detection, evaluate_multilabel, save_scores, tie_warning, tied_fraction
@@ -35,9 +36,11 @@ def load_trained(weights: str, device: str = "cpu"):
         raise UserInputError(f"--weights: {path} does not exist")
     state = torch_load(str(path), f"--weights {path}")
     if isinstance(state, dict) and state.get("format") == STUDENT_FORMAT:
+        check_finite(state.get("params") or {}, f"--weights {path}")
         return _student_task(state, device)
     if not isinstance(state, dict) or "meta" not in state or "model" not in state:
         raise UserInputError(f"--weights: {path} is not a checkpoint written by tools/train.py (no 'meta'/'model')")
+    check_finite(state["model"], f"--weights {path}")
     meta = state["meta"]
     if meta.get("prototxt") or not meta.get("net"):
         # a Caffe net's run (--prototxt): its student, as the student export reads it

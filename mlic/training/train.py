@@ -8,6 +8,8 @@ import contextlib
 import logging
 import os
 import random
+import signal
+import threading
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -21,11 +23,13 @@ from mlic.caffe.weight_files import initialize_weights
 from mlic.engine import distributed as D
 from mlic.engine import (DivergenceWatch, EvalHook, MetricsWriter, PeriodicCheckpointer, Trainer,
                          load_newest_intact)
-from mlic.engine.checkpoint import atomic_save
+from mlic.engine.checkpoint import CheckpointError, atomic_save
+from mlic.engine.run_lock import hold_folder
 from mlic.data import HumanAttDataConfig, build_loader, read_datalist
-from mlic.errors import UserInputError
+from mlic.errors import OutputError, RunInterrupted, UserInputError
 from mlic.evaluation import evaluate_multilabel
 from mlic.solver import LR_POLICIES, CaffeSGD
+from mlic.solver.sgd import stepvalue_warning
 from mlic.training.cli import run_tool
 from mlic.training.config import (BGR_MEAN, DEFAULT_KEEP_CHECKPOINTS, PROTOTXT_DEFAULTS, RELEASED_SCALES,  # noqa: F401
                                   STAGE_DEFAULTS, DataConfig, RunConfig, SolverConfig, TrainConfig)
@@ -49,13 +53,28 @@ def train(cfg: TrainConfig) -> Path:
         device = f"cuda:{torch.cuda.current_device()}"
     out = Path(cfg.out)
     try:
-        if D.is_main():
-            out.mkdir(parents=True, exist_ok=True)
-        with _train_log(out if D.is_main() else None):
-            return _train(cfg, device, out)
+        with _sigterm_interrupts():
+            if D.is_main():
+                make_out_folder(out)
+            # one run per folder: the main process holds it (the other ranks are the same run)
+            with hold_folder(out) if D.is_main() else contextlib.nullcontext(), \
+                    _train_log(out if D.is_main() else None):
+                return _train(cfg, device, out)
+    except KeyboardInterrupt as exc:  # before the loop started: nothing to continue from
+        raise RunInterrupted(f"{_how(exc)} while the run was being set up; no iteration ran", _signum(exc)) from None
     finally:
         if started_group:
             D.cleanup()
+
+
+def make_out_folder(out: Path) -> None:
+    """--out, created when missing; OutputError naming it and the cause otherwise."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager
@@ -65,7 +84,10 @@ def _train_log(out: Optional[Path]):
     saved = logger.level
     handler = None
     if out is not None:
-        handler = logging.FileHandler(out / "train.log")
+        try:
+            handler = logging.FileHandler(out / "train.log")
+        except OSError as exc:
+            raise OutputError(f"--out {out}: cannot write {out / 'train.log'} ({exc.strerror or exc})") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         if logger.getEffectiveLevel() > logging.INFO:
@@ -94,7 +116,16 @@ def _train(cfg: TrainConfig, device: str, out: Path) -> Path:
     if cfg.run.resume:
         resume(trainer, out, teacher)
     start = trainer.iter
-    trainer.train()
+    try:
+        with _checkpoint_on_sigterm(trainer):
+            trainer.train()
+        return _write_final(cfg, task, trainer, teacher, out, start)
+    except KeyboardInterrupt as exc:
+        raise trainer.interrupted(_how(exc), _signum(exc)) from None
+
+
+def _write_final(cfg: TrainConfig, task: Task, trainer: Trainer, teacher: Optional[dict], out: Path,
+                 start: int) -> Path:
     if trainer.iter > start:
         n = trainer.iter - start
         log.info("time per iteration: %s", ", ".join(f"{k} {1000 * v / n:.1f} ms"
@@ -104,11 +135,71 @@ def _train(cfg: TrainConfig, device: str, out: Path) -> Path:
         model_state = {k: v.contiguous() for k, v in task.model.state_dict().items()}
         if teacher is not None and not cfg.run.embed_teacher:
             model_state = {k: v for k, v in model_state.items() if not is_teacher_key(k)}
-        atomic_save({"model": model_state, "meta": trainer.meta}, final)
+        atomic_save({"model": model_state, "meta": trainer.meta, "iter": trainer.iter}, final)
         log.info("final weights: %s%s", final, "" if teacher is None or cfg.run.embed_teacher else
                  f" (the teacher by reference: {teacher['path']}, SHA-256 {teacher['sha256'][:16]}...)")
     D.barrier()
     return final
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop: it unwinds as Ctrl-C does (no `except Exception`
+    mistakes it for a failure of what was running)."""
+
+    signum = signal.SIGTERM
+
+
+def _signum(exc: KeyboardInterrupt) -> int:
+    return getattr(exc, "signum", signal.SIGINT)
+
+
+def _how(exc: KeyboardInterrupt) -> str:
+    signum = _signum(exc)
+    return "interrupted by Ctrl-C" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM ends what is running with a message (outside the loop, which checkpoints
+    first: _checkpoint_on_sigterm)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _checkpoint_on_sigterm(trainer: Trainer):
+    """SIGTERM (a scheduler's notice before it kills a job) ends the run after the current
+    iteration, with a checkpoint (Trainer.request_stop); the handler is this process's
+    only while the loop runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    chld = signal.getsignal(signal.SIGCHLD)
+
+    def on_sigterm(signum, frame):
+        # A signal sent to the whole process group also ends the DataLoader's workers;
+        # torch's SIGCHLD handler would then raise in the middle of the iteration.
+        if callable(signal.getsignal(signal.SIGCHLD)):
+            signal.signal(signal.SIGCHLD, lambda *_: None)
+        trainer.request_stop(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if chld is not None:
+            signal.signal(signal.SIGCHLD, chld)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -239,15 +330,18 @@ def build_solver(s: SolverConfig, model, defaults: tuple, sp=None) -> Tuple[Caff
         if not max_iter:
             log.warning("--solver %s sets no max_iter and --max-iter is not given: 0 iterations will run and "
                         "final.pt will hold the initial weights", s.file)
-        return solver, max_iter
-    max_iter = s.max_iter or iters_default
-    try:
-        solver = CaffeSGD(model.param_groups(), base_lr=s.base_lr if s.base_lr is not None else lr_default,
-                          momentum=s.momentum, weight_decay=s.weight_decay, lr_policy=s.lr_policy, gamma=s.gamma,
-                          power=s.power, stepsize=s.stepsize, stepvalue=list(s.stepvalue), max_iter=max_iter,
-                          iter_size=s.iter_size)
-    except ValueError as exc:
-        raise UserInputError(f"solver: {exc}") from None
+    else:
+        max_iter = s.max_iter or iters_default
+        try:
+            solver = CaffeSGD(model.param_groups(), base_lr=s.base_lr if s.base_lr is not None else lr_default,
+                              momentum=s.momentum, weight_decay=s.weight_decay, lr_policy=s.lr_policy,
+                              gamma=s.gamma, power=s.power, stepsize=s.stepsize, stepvalue=list(s.stepvalue),
+                              max_iter=max_iter, iter_size=s.iter_size)
+        except ValueError as exc:
+            raise UserInputError(f"solver: {exc}") from None
+    note = stepvalue_warning(solver.stepvalue) if solver.lr_policy == "multistep" else None
+    if note:
+        log.warning("%s: %s", f"--solver {s.file}" if s.file else "--stepvalue", note)
     return solver, max_iter
 
 
@@ -298,17 +392,83 @@ def build_trainer(cfg: TrainConfig, task: Task, data: _Data, solver, max_iter: i
 
 def resume(trainer: Trainer, out: Path, teacher: Optional[dict] = None) -> None:
     """Continue from the newest intact checkpoint in `out` (a corrupt newer one is skipped
-    with a warning); a KD checkpoint's teacher must be the --teacher given now."""
+    with a warning). Refused: a checkpoint of another configuration (no older one stands
+    in for it), a KD checkpoint whose teacher is not the --teacher given now, and a
+    --max-iter below the iteration the run has reached (its final.pt would be replaced)."""
+    reached = _final_iteration(out / "final.pt")
+    if reached is not None and reached > trainer.max_iter:
+        raise UserInputError(f"--resume: {out / 'final.pt'} holds iteration {reached}, beyond --max-iter "
+                             f"{trainer.max_iter}; give --max-iter {reached} or more (or another --out)")
     found = load_newest_intact(out)
     if found is None:
         log.info("--resume: no checkpoint in %s, starting from scratch", out)
         return
     ck, state = found
+    saved = state.get("meta", {}) if isinstance(state.get("meta"), dict) else {}
+    differ = config_differences(saved, trainer.meta)
+    if differ:
+        raise UserInputError(f"--resume: {ck} was written by a run of another configuration ({'; '.join(differ)}); "
+                             "resume with its settings, or give another --out")
     if teacher is not None:
-        check_teacher_reference(state.get("meta", {}).get("teacher"), teacher, f"--resume: {ck}")
-    trainer.load_state_dict(state)
+        check_teacher_reference(saved.get("teacher"), teacher, f"--resume: {ck}")
+    if int(state.get("iter", 0)) > trainer.max_iter:
+        raise UserInputError(f"--resume: {ck} is at iteration {int(state['iter'])}, beyond --max-iter "
+                             f"{trainer.max_iter}; give --max-iter {int(state['iter'])} or more (or another --out)")
+    try:
+        trainer.load_state_dict(state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume: {ck}: {exc}") from None
     trainer.last_checkpoint = ck
     log.info("resumed from %s at iteration %d", ck, trainer.iter)
+
+
+def _final_iteration(final: Path) -> Optional[int]:
+    """The iteration a run's final.pt holds, when it says (mapped, not read whole)."""
+    if not final.is_file():
+        return None
+    try:
+        state = torch.load(final, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # unreadable: nothing of value to keep, the run writes a new one
+        return None
+    it = state.get("iter") if isinstance(state, dict) else None
+    return int(it) if isinstance(it, int) else None
+
+
+# what decides the model and the shape of its state: a checkpoint must agree on these (a
+# --prototxt run's net is checked by loading it: its file may have moved)
+_FIT_KEYS = ("stage", "net", "switches")
+
+
+def config_differences(saved: dict, now: dict) -> list:
+    """'net.fc_dim is 16 in the checkpoint, 32 now' for each setting of _FIT_KEYS that differs."""
+    out = []
+    for key in _FIT_KEYS:
+        a, b = _plain(saved.get(key)), _plain(now.get(key))
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k} is {_shown(a.get(k))} in the checkpoint, {_shown(b.get(k))} now"
+                    for k in list(b) + [k for k in a if k not in b] if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key} is {_shown(a)} in the checkpoint, {_shown(b)} now")
+    return out
+
+
+def _plain(v):
+    """Tuples as lists (as a round trip through JSON gives them), for comparing."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _shown(v) -> str:
+    if isinstance(v, (list, tuple)):
+        text = ",".join(_shown(x) for x in v)
+    elif isinstance(v, dict):
+        text = "{" + ", ".join(f"{k}: {_shown(x)}" for k, x in v.items()) + "}"
+    else:
+        text = str(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def evaluate_model(task, model, loader, max_batches: Optional[int] = None) -> Dict[str, float]:

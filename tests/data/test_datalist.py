@@ -303,6 +303,8 @@ def _oracle(tokens, att, box):
         vals.append(v)
     if any(v not in (0.0, 1.0) for v in vals[:att]):
         return None
+    if any(abs(v) > 2 ** 24 for k, v in enumerate(vals[att:]) if k % 5 != 4):  # coordinates, not scores
+        return None
     return vals[:att], np.float32(vals[att:])
 
 

@@ -340,3 +340,28 @@ def test_image_cache_gives_the_same_batches_and_decodes_each_image_once(tmp_path
     assert len(reads) == 2 and len(small._cache) == 1
     with pytest.raises(ValueError, match="image_cache_mb must be >= 0"):
         build_loader(cfg, image_cache_mb=-1)
+
+
+# ----------------------------------------------------------------------------------
+# Truncated JPEGs: libjpeg decodes them with a warning, the missing rows grey
+
+
+@pytest.mark.parametrize("progressive", [0, 1])
+def test_a_jpeg_cut_short_is_unreadable(tmp_path, progressive):
+    from mlic.data.transforms import jpeg_truncated, read_image_bgr
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur((rng.random((96, 128, 3)) * 255).astype(np.uint8), (5, 5), 0)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])
+    data = buf.tobytes()
+    assert ok and not jpeg_truncated(data)
+    assert not jpeg_truncated(data + b"trailing bytes \xff\xd8 after the end marker")
+    for keep in (0.4, 0.9, (len(data) - 2) / len(data)):
+        cut = data[: int(len(data) * keep)]
+        assert jpeg_truncated(cut), keep
+        (tmp_path / "cut.jpg").write_bytes(cut)
+        assert read_image_bgr(str(tmp_path / "cut.jpg")) is None
+    (tmp_path / "cut.jpg").write_bytes(data[: int(len(data) * 0.9)])
+    assert cv2.imread(str(tmp_path / "cut.jpg")) is not None  # what the check is there for
+    (tmp_path / "whole.jpg").write_bytes(data + b"\0\0")
+    np.testing.assert_array_equal(read_image_bgr(str(tmp_path / "whole.jpg")), cv2.imread(str(tmp_path / "whole.jpg")))

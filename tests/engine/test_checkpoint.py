@@ -132,11 +132,11 @@ def test_a_full_disk_is_one_sentence_naming_the_file(tmp_path):
 def test_write_errors_name_the_file(tmp_path, monkeypatch):
     import errno
 
-    import mlic.engine.checkpoint as C
+    import mlic.integrity as I
 
     def no_space(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(C.tempfile, "mkstemp", no_space)
+    monkeypatch.setattr(I.tempfile, "mkstemp", no_space)
     with pytest.raises(CheckpointWriteError, match=f"^no space left on device writing {tmp_path}/x.pt$"):
         atomic_save(state(1), tmp_path / "x.pt")

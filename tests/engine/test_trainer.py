@@ -143,7 +143,7 @@ def test_non_finite_solver_history_is_never_written(tmp_path):
     buf = next(iter(t.solver.opt.state.values()))["momentum_buffer"]
     buf[0] = float("inf")
     with pytest.raises(TrainingDiverged, match="solver's history holds inf or nan"):
-        t.hooks[1]._save()
+        t.hooks[1].save()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
@@ -217,3 +217,27 @@ def test_time_per_phase_is_measured(tmp_path):
     assert set(s) == {"data", "forward", "backward", "update", "hooks"}
     assert s["data"] >= 4 * 0.02 and 4 * 0.01 <= s["forward"] < 4 * 0.02 and s["hooks"] >= 4 * 0.005
     assert s["backward"] >= 0 and s["update"] >= 0 and sum(s.values()) <= wall
+
+
+@pytest.mark.parametrize("spoiled,expect", [
+    ((), "the last checkpoint, {3}, is intact: lower the rate and continue from it with --resume"),
+    ((3,), "the last checkpoint with sane weights is {2}; the newer {3} already hold(s) weights up to 1e+20, beyond "
+           "the 1e+04 a sane one may reach: remove the newer ones"),
+    ((1, 2, 3), "the checkpoints written before it already hold weights up to 1e+20, beyond the 1e+04 a sane one may "
+             "reach, so none is a point to continue from: start afresh (without --resume) with a lower rate"),
+])
+def test_the_advice_after_a_divergence_names_a_checkpoint_with_sane_weights(tmp_path, spoiled, expect):
+    t = make(tmp_path, 4, period=1, keep=0)
+    t.train()
+    paths = {it: p for it, p in list_checkpoints(tmp_path)}
+    assert sorted(paths) == [1, 2, 3] and t.start_peak < 1  # the limit is then 1e4
+    for it in spoiled:  # weights that exploded, in a checkpoint that is still intact
+        st = load_checkpoint(paths[it])
+        st["model"]["0.weight"][0, 0] = 1e20
+        atomic_save(st, paths[it])
+    resumed = make(tmp_path, 4, period=1)
+    resumed.load_state_dict(load_checkpoint(paths[1]))
+    assert resumed.start_peak == t.start_peak  # kept in the checkpoints
+    with pytest.raises(TrainingDiverged) as exc:
+        resumed.stop("the loss is nan")
+    assert expect.format(*[None] + [paths[i] for i in (1, 2, 3)]) in str(exc.value), str(exc.value)

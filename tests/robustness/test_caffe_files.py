@@ -76,6 +76,38 @@ def f(tmp_path_factory):
     wide = WSDDN(small_cfg(fc_dim=SMALL["fc"] * 2))
     save_port_caffemodel(wide, root / "wide.caffemodel")
     out["wide.caffemodel"] = root / "wide.caffemodel"
+    # non-finite and miscounted blobs
+    from mlic.caffe.io import parse_caffemodel_bytes, write_binary
+    from mlic.caffe.weights import caffemodel_to_param_dict
+
+    for name, edit in (("nan.caffemodel", lambda b: b.data.__setitem__(3, float("nan"))),
+                       ("short_blob.caffemodel", lambda b: b.data.__delitem__(-1))):
+        msg = parse_caffemodel_bytes(out["good.caffemodel"].read_bytes())
+        edit(next(l for l in msg.layer if l.name == "fc6").blobs[0])
+        write_binary(msg, root / name)
+        out[name] = root / name
+    params = caffemodel_to_param_dict(out["good.caffemodel"])
+    params["fc7/1"][0] = float("inf")
+    torch.save(params, root / "inf.pt")
+    out["inf.pt"] = root / "inf.pt"
+    # files with their SHA-256 beside them: one altered after it was written, one moved without it
+    from mlic.engine.checkpoint import atomic_save
+
+    for name in ("hashed.pt", "flipped.pt"):
+        out[name] = atomic_save({"model": port.state_dict(), "meta": {"stage": "wsddn"}}, root / name)
+    data = bytearray(out["flipped.pt"].read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0x5A for b in data[mid:mid + 64])
+    out["flipped.pt"].write_bytes(bytes(data))
+    (root / "link.pt").symlink_to(out["hashed.pt"])
+    out["link.pt"] = root / "link.pt"
+    (root / "overwrite.prototxt").write_text(
+        'name: "n"\nlayer {\n  name: "in" type: "Input" top: "x"\n  input_param { shape { dim: 1 dim: 3 } }\n}\n'
+        'layer {\n  name: "a" type: "ReLU" bottom: "x" top: "y"\n}\n'
+        'layer { name: "s" type: "Sigmoid" bottom: "x" top: "s" }\n'
+        'layer {\n  name: "b" type: "ReLU" bottom: "s" top: "y"\n}\n'
+        'layer { name: "c" type: "ReLU" bottom: "y2" top: "z" }\n')
+    out["overwrite.prototxt"] = root / "overwrite.prototxt"
     return out
 
 
@@ -165,6 +197,45 @@ CASES = {
     "a student export without a student": (
         "convert_caffemodel", _convert("final.pt", "--student", dst="s.pt", prototxt=None), 2,
         "{final.pt}: a WSDDN teacher (fc8_c, fc8_d), not a student classifier"),
+    "a NaN weight in a caffemodel, in training": (
+        "train", lambda f: _train(f, "--weights", str(f["nan.caffemodel"])), 2,
+        "{nan.caffemodel}: layer 'fc6' blob 0: holds 1 non-finite value(s) (nan or inf)"),
+    "a NaN weight in a caffemodel, to the converter": (
+        "convert_caffemodel", _convert("nan.caffemodel", dst="x.pt", prototxt=None), 2,
+        "{nan.caffemodel}: layer 'fc6' blob 0: holds 1 non-finite value(s)"),
+    "an inf in a param dict": (
+        "train", lambda f: _train(f, "--weights", str(f["inf.pt"])), 2,
+        "{inf.pt}: layer 'fc7' blob 1 holds 1 non-finite value(s) (nan or inf)"),
+    "a blob with a value missing": (
+        "convert_caffemodel", _convert("short_blob.caffemodel", dst="x.pt", prototxt=None), 2,
+        "{short_blob.caffemodel}: layer 'fc6' blob 0: holds "),
+    "a second layer writing a top again": (
+        "convert_caffemodel", _convert("good.caffemodel", prototxt="overwrite.prototxt"), 2,
+        "{overwrite.prototxt}:10: layer 'b': top blob 'y' is produced by multiple sources"),
+    # the SHA-256 recorded beside a file
+    "an altered file to test.py": (
+        "test", lambda f: ["--weights", str(f["flipped.pt"]), "--datalist", f["test"], "--root-folder",
+                           f["images"]], 2,
+        "--weights {flipped.pt} is corrupt: its SHA-256 differs from the one recorded in flipped.pt.sha256"),
+    "an altered file to train.py --weights": (
+        "train", lambda f: _train(f, "--weights", str(f["flipped.pt"])), 2,
+        "{flipped.pt} is corrupt: its SHA-256 differs from the one recorded in flipped.pt.sha256"),
+    "an altered file to train.py --teacher": (
+        "train", lambda f: _train(f, "--teacher", str(f["flipped.pt"]), prototxt="train_stage1"), 2,
+        "{flipped.pt} is corrupt: its SHA-256 differs"),
+    "an altered file to the converter": (
+        "convert_caffemodel", _convert("flipped.pt"), 2,
+        "{flipped.pt} is corrupt: its SHA-256 differs from the one recorded in flipped.pt.sha256"),
+    # the converter's output
+    "the converter's output is its input": (
+        "convert_caffemodel", lambda f: [str(f["hashed.pt"]), str(f["hashed.pt"])], 2,
+        "{hashed.pt}: this is the input file {hashed.pt}; writing it would replace the weights being converted"),
+    "the converter's output is its input through a link": (
+        "convert_caffemodel", lambda f: [str(f["hashed.pt"]), str(f["link.pt"])], 2,
+        "{link.pt}: this is the input file {hashed.pt}"),
+    "the converter's output in a missing folder": (
+        "convert_caffemodel", _convert("good.caffemodel", dst="nowhere/x.caffemodel"), 2,
+        "nowhere/x.caffemodel: the folder {root}/nowhere does not exist"),
     # reference cases
     "missing reference case": (
         "compare_caffe", lambda f: [str(f["root"] / "nowhere.npz")], 2, "nowhere.npz: no such reference case file"),
@@ -198,3 +269,56 @@ def test_exit_status_of_the_script(f):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"convert_caffemodel.py: error: {f['truncated.pt']}: cannot read this torch.save file; it is truncated or "
         f"corrupt ({r.stderr.split('corrupt (', 1)[1].strip()}"]
+
+
+# The library raises what the tools print: (case, call on the files, error type, fragment)
+LIBRARY_CASES = {
+    "CaffeNet(weights=) sharing no layer with the net": (
+        lambda f: __import__("mlic.caffe", fromlist=["CaffeNet"]).CaffeNet(
+            f["wsddn_train"], "TEST", weights=str(f["other.caffemodel"])),
+        "CaffemodelError", "{other.caffemodel}: shares no layer name with the net (weights); the file has ip_other"),
+    "CaffeNet(weights=) with a NaN weight": (
+        lambda f: __import__("mlic.caffe", fromlist=["CaffeNet"]).CaffeNet(
+            f["wsddn_train"], "TEST", weights=str(f["nan.caffemodel"])),
+        "CaffemodelError", "{nan.caffemodel}: layer 'fc6' blob 0: holds 1 non-finite value(s)"),
+    "CaffeNet(weights=) with an altered file": (
+        lambda f: __import__("mlic.caffe", fromlist=["CaffeNet"]).CaffeNet(
+            f["wsddn_train"], "TEST", weights=str(f["flipped.pt"])),
+        "IntegrityError", "{flipped.pt} is corrupt: its SHA-256 differs"),
+}
+
+
+@pytest.mark.parametrize("case", list(LIBRARY_CASES))
+def test_library_raises(f, case):
+    call, error, fragment = LIBRARY_CASES[case]
+    fragment = re.sub(r"\{([\w.]+)\}", lambda m: str(f[m.group(1)]), fragment)
+    with pytest.raises(ValueError) as exc:
+        call(f)
+    assert type(exc.value).__name__ == error and fragment in str(exc.value), str(exc.value)
+
+
+def _unshare_ok():
+    import shutil
+
+    return shutil.which("unshare") is not None and subprocess.run(["unshare", "-rm", "true"],
+                                                                  capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_ok(), reason="no user namespace to mount a small tmpfs in")
+@pytest.mark.parametrize("mount,fragment", [
+    ("ro", "cannot write {dst}: Read-only file system"),
+    ("size=12k", "no space left on device writing {dst}"),
+])
+@pytest.mark.parametrize("dst", ["x.pt", "x.caffemodel"])
+def test_the_converter_on_a_file_system_it_cannot_write(f, tmp_path, mount, fragment, dst):
+    """One sentence naming the output and the cause, exit status 2, nothing partial left."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    out = mnt / dst
+    cmd = (f"mount -t tmpfs -o {mount} tmpfs {mnt} && {sys.executable} {REPO / 'tools' / 'convert_caffemodel.py'} "
+           f"{f['good.caffemodel']} {out} --prototxt {f['wsddn_train']}; rc=$?; echo LISTING; ls -A {mnt}; exit $rc")
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True, timeout=300,
+                       env=dict(__import__("os").environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == f"convert_caffemodel.py: error: {fragment.format(dst=out)}", r.stderr
+    assert r.stdout.split("LISTING")[1].strip() == "", r.stdout  # no partial file, no hash file

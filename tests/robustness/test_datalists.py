@@ -25,6 +25,14 @@ def data(tmp_path_factory):
     files = generate_dataset(str(root / "d"), SyntheticConfig(num_train=6, num_test=4, bbox_num=2, image_size=64,
                                                               num_classes=4, seed=5))
     lines = Path(files["train"]).read_text().splitlines()
+    # the first 40 % of an image file: a JPEG (which libjpeg decodes, the rest grey) and a PNG
+    import cv2
+
+    img = cv2.imread(str(Path(files["root_folder"]) / lines[0].split()[0]))
+    for ext in ("jpg", "png"):
+        ok, buf = cv2.imencode(f".{ext}", img)
+        assert ok
+        (Path(files["root_folder"]) / "train" / f"cut.{ext}").write_bytes(buf.tobytes()[: len(buf) * 2 // 5])
     return root, files, lines
 
 
@@ -75,6 +83,23 @@ CASES = {
     "a path with a space": (
         lambda L: _edit(L, lambda k, ln: "my " + ln if k == 1 else ln), ["--num-classes", "4"], 2,
         "the image path seems to contain whitespace"),
+    "a truncated JPEG on line 2": (
+        lambda L: _edit(L, lambda k, ln: " ".join(["train/cut.jpg"] + _fields(ln)[1:]) if k == 1 else ln),
+        ["--num-classes", "4", "--max-iter", "3"], 2, "train.txt:2: cannot decode image"),
+    "a truncated PNG on line 2": (
+        lambda L: _edit(L, lambda k, ln: " ".join(["train/cut.png"] + _fields(ln)[1:]) if k == 1 else ln),
+        ["--num-classes", "4", "--max-iter", "3"], 2, "train.txt:2: cannot decode image"),
+    "a UTF-8 byte order mark": (
+        lambda L: "\ufeff" + _edit(L, lambda k, ln: ln), [], 2,
+        "train.txt:1: the file starts with a UTF-8 byte order mark (EF BB BF)"),
+    "lines ended by CR alone": (
+        lambda L: "\r".join(L) + "\r", [], 2, "train.txt:1: lines end in a carriage return alone (CR"),
+    "lines ended by CR alone, label count given": (
+        lambda L: "\r".join(L) + "\r", ["--num-classes", "4"], 2, "train.txt:1: lines end in a carriage return alone"),
+    "line 3 laid out as 9 labels + 1 box": (
+        lambda L: _edit(L, lambda k, ln: " ".join(_fields(ln)[:5] + ["0", "0", "1", "1", "1"] + _fields(ln)[10:])
+                        if k == 2 else ln), [], 0,
+        "train.txt:3 reads as 9 labels + 1 box, unlike the 5 lines read as 4 labels + 2 boxes"),
     "a missing image on line 4": (
         lambda L: _edit(L, lambda k, ln: ln.replace("train/", "gone/") if k == 3 else ln), ["--num-classes", "4"], 2,
         "train.txt:4: image file not found"),
@@ -148,6 +173,9 @@ def _coco_gt(tmp_path, files, drop_last=False):
     ("gt in an unknown format", 2, "unknown ground truth format: expected COCO instances JSON"),
     ("coco gt with 80 categories", 2, "80 classes, but the network has 4"),
     ("coco gt", 0, "CorLoc"),
+    ("the training split's gt", 2, ("gt_train.json: names another split ('train'): 4 of the 4 listed images matched "
+                                    "only by file name", "('train/000000.png' for 'test/000000.png', ",
+                                    "test.txt:1); ", " boxes fall outside the listed images and ")),
 ])
 def test_test_tool_inputs(case, status, fragment, data, trained, tmp_path, capsys):
     root, files, lines = data
@@ -168,6 +196,8 @@ def test_test_tool_inputs(case, status, fragment, data, trained, tmp_path, capsy
         d["categories"] = [{"id": k + 1, "name": f"c{k}"} for k in range(80)]
         p.write_text(json.dumps(d))
         args += ["--gt", str(p)]
+    elif case == "the training split's gt":
+        args += ["--gt", files["gt_train"]]
     else:
         args += ["--gt", str(_coco_gt(tmp_path, files))]
     code = tool_main("test")(args)
@@ -224,3 +254,18 @@ def test_one_case_in_its_own_process(data, tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2
     assert "train.txt:3: field 4 (label 3) must be 0 or 1, got '2'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("tool", ["test", "convert_caffemodel"])
+def test_weights_without_their_hash_are_read_with_a_warning(tool, data, trained, tmp_path, capsys):
+    import shutil
+
+    root, files, _ = data
+    copy = tmp_path / "final.pt"
+    shutil.copy(trained, copy)  # without final.pt.sha256
+    args = (["--weights", str(copy), "--datalist", files["test"], "--root-folder", files["root_folder"]]
+            if tool == "test" else [str(copy), str(tmp_path / "params.pt")])
+    code = tool_main(tool)(args)
+    err = capsys.readouterr().err
+    assert code == 0, err[-2000:]
+    assert f"{copy} has no SHA-256 beside it (final.pt.sha256): it is read unverified" in err, err[-2000:]

@@ -2,6 +2,7 @@
 fault -> the tool's exit status and a fragment of its one-sentence message; and the
 kill-during-write loop (kill -9 at random moments and while a checkpoint is being
 written, resume, and end bit-identical to an uninterrupted run)."""
+import csv
 import os
 import random
 import shutil
@@ -68,6 +69,10 @@ FLAG_CASES = [
     ("scales negative", ["--scales", "1.0,-2"], 2, "--scales: every factor must be a positive number"),
     ("lr-mult unknown kind", ["--lr-mult", "nope=1"], 2, "--lr-mult 'nope=1': expected KIND=LR[,DECAY]"),
     ("step policy without stepsize", ["--lr-policy", "step", "--gamma", "0.1"], 2, "lr_policy 'step' needs stepsize"),
+    ("gamma negative", ["--lr-policy", "step", "--gamma", "-1", "--stepsize", "2"], 2,
+     "gamma must be a finite number >= 0 for lr_policy 'step', got -1.0"),
+    ("power nan", ["--lr-policy", "poly", "--power", "nan"], 2,
+     "power must be a finite number >= 0 for lr_policy 'poly', got nan"),
     ("stepvalue not numbers", ["--stepvalue", "10,x"], 2, "--stepvalue: expected comma-separated iterations"),
     ("keep-checkpoints negative", ["--keep-checkpoints", "-1"], 2, "--keep-checkpoints must be 0 or more"),
     ("checkpoint-period negative", ["--checkpoint-period", "-5"], 2, "--checkpoint-period must be 0 or more"),
@@ -111,6 +116,21 @@ SOLVER_CASES = [
      "weight_decay must be a finite non-negative number, got nan"),
     ("inf rate", 'base_lr: inf\nlr_policy: "fixed"\nmax_iter: 2\n', 2,
      "base_lr must be a finite non-negative number, got inf"),
+    ("negative rate", 'base_lr: -0.1\nlr_policy: "fixed"\nmax_iter: 2\n', 2,
+     "base_lr must be a finite non-negative number, got -0.1"),
+    ("negative gamma", 'base_lr: 0.01\nlr_policy: "step"\ngamma: -1\nstepsize: 1\nmax_iter: 4\n', 2,
+     "gamma must be a finite number >= 0 for lr_policy 'step', got -1.0"),
+    ("nan gamma, multistep", 'base_lr: 0.01\nlr_policy: "multistep"\ngamma: nan\nstepvalue: 1\nmax_iter: 2\n', 2,
+     "gamma must be a finite number >= 0 for lr_policy 'multistep', got nan"),
+    ("negative power, inv", 'base_lr: 0.01\nlr_policy: "inv"\ngamma: 0.1\npower: -2\nmax_iter: 2\n', 2,
+     "power must be a finite number >= 0 for lr_policy 'inv', got -2.0"),
+    ("zero stepsize", 'base_lr: 0.01\nlr_policy: "step"\ngamma: 0.1\nstepsize: 0\nmax_iter: 2\n', 2,
+     "lr_policy 'step' needs a positive stepsize, got 0"),
+    ("negative sigmoid stepsize", 'base_lr: 0.01\nlr_policy: "sigmoid"\ngamma: -0.5\nstepsize: -3\nmax_iter: 2\n',
+     2, "lr_policy 'sigmoid' needs a stepsize >= 0, got -3"),
+    ("negative max_iter", 'base_lr: 0.01\nlr_policy: "fixed"\nmax_iter: -5\n', 2, "max_iter must be >= 0, got -5"),
+    ("iter_size 0", 'base_lr: 0.01\nlr_policy: "fixed"\niter_size: 0\nmax_iter: 2\n', 2,
+     "iter_size must be >= 1, got 0"),
 ]
 
 
@@ -121,6 +141,23 @@ def test_bad_solver_files(data, tmp_path, capsys, case, text, status, fragment):
     rc, err = run(argv, capsys)
     assert rc == status and fragment in err, err
     assert "solver.prototxt" in err
+
+
+def test_step_values_that_do_not_increase_are_explained_and_logged_as_applied(data, tmp_path, capsys):
+    """stepvalue 3 then 1: Caffe's counter takes one step per iteration, at 3 and at 4; the
+    warning says so, and log.csv's rate is the rate those steps give."""
+    path = write(tmp_path, "solver.prototxt", 'base_lr: 0.01\nlr_policy: "multistep"\ngamma: 0.1\nstepvalue: 3\n'
+                                              'stepvalue: 1\nmax_iter: 5\n')
+    argv = [a for a in base(data, tmp_path / "run") if a not in ("--max-iter", "3")] + ["--solver", path]
+    rc, err = run(argv, capsys)
+    assert rc == 0, err
+    assert (f"--solver {path}: stepvalue 1 follows 3 and does not increase: Caffe takes the steps in the order given, "
+            "at most one per iteration, so the rate drops at iterations 3, 4") in err
+    with open(tmp_path / "run" / "log.csv") as f:
+        lr = {int(r["iter"]): float(r["lr"]) for r in csv.DictReader(f)}
+    # row k: the step from iteration k - 1, whose rate is 0.01 before iteration 3, then 0.001, then 0.0001
+    assert lr[3] == pytest.approx(0.01, rel=1e-6) and lr[4] == pytest.approx(1e-3, rel=1e-6)
+    assert lr[5] == pytest.approx(1e-4, rel=1e-6)
 
 
 def test_solver_file_without_max_iter_warns(data, tmp_path, capsys):
@@ -145,9 +182,12 @@ def _corrupt(kind, path):
         path.write_bytes(bytes(data))
     elif kind == "emptied":
         path.write_bytes(b"")
+    elif kind == "64 bytes flipped, its hash removed":
+        _corrupt("64 bytes flipped", path)
+        Path(str(path) + ".sha256").unlink()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "64 bytes flipped", "emptied"])
+@pytest.mark.parametrize("kind", ["truncated", "64 bytes flipped", "emptied", "64 bytes flipped, its hash removed"])
 def test_resume_skips_a_corrupt_latest_checkpoint(data, tmp_path, capsys, kind):
     out = tmp_path / "run"
     assert run(base(data, out, iters=4), capsys)[0] == 0  # checkpoints at 1, 2, 3 (keep 2: 2, 3)
@@ -159,6 +199,23 @@ def test_resume_skips_a_corrupt_latest_checkpoint(data, tmp_path, capsys, kind):
     rc, err = run(base(data, out, iters=4) + ["--resume"], capsys)
     assert rc == 0, err
     assert f"skipping checkpoint {latest}" in err and "resumed from" in err and "iter_00000002.pt" in err
+    resumed = torch.load(out / "final.pt", weights_only=False)["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resume_from_checkpoints_without_hashes_warns(data, tmp_path, capsys):
+    """No checkpoint can be verified: the newest is taken, with a warning naming it."""
+    out = tmp_path / "run"
+    assert run(base(data, out, iters=4), capsys)[0] == 0
+    straight = torch.load(out / "final.pt", weights_only=False)["model"]
+    (out / "final.pt").unlink()
+    for p in _checkpoints(out):
+        Path(str(p) + ".sha256").unlink()
+    rc, err = run(base(data, out, iters=4) + ["--resume"], capsys)
+    assert rc == 0, err
+    latest = _checkpoints(out)[-1]
+    assert f"{latest} has no SHA-256 beside it (iter_00000003.pt.sha256): it is read unverified" in err
+    assert f"resumed from {latest} at iteration 3" in err
     resumed = torch.load(out / "final.pt", weights_only=False)["model"]
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
@@ -183,10 +240,12 @@ def test_stale_partial_checkpoint_files_are_removed_at_start(data, tmp_path, cap
     assert not any(p.exists() for p in stale)
 
 
-@pytest.mark.parametrize("rate,period", [("10", "2"), ("1e38", "1")])
+@pytest.mark.parametrize("rate,period", [("10", "2"), ("1e38", "1"), ("1e30", "1")])
 def test_a_too_high_rate_stops_instead_of_reporting_a_plausible_map(data, tmp_path, capsys, rate, period):
     """A small WSDDN with a rate far too high: training stops naming the iteration and the
-    checkpoint situation; no final weights, no metrics, no checkpoint with inf/nan."""
+    checkpoint to continue from, one whose weights are sane (at 1e30 the first update
+    already takes them to ~1e31: none is), or saying there is none; no final weights, no
+    metrics, no checkpoint with inf/nan."""
     out = tmp_path / "run"
     argv = base(data, out, iters=30) + ["--base-lr", rate, "--checkpoint-period", period, "--test-datalist",
                                         data["test"]]
@@ -195,15 +254,21 @@ def test_a_too_high_rate_stops_instead_of_reporting_a_plausible_map(data, tmp_pa
     msg = err.strip().splitlines()[-1]
     assert msg.startswith("train.py: error: training diverged at iteration "), msg
     assert not (out / "final.pt").exists() and not (out / "eval.csv").exists()
-    ckpts = _checkpoints(out)
-    if ckpts:
-        assert f"the last checkpoint, {ckpts[-1]}, is intact" in msg
-        for p in ckpts:
-            st = torch.load(p, weights_only=False)
-            assert all(torch.isfinite(v).all() for v in st["model"].values())
+    peaks = {}
+    for p in _checkpoints(out):
+        st = torch.load(p, weights_only=False)
+        assert all(torch.isfinite(v).all() for v in st["model"].values())
+        peaks[p] = max(float(v.abs().max()) for v in st["model"].values() if v.is_floating_point())
+    named = [p for p in peaks if f"the last checkpoint, {p}, is intact: lower the rate and continue from it" in msg]
+    if named:
+        assert peaks[named[0]] < 1e3, (named, peaks)  # sane by any measure
+    elif peaks:
+        assert max(peaks.values()) > 1e20, peaks
+        assert "so none is a point to continue from: start afresh (without --resume) with a lower rate" in msg
     else:
         assert "no checkpoint was written before it, so there is nothing to resume from" in msg
-        assert "is intact" not in msg
+    if rate == "1e30":
+        assert peaks and "none is a point to continue from" in msg, msg
 
 
 def _unshare_tmpfs_ok():

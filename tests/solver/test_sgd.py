@@ -140,6 +140,23 @@ def test_multistep_rate_reported_is_the_rate_applied(stepvalue):
         assert before - float(p.detach()) == pytest.approx(expect, rel=1e-12)
 
 
+@pytest.mark.parametrize("stepvalue", [[3, 1], [2, 2, 2], [1, 3], [0, 5, 4, 4]])
+def test_multistep_iterations_and_the_warning(stepvalue):
+    from mlic.solver.sgd import multistep_iterations, stepvalue_warning
+
+    counter, steps = 0, []
+    for it in range(12):  # Caffe's loop, as above
+        if counter < len(stepvalue) and it >= stepvalue[counter]:
+            counter += 1
+            steps.append(it)
+    assert multistep_iterations(stepvalue) == steps
+    note = stepvalue_warning(stepvalue)
+    if sorted(set(stepvalue)) == stepvalue:
+        assert note is None
+    else:
+        assert note is not None and f"drops at iterations {', '.join(map(str, steps))} " in note
+
+
 def test_state_dict_round_trip_and_torch_format():
     """state_dict() has torch.optim's layout (parameters by index over the groups); a
     solver loaded from it continues exactly as the original."""

@@ -1,0 +1,53 @@
+"""One run per output folder: a lock on <out>/run.lock that the system releases when the
+process ends, however it ends (kill -9 included), so a killed run never leaves it stuck.
+The file names the holder, for the sentence that refuses a second run."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from mlic.errors import OutputError, UserInputError
+
+log = logging.getLogger("mlic.engine")
+
+LOCK_NAME = "run.lock"
+
+
+class FolderInUse(UserInputError):
+    """Another process holds the output folder."""
+
+
+@contextlib.contextmanager
+def hold_folder(folder: os.PathLike, flag: str = "--out"):
+    """Holds `folder` for the duration; FolderInUse (naming the other process) when
+    another run holds it, OutputError when the lock file cannot be created."""
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"{flag} {folder}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                log.warning("%s %s: the folder cannot be locked (%s): nothing keeps a second run from writing "
+                            "into it at the same time", flag, folder, exc.strerror or exc)
+                yield
+                return
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "a process that has not said which"
+            raise FolderInUse(f"{flag} {folder} is in use by another run ({holder}); wait for it to end, or give "
+                              "another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, started "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
