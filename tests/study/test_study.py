@@ -126,6 +126,10 @@ def test_budget_sweep_and_the_decision(tmp_path_factory):
     d = json.loads((root / "decision.json").read_text())
     assert (root / "decision.md").is_file() and (root / "budget.png").stat().st_size > 10_000
     assert (root / "seeds.png").stat().st_size > 5_000
+    from mlic.study import names
+
+    assert [r["name"] for r in d["arms"]] == [names.name(a.key) for a in (RELEASED, arm)]
+    assert f"| {names.name(arm.key)} |" in (root / "decision.md").read_text()
 
     def mAP(seed, key):
         r = json.loads((root / f"seed{seed}" / key / "result.json").read_text())
