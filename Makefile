@@ -8,19 +8,36 @@ export MAX_JOBS ?= 2
 
 .PHONY: setup build test demo study bench readme-check sanitize gpu-check clean
 
+# Set-up and build print a line per step; pip's and the compiler's output goes to a log
+# (VERBOSE=1: to the console), whose end is shown when a step fails.
+LOG_DIR ?= build
+SETUP_LOG := $(LOG_DIR)/setup.log
+BUILD_LOG := $(LOG_DIR)/build.log
+logged = $(if $(VERBOSE),$(1),{ $(1) ; } >>$(2) 2>&1 || { echo "[make] failed: $(strip $(1))"; \
+	echo "--- the end of $(2):"; tail -n 40 $(2); echo "--- the whole output is in $(2)"; exit 1; })
+
 # The package is installed without compiling (MLIC_SKIP_EXTENSION=1): `build` compiles the
 # extension once, in place, and incrementally (ninja) afterwards.
 $(STAMP): requirements.txt setup.py
-	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --upgrade pip setuptools wheel
-	$(VPY) -m pip install -r requirements.txt
-	MLIC_SKIP_EXTENSION=1 $(VPY) -m pip install --no-build-isolation --no-deps -e .
-	touch $(STAMP)
+	@mkdir -p $(LOG_DIR) && : > $(SETUP_LOG)
+	@echo "[setup] a virtual environment in $(VENV) with the packages of requirements.txt (the first time: minutes, and about 6 GB with the CUDA build of torch); pip's output: $(SETUP_LOG)"
+	@$(call logged,$(PYTHON) -m venv $(VENV),$(SETUP_LOG))
+	@echo "[setup] pip, setuptools, wheel"
+	@$(call logged,$(VPY) -m pip install --upgrade pip setuptools wheel,$(SETUP_LOG))
+	@echo "[setup] requirements.txt"
+	@$(call logged,$(VPY) -m pip install -r requirements.txt,$(SETUP_LOG))
+	@echo "[setup] mlic itself, editable (compiled by the build step)"
+	@$(call logged,MLIC_SKIP_EXTENSION=1 $(VPY) -m pip install --no-build-isolation --no-deps -e .,$(SETUP_LOG))
+	@touch $(STAMP)
 
 setup: $(STAMP)
 
 build: setup
-	$(VPY) setup.py -q build_ext --inplace
+	@mkdir -p $(LOG_DIR) && : > $(BUILD_LOG)
+	@echo "[build] the extension mlic._C: C++ kernels, and CUDA kernels when nvcc is found (those take many minutes the first time; MLIC_CPU_ONLY=1 skips them); compiler output: $(BUILD_LOG)"
+	@start=$$(date +%s); $(call logged,$(VPY) setup.py -q build_ext --inplace,$(BUILD_LOG)); \
+	sed -n 's/^mlic: building/[build] built/p' $(BUILD_LOG); \
+	echo "[build] done in $$(( $$(date +%s) - start )) s"
 
 test: build
 	$(VPY) -m pytest tests $(PYTEST_ARGS)

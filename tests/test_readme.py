@@ -10,7 +10,8 @@ the stand-in sizes), TORCH_HOME (a torchvision VGG16 file), SIZE, BOXES, NET, IT
 TEACHER_ITERS, GPUS; the VGG16 caffemodel lies under its released name. The ```python
 blocks run in folders of their own with a small datalist pair (train.txt, test.txt) and the
 caffemodel, and TrainConfig shrinks the net and the iterations they ask for. Long blocks
-(`# long: ...`) are only checked here: their syntax, and that their make targets exist."""
+(after the comment `<!-- long: ... -->`) are only checked here: their syntax, and that their
+make targets exist."""
 import importlib.util
 import os
 import re
@@ -106,6 +107,20 @@ def test_the_readme_blocks_are_found():
     assert kinds.count("bash") >= 4 and kinds.count("python") >= 2 and "long" in kinds, kinds
     sections = {b.section for b in BLOCKS if b.kind == "bash"}
     assert {"Training and testing on the original data", "Caffe interop", "Data"} <= sections, sections
+
+
+def test_long_blocks_are_marked_outside_what_a_reader_sees(tmp_path):
+    """The mark is an HTML comment before the fence: the rendered README does not show it, and
+    no block holds it."""
+    assert not [b.line for b in BLOCKS if "check_readme" in b.text]
+    long = [b for b in BLOCKS if b.kind == "long"]
+    assert long and long[0].first_command.startswith("make demo")
+    sample = tmp_path / "R.md"
+    sample.write_text(f"# T\n\n{check_readme.LONG_MARK}\n```bash\nmake demo\n```\n\n```bash\necho hi\n```\n")
+    assert [b.kind for b in check_readme.readme_blocks(sample)] == ["long", "bash"]
+    sample.write_text(f"{check_readme.LONG_MARK}\n\nsome text\n")
+    with pytest.raises(ValueError, match="right before a ```bash fence"):
+        check_readme.readme_blocks(sample)
 
 
 def test_readme_commands_use_the_environment():

@@ -7,12 +7,13 @@ repository root. tests/test_readme.py (part of `make test`) runs each one in a f
 repository's files, `.venv/bin/python` and `.venv/bin/torchrun`), with small stand-ins for
 the user's files in the shell variables the blocks take their places and sizes from
 (`: "${ITERS:=20000}"` in a block; the test sets ITERS=2); ```python blocks run too, at
-small sizes. A block too long for CI (the demo, the test suite) carries the line
+small sizes. A block too long for CI (the demo, the test suite) follows the line
 
-    # long: run by tools/check_readme.py --all
+    <!-- long: run by tools/check_readme.py --all -->
 
-and is run by this script, as written, in this checkout, which should be a fresh clone
-(`make readme-check` builds it and runs everything):
+(an HTML comment: the rendered README does not show it) and is run by this script, as
+written, in this checkout, which should be a fresh clone (`make readme-check` builds it and
+runs everything):
 
     tools/check_readme.py            # the blocks CI runs (tests/test_readme.py)
     tools/check_readme.py --long     # the long blocks only
@@ -30,7 +31,7 @@ from typing import List
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-LONG_MARK = "# long: run by tools/check_readme.py --all"
+LONG_MARK = "<!-- long: run by tools/check_readme.py --all -->"
 _FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)\s*$")
 
 
@@ -40,13 +41,12 @@ class Block:
     text: str  # the block's lines, without the fence's indentation
     line: int  # 1-based line of the opening fence in README.md
     section: str  # the heading above it
+    long: bool = False  # LONG_MARK stands on the line before the fence
 
     @property
     def kind(self) -> str:
         """'long' (run by this script only), 'bash', 'python', or another language (not run)."""
-        if self.lang == "bash" and any(ln.strip() == LONG_MARK for ln in self.text.splitlines()):
-            return "long"
-        return self.lang
+        return "long" if self.long else self.lang
 
     @property
     def first_command(self) -> str:
@@ -65,9 +65,14 @@ def readme_blocks(path=README) -> List[Block]:
         if not m:
             if lines[k].startswith("#"):
                 section = lines[k].lstrip("#").strip()
+            elif lines[k].strip() == LONG_MARK:
+                nxt = _FENCE.match(lines[k + 1]) if k + 1 < len(lines) else None
+                if not nxt or nxt.group(2) != "bash":
+                    raise ValueError(f"{path}:{k + 1}: the long-block mark must stand right before a ```bash fence")
             k += 1
             continue
         indent, lang, start = m.group(1), m.group(2), k
+        long = k > 0 and lines[k - 1].strip() == LONG_MARK
         body = []
         k += 1
         while k < len(lines) and not (_FENCE.match(lines[k]) and lines[k].strip() == "```"):
@@ -79,7 +84,7 @@ def readme_blocks(path=README) -> List[Block]:
             k += 1
         if k == len(lines):
             raise ValueError(f"{path}:{start + 1}: the block opened here is never closed")
-        blocks.append(Block(lang, "\n".join(body) + "\n", start + 1, section))
+        blocks.append(Block(lang, "\n".join(body) + "\n", start + 1, section, long))
         k += 1
     return blocks
 

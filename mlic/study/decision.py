@@ -21,6 +21,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from mlic.study.names import name as readable_name
 from mlic.study.pipeline import Arm, budget_key
 from mlic.study.presets import Preset
 from mlic.study.stats import equivalence_bound, holm, paired_difference, paired_p_value, summarize
@@ -65,7 +66,7 @@ def analyse(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], 
     for arm in arms:
         total = (s1 if arm.stage1_key else 0) + s2
         mine = by_seed(arm, total)
-        rows.append({"arm": arm.key, "label": arm.label, "total_iterations": total,
+        rows.append({"arm": arm.key, "name": readable_name(arm.key), "label": arm.label, "total_iterations": total,
                      "same_budget": _paired(mine, by_seed(None, total)),
                      "stage2_budget": _paired(mine, by_seed(None, s2))})
     for field in ("same_budget", "stage2_budget"):
@@ -86,7 +87,8 @@ def analyse(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], 
         sweep.append(point)
     return {"preset": preset.name, "seeds": seeds, "iterations": {"stage1": s1, "stage2": s2},
             "arms": rows, "budget_arm": None if budget_arm is None else budget_arm.key,
-            "budget_arm_label": None if budget_arm is None else budget_arm.label, "sweep": sweep}
+            "budget_arm_label": None if budget_arm is None else budget_arm.label,
+            "budget_arm_name": None if budget_arm is None else readable_name(budget_arm.key), "sweep": sweep}
 
 
 def _band(values: Dict[int, float]) -> Optional[dict]:
@@ -132,10 +134,10 @@ def format_markdown(a: dict) -> str:
         margin = "—" if not sb or math.isnan(sb["equivalence_margin"]) else f"{sb['equivalence_margin']:.1f}"
         ahead = "—" if not sb else f"{sb['wins']}/{sb['n']}"
         per = "—" if not sb else " ".join(f"{v:+.1f}" for v in sb["per_seed"].values())
-        lines.append(f"| {r['label']} | {r['total_iterations']} | {_ci(sb)} | {_p(sb)} | {margin} | {ahead} | "
+        lines.append(f"| {r['name']} | {r['total_iterations']} | {_ci(sb)} | {_p(sb)} | {margin} | {ahead} | "
                      f"{_ci(s2)} | {_p(s2)} | {per} |")
     if a["sweep"]:
-        lines += ["", f"Budget sweep: the student alone and {a['budget_arm_label']} (its stage 2 trained for the total "
+        lines += ["", f"Budget sweep: the student alone and {a['budget_arm_name']} (its stage 2 trained for the total "
                   f"less stage 1's {a['iterations']['stage1']} iterations), test mAP mean [95 % t interval]; gain: "
                   "from the previous budget, paired.", "",
                   "| iterations in all | images seen | student alone | gain | arm | gain | gap (arm − alone) |",
@@ -147,7 +149,7 @@ def format_markdown(a: dict) -> str:
     pc = a.get("per_class")
     if pc:
         rc, ro = pc["spearman_gain_corloc"], pc["spearman_gain_cooccurrence"]
-        lines += ["", f"Per class, {pc['label']} against the student alone at the same budget, means over "
+        lines += ["", f"Per class, {pc['name']} against the student alone at the same budget, means over "
                   f"{pc['seeds']} seeds: the gain in test AP, the teacher's CorLoc, and the share of the class's "
                   "test images that hold another class too. Spearman's ρ of the gain with the CorLoc "
                   f"{rc['rho']:+.2f} (p {rc['p']:.2f}), with the co-occurrence {ro['rho']:+.2f} (p {ro['p']:.2f}).",
@@ -181,7 +183,7 @@ def plot_budget(a: dict, path: Path) -> None:
 
     pts = [p for p in a["sweep"] if p["alone"] or p["arm"]]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    for field, name, color in (("alone", "student alone", "tab:gray"), ("arm", a["budget_arm_label"], "tab:blue")):
+    for field, name, color in (("alone", "student alone", "tab:gray"), ("arm", a["budget_arm_name"], "tab:blue")):
         p = [q for q in pts if q[field]]
         if not p:
             continue
@@ -230,7 +232,7 @@ def plot_seeds(a: dict, path: Path) -> None:
                         color="tab:blue", capsize=4, zorder=3)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([r["label"] for r in rows], fontsize=8)
+    ax.set_yticklabels([r["name"] for r in rows], fontsize=8)
     ax.set_xlabel("Δ test mAP against the student alone at the same budget (points: seeds; diamond: mean, 95 % t "
                   "interval)", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
@@ -319,7 +321,7 @@ def per_class(preset: Preset, seed_folders: Dict[int, Path], arm: Arm) -> dict:
     rho_c, p_c = stats.spearmanr(g, c)
     rho_o, p_o = stats.spearmanr(g, o)
     names = (Path(next(iter(seed_folders.values()))) / "data" / "classes.txt").read_text().split()
-    return {"arm": arm.key, "label": arm.label, "seeds": len(gains), "classes": names, "gain_ap": g.tolist(),
-            "teacher_corloc": c.tolist(), "with_another_class": o.tolist(),
+    return {"arm": arm.key, "name": readable_name(arm.key), "label": arm.label, "seeds": len(gains), "classes": names,
+            "gain_ap": g.tolist(), "teacher_corloc": c.tolist(), "with_another_class": o.tolist(),
             "spearman_gain_corloc": {"rho": float(rho_c), "p": float(p_c)},
             "spearman_gain_cooccurrence": {"rho": float(rho_o), "p": float(p_o)}}

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from mlic.study import names
 from mlic.study.pipeline import BASELINE, PAPER_L2, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, Arm, SeedData, prepare_data
 
 
@@ -322,11 +323,11 @@ def run_diagnosis(preset, seeds: Sequence[int], out: str, arms: Sequence[Arm], l
     first = min(per_seed)
     plot_targets(per_seed[first], dest / "soft_targets.png")
     shown = [a.key for a in (RELEASED_SOFT_SCALE, RELEASED, PAPER_L2) if a.key in {x.key for x in arms}]
-    labels = {a.key: a.label for a in arms}
+    labels = {a.key: names.name(a.key) for a in arms}
     for rate in sorted({k.partition("/")[0] for d in per_seed.values() for k in d["stage2"] if "/" in k}):
         for a in RATE_ARMS:
             shown.append(f"{rate}/{a.key}")
-            labels[shown[-1]] = f"{a.label} at base rate {rate[2:]}"
+            labels[shown[-1]] = names.name(shown[-1])
     plot_stage2(folders, shown, labels, dest / "stage2_dynamics.png")
     return per_seed
 
@@ -370,16 +371,17 @@ def summary_text(per_seed: Dict[int, dict]) -> str:
     for job in sorted({j for s in seeds for j in per_seed[s].get("stage2", {})}):
         e = [per_seed[s]["stage2"][job] for s in seeds if job in per_seed[s].get("stage2", {})]
         first = [x["first_iter_scale_mean_below_0"] for x in e]
-        lines.append(f"{job}: soft scale at the end {_mean_sd([x['soft_scale_end'] for x in e])} (its mean went below 0 "
-                     f"in {sum(f is not None for f in first)} of {len(e)} runs); label loss at the end "
+        lines.append(f"{names.with_key(job)}: soft scale at the end {_mean_sd([x['soft_scale_end'] for x in e])} "
+                     f"(its mean went below 0 in {sum(f is not None for f in first)} of {len(e)} runs); "
+                     "label loss at the end "
                      f"{_mean_sd([x['label_loss_end'] for x in e])} (chance {e[0]['label_loss_chance']:.2f}); "
                      f"fc7 dead at the end in {sum(x['share_dead_fc7_last100'] > 0.9 for x in e)} of {len(e)} runs; "
                      f"gradient cosine soft vs label {_mean_sd([x['cosine_mean'] for x in e])}")
     for key in d0["linear_probe_mAP"]:
-        lines.append(f"linear probe on fc7, {key}: test mAP "
+        lines.append(f"linear probe on fc7, {names.with_key(key)}: test mAP "
                      + _mean_sd([100 * per_seed[s]["linear_probe_mAP"][key] for s in seeds
                                  if key in per_seed[s]["linear_probe_mAP"]]))
     for key, b in d0["budget"].items():
-        lines.append(f"budget {key}: {b['iterations']} iterations ({b['stage1_iterations']} in stage 1), "
-                     f"{b['images']} images")
+        lines.append(f"budget of the {names.with_key(key)}: {b['iterations']} iterations "
+                     f"({b['stage1_iterations']} in stage 1), {b['images']} images")
     return "\n".join(lines)

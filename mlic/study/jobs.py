@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mlic import portable
 
@@ -119,13 +119,14 @@ def expected_time(jobs: Sequence[Job], workers: int) -> str:
         return "all done"
     known = [j for j in pending if j.expected_seconds]
     cpu = sum(j.expected_seconds * min(max(1, j.threads), workers) for j in known)
-    text = f"{len(pending)} to run, typically {_minutes(cpu / max(1, workers))} on {workers} cores"
+    text = f"{len(pending)} to run, typically {duration(cpu / max(1, workers))} on {workers} cores"
     if len(known) < len(pending):
         text += f" (for {len(known)} of them; the others' times are not known)"
     return text
 
 
-def _minutes(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A duration in words: seconds, minutes or hours."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
@@ -135,12 +136,50 @@ def _spec_path(job: Job) -> Path:
     return Path(job.out).parent / f".{Path(job.out).name}.job.json"
 
 
+class TimeLeft:
+    """The time left for the jobs not finished yet, plus `after` seconds of work that follows
+    them: each job's typical time (Job.expected_seconds) scaled by how much longer the
+    finished ones took than theirs, spread over the workers; jobs without a typical time
+    count as the mean of the finished ones. What it reports never rises: a rise between
+    two steps reads as a fault, while the pace it comes from is noisy with few jobs done."""
+
+    def __init__(self, workers: int, after: float = 0.0):
+        self.workers, self.after = max(1, workers), after
+        self.expected = self.actual = 0.0
+        self.durations: List[float] = []
+        self.shown: Optional[float] = None
+
+    def finished(self, job: Job, seconds: float) -> None:
+        self.durations.append(seconds)
+        if job.expected_seconds:
+            self.expected += job.expected_seconds
+            self.actual += seconds
+
+    def seconds(self, pending: Sequence[Job], running: Sequence[Tuple[Job, float]] = ()) -> float:
+        """`running`: each running job and the seconds it has run."""
+        pace = self.actual / self.expected if self.expected else 1.0
+        mean = sum(self.durations) / len(self.durations) if self.durations else 0.0
+
+        def typical(j: Job) -> float:
+            return j.expected_seconds * pace if j.expected_seconds else mean
+
+        work = sum(typical(j) * min(max(1, j.threads), self.workers) for j in pending)
+        work += sum(max(typical(j) - ran, 0.0) * min(max(1, j.threads), self.workers) for j, ran in running)
+        left = work / self.workers + self.after
+        self.shown = left if self.shown is None else min(self.shown, left)
+        return self.shown
+
+
 def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] = print,
-             python: Optional[str] = None) -> List[str]:
+             python: Optional[str] = None, tag: str = "study", after_seconds: float = 0.0) -> List[str]:
     """Runs the jobs that are not done, in order of the list whenever their dependencies are
     done, as long as their threads fit in `workers` (a job with more threads than workers
     takes them all); a ready job that does not fit yet holds back the ones after it. Returns
-    the keys of the jobs that failed (their dependants are skipped)."""
+    the keys of the jobs that failed (their dependants are skipped). Each line logged starts
+    with [tag] and names a job by its readable name and key; the time left it gives after
+    each job includes `after_seconds` (what the caller does after the jobs)."""
+    from mlic.study.names import with_key
+
     by_key = {j.key: j for j in jobs}
 
     def slots(job: Job) -> int:
@@ -153,10 +192,10 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
     pending = [j for j in jobs if not _up_to_date(j, by_key)]
     skipped = len(jobs) - len(pending)
     if skipped:
-        log(f"[study] {skipped} of {len(jobs)} jobs already done (their results are kept)")
+        log(f"[{tag}] {skipped} of {len(jobs)} jobs already done (their results are kept)")
     running: Dict[str, tuple] = {}
     failed: List[str] = []
-    durations: List[float] = []
+    clock = TimeLeft(workers, after_seconds)
     total = len(pending)
     waiting = {j.key for j in pending}
     finished = 0
@@ -169,7 +208,7 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
             if any(d in failed for d in j.deps):  # failures propagate: skipped jobs count as failed
                 pending.remove(j)
                 failed.append(j.key)
-                log(f"[study] skip {j.key}: a job it needs failed")
+                log(f"[{tag}] skip {with_key(j.key)}: a job it needs failed")
                 continue
             if any(d in waiting or d in running for d in j.deps):
                 continue
@@ -189,13 +228,13 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
             proc = subprocess.Popen([python, "-m", "mlic.study", "job", str(spec)], stdout=logf,
                                     stderr=subprocess.STDOUT, env=env)
             running[j.key] = (proc, time.perf_counter(), logf)
-            eta = f" (typically {_minutes(j.expected_seconds)})" if j.expected_seconds else ""
-            log(f"[study] start {j.key}{eta}")
+            eta = f" (typically {duration(j.expected_seconds)})" if j.expected_seconds else ""
+            log(f"[{tag}] start {with_key(j.key)}{eta}")
         if not running:
             if pending:  # nothing can start: dependencies failed or unknown order
                 for j in pending:
                     failed.append(j.key)
-                    log(f"[study] skip {j.key}: its dependencies did not finish")
+                    log(f"[{tag}] skip {with_key(j.key)}: its dependencies did not finish")
                 pending = []
             break
         time.sleep(0.5)
@@ -207,11 +246,12 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
             finished += 1
             dt = time.perf_counter() - t0
             if proc.returncode == 0 and by_key[key].done():
-                durations.append(dt)
-                left = total - finished
-                eta = sum(durations) / len(durations) * left / max(1, workers)
-                log(f"[study] done {key} in {dt:.0f} s ({finished}/{total}; about {eta / 60:.0f} min left)")
+                clock.finished(by_key[key], dt)
+                now = time.perf_counter()
+                left = clock.seconds(pending, [(by_key[k], now - t) for k, (_, t, _) in running.items()])
+                log(f"[{tag}] done {with_key(key)} in {dt:.0f} s ({finished}/{total}; "
+                    f"{'about ' + duration(left) + ' left' if pending or running or after_seconds else 'all done'})")
             else:
                 failed.append(key)
-                log(f"[study] FAILED {key} (exit {proc.returncode}); see {Path(by_key[key].out) / 'job.log'}")
+                log(f"[{tag}] FAILED {with_key(key)} (exit {proc.returncode}); see {Path(by_key[key].out) / 'job.log'}")
     return failed

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-METRICS = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3")
+from mlic.study import names
 from mlic.study.stats import paired_difference, summarize
+
+METRICS = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3")
 
 NAMES = {"mAP": "mAP", "CF1": "CF1", "OF1": "OF1", "CF1_top3": "CF1 top-3", "OF1_top3": "OF1 top-3"}
 
@@ -28,7 +31,8 @@ def collect(seed_folders: Dict[int, Path], arms: Sequence[str], split: str = "te
 
 def summarize_study(results: Dict[str, Dict[int, dict]], baseline: str, split: str = "test",
                     labels: Optional[Dict[str, str]] = None, equal: Optional[Dict[str, str]] = None) -> dict:
-    """Per arm: mean ± sd of each metric over its seeds, the paired difference to the
+    """Per arm: its readable name (mlic.study.names) and `labels`' description of its
+    settings, mean ± sd of each metric over its seeds, the paired difference to the
     baseline over the seeds both have (95 % t interval; "paired"), the same against the
     student alone trained for as many iterations as the arm (`equal`: {arm: that
     baseline}; "paired_equal"), and the runtimes."""
@@ -38,7 +42,8 @@ def summarize_study(results: Dict[str, Dict[int, dict]], baseline: str, split: s
         seeds = sorted(by_seed)
         if not seeds:
             continue
-        entry = {"label": (labels or {}).get(arm, arm), "seeds": seeds, "metrics": {}, "paired": {},
+        entry = {"name": names.name(arm), "label": (labels or {}).get(arm, arm), "seeds": seeds, "metrics": {},
+                 "paired": {},
                  "paired_equal": {}, "seconds": {str(s): round(by_seed[s]["seconds"], 1) for s in seeds}}
         for m in METRICS:
             vals = [100 * by_seed[s]["metrics"][split][m] for s in seeds]
@@ -72,11 +77,12 @@ def _ci(d: Optional[dict]) -> str:
 
 
 def format_table(summary: dict, baseline: str) -> str:
-    """Markdown: one row per arm (baseline first, then by paired mAP difference); a column
-    of the difference to the equal-budget baseline where there is one."""
+    """Markdown: one row per arm (baseline first, then by paired mAP difference): its name,
+    its settings and folder, the metrics; a column of the difference to the equal-budget
+    baseline where there is one."""
     arms = sorted(summary, key=lambda a: (a != baseline, -summary[a]["paired"].get("mAP", {}).get("mean", 0.0)))
     equal = any(summary[a].get("paired_equal") for a in arms)
-    head = ("| arm | seeds | " + " | ".join(NAMES[m] for m in METRICS) +
+    head = ("| model | settings | folder | seeds | " + " | ".join(NAMES[m] for m in METRICS) +
             " | Δ mAP vs no KD [95 % CI] | Δ CF1 | Δ OF1 | mAP wins |" +
             (" Δ mAP vs no KD at the same budget | wins |" if equal else "") + " s / run |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -88,7 +94,8 @@ def format_table(summary: dict, baseline: str) -> str:
         extra = ""
         if equal:
             extra = f" {_ci(q.get('mAP'))} | " + (f"{q['mAP']['wins']}/{q['mAP']['n']}" if "mAP" in q else "—") + " |"
-        rows.append(f"| {e['label']} | {len(e['seeds'])} | " + " | ".join(pm(e["metrics"][m]) for m in METRICS) +
+        rows.append(f"| {e.get('name', names.name(a))} | {e['label']} | `{a}` | {len(e['seeds'])} | " +
+                    " | ".join(pm(e["metrics"][m]) for m in METRICS) +
                     f" | {_ci(p.get('mAP'))} | {_ci(p.get('CF1'))} | {_ci(p.get('OF1'))} | {wins} |{extra} "
                     f"{np.median(secs):.0f} |")
     return "\n".join(rows)
@@ -124,7 +131,7 @@ def plot_study(summary: dict, baseline: str, path: Path, title: str) -> None:
         ax.set_title(name)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y)
-    axes[0].set_yticklabels([summary[a]["label"] for a in arms], fontsize=8)
+    axes[0].set_yticklabels([textwrap.fill(summary[a].get("name", names.name(a)), 50) for a in arms], fontsize=8)
     n = max((summary[a]["paired"]["mAP"]["n"] for a in arms), default=0)
     fig.suptitle(f"{title}: distilled student minus student without KD, paired over {n} seeds "
                  f"(bars: 95 % t interval; green/red: interval excludes 0)", fontsize=9)

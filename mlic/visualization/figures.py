@@ -1,5 +1,8 @@
 """PNG figures: qualitative results, precision-recall curves, training curves.
 
+Each figure has a builder returning the ``Figure`` (``*_figure``: what the tests inspect)
+and a ``plot_*`` function writing it as PNG.
+
 Figures are drawn on ``matplotlib.figure.Figure`` objects rendered by the Agg canvas,
 so nothing here touches pyplot's global state or needs a display.
 """
@@ -7,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -57,19 +61,66 @@ def _vector(x, name: str, n: Optional[int] = None) -> np.ndarray:
     return v
 
 
-def plot_qualitative(image, boxes, objectness, class_names: Sequence[str], scores_kd, scores_no_kd, labels,
-                     out_path, num_proposals: int = 10, top_k: int = 3, boxes_frame: Optional[tuple] = None,
-                     title: Optional[str] = None, caption: bool = True) -> Path:
-    """The paper's qualitative figure for one image.
+BOX_COLORS = ("#ffdd00", "#00e5ff", "#ff00ff", "#7cfc00", "#ff8c00", "#00bfff", "#ff1493", "#adff2f",
+              "#ffa07a", "#e0e0e0")
 
-    Top: the image with its ``num_proposals`` proposals of highest teacher objectness
-    (inclusive x1, y1, x2, y2 boxes, each labelled with its score). Bottom: the student's
-    ``top_k`` labels without and with knowledge distillation, blue when the label is in
-    the ground truth and red otherwise. ``boxes_frame=(width, height)`` gives the frame
-    the boxes are expressed in (e.g. (672, 672) for datalist boxes) when it differs
-    from the image's size; they are rescaled to the image. ``caption`` adds a line that
-    says what the numbers and the colours mean, so the picture reads on its own.
-    """
+
+def _wrap(text: str, inches: float, fontsize: float, bold: bool = False) -> str:
+    """`text` wrapped to lines that fit `inches` at `fontsize` points (DejaVu Sans averages
+    about 0.55 em per character, 0.62 in bold)."""
+    chars = max(8, int(inches * 72 / ((0.62 if bold else 0.55) * fontsize)))
+    return "\n".join(textwrap.fill(part, chars) for part in text.split("\n"))
+
+
+def _place_tags(fig: Figure, ax, boxes: Sequence[np.ndarray], colors: Sequence[str], fontsize: float = 8) -> list:
+    """A tag with its rank (1, 2, ...) at a corner of each box, at the first corner where it
+    stays inside the picture and overlaps no tag placed before it (measured in the figure's
+    pixels). Returns the tags."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    ax.apply_aspect()  # the image's final place, so that the tags are measured where they are drawn
+    frame = ax.get_window_extent(renderer)
+    placed, tags = [], []
+    gap = 3.0  # points between the anchor and the tag's edge
+
+    def tag_at(rank, color, x, y, ha, va, dx, dy):
+        return ax.annotate(str(rank), (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                           fontweight="bold", color="black", ha=ha, va=va, annotation_clip=False,
+                           bbox=dict(facecolor=color, alpha=0.9, pad=1.2, lw=0))
+
+    for rank, ((x1, y1, x2, y2), color) in enumerate(zip(boxes, colors), start=1):
+        # corners just outside the box first (its border stays visible), then just inside
+        spots = []
+        for inside in (False, True):
+            for x, y, ha, va in ((x1, y1, "left", "bottom"), (x2, y1, "right", "bottom"), (x1, y2, "left", "top"),
+                                 (x2, y2, "right", "top")):
+                if inside:
+                    va = "top" if va == "bottom" else "bottom"
+                dy = gap if va == "bottom" else -gap
+                dx = gap if ha == "left" else -gap
+                spots.append((x, y, ha, va, dx if inside else 0.0, dy))
+        tag, fallback = None, None
+        for spot in spots:
+            t = tag_at(rank, color, *spot)
+            t.draw(renderer)  # sizes the bbox patch
+            bb = t.get_bbox_patch().get_window_extent(renderer)
+            fits = frame.x0 <= bb.x0 and bb.x1 <= frame.x1 and frame.y0 <= bb.y0 and bb.y1 <= frame.y1
+            if fits and not any(bb.overlaps(p) for p in placed):
+                tag = t
+                placed.append(bb)
+                break
+            if fallback is None and fits:
+                fallback = spot
+            t.remove()
+        if tag is None:  # nowhere free: the first spot inside the picture
+            tag = tag_at(rank, color, *(fallback or spots[-1]))
+        tags.append(tag)
+    return tags
+
+
+def qualitative_figure(image, boxes, objectness, class_names: Sequence[str], students: Mapping[str, object],
+                       labels, num_proposals: int = 5, top_k: int = 3, boxes_frame: Optional[tuple] = None,
+                       title: Optional[str] = None, caption: bool = True) -> Figure:
+    """The paper's qualitative figure for one image (see plot_qualitative)."""
     rgb = _load_image(image)
     h, w = rgb.shape[:2]
     b = to_numpy(boxes, "boxes")
@@ -79,8 +130,9 @@ def plot_qualitative(image, boxes, objectness, class_names: Sequence[str], score
     check_finite(b, "boxes")
     obj = _vector(objectness, "objectness", b.shape[0])
     names = [str(n) for n in class_names]
-    kd = _vector(scores_kd, "scores_kd", len(names))
-    no_kd = _vector(scores_no_kd, "scores_no_kd", len(names))
+    if not students:
+        raise ValueError("students: give at least one student's scores")
+    scores = {str(k): _vector(v, f"scores of {k!r}", len(names)) for k, v in students.items()}
     gt = _vector(labels, "labels", len(names))
     if not np.isin(gt, (0.0, 1.0)).all():
         raise ValueError("labels: must be 0 or 1 per class")
@@ -89,42 +141,73 @@ def plot_qualitative(image, boxes, objectness, class_names: Sequence[str], score
         b[:, [0, 2]] *= w / float(fw)
         b[:, [1, 3]] *= h / float(fh)
 
-    # figure height follows the image's aspect ratio so the image fills its panel
-    img_h, text_h, title_h = 6.2 * h / w, 1.3, 0.35 if title else 0.1
-    cap_h = 0.55 if caption else 0.0
-    total = img_h + text_h + title_h + cap_h
-    fig = Figure(figsize=(6.4, total), dpi=100)
-    grid = fig.add_gridspec(2, 2, height_ratios=[img_h, text_h], hspace=0.02, wspace=0.05,
-                            left=0.015, right=0.985, top=1 - title_h / total, bottom=0.01 + cap_h / total)
+    width, cols = 6.4, len(scores)
+    head = max(_wrap(k, width / cols - 0.15, 9, bold=True).count("\n") + 1 for k in scores)
+    # the figure's height follows the image's aspect ratio, so the image fills its panel unstretched
+    img_h = (width - 0.2) * h / w
+    key_h = 0.3
+    text_h = 0.2 + 0.17 * head + 0.25 * top_k
+    title_h = 0.12 + 0.19 * (_wrap(title, width - 0.2, 10).count("\n") + 1) if title else 0.1
+    cap_lines = 3 if caption else 0
+    cap_h = 0.14 * cap_lines + (0.1 if caption else 0.0)
+    total = img_h + key_h + text_h + title_h + cap_h
+    fig = Figure(figsize=(width, total), dpi=100)
+    grid = fig.add_gridspec(3, cols, height_ratios=[img_h, key_h, text_h], hspace=0.0, wspace=0.05,
+                            left=0.1 / width, right=1 - 0.1 / width, top=1 - title_h / total,
+                            bottom=cap_h / total)
     ax = fig.add_subplot(grid[0, :])
-    ax.imshow(rgb)
+    ax.imshow(rgb, interpolation="nearest")
     ax.set_axis_off()
-    colors = ("#ffdd00", "#00e5ff", "#ff00ff", "#7cfc00", "#ff8c00", "#00bfff", "#ff1493", "#adff2f",
-              "#ffa07a", "#e0e0e0")
-    top = np.argsort(-obj, kind="stable")[:num_proposals]
-    for rank, r in enumerate(top[::-1]):  # best drawn last, on top
-        x1, y1, x2, y2 = b[r]
-        color = colors[(len(top) - 1 - rank) % len(colors)]
-        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1 + 1, y2 - y1 + 1, fill=False, lw=1.6, ec=color))
-        ax.text(x1, y1, f"{obj[r]:.2f}", fontsize=7, color="black", va="bottom", ha="left",
-                bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0))
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
+    top = np.argsort(-obj, kind="stable")[:num_proposals]
+    colors = [BOX_COLORS[i % len(BOX_COLORS)] for i in range(len(top))]
+    for r, color in list(zip(top, colors))[::-1]:  # the best drawn last, on top
+        x1, y1, x2, y2 = b[r]
+        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1 + 1, y2 - y1 + 1, fill=False, lw=1.8, ec=color))
     if title:
-        fig.suptitle(title, fontsize=10)
-    for col, (head, s) in enumerate((("S-Cls w/o KD", no_kd), ("S-Cls w/ KD", kd))):
-        tax = fig.add_subplot(grid[1, col])
+        fig.suptitle(_wrap(title, width - 0.2, 10), fontsize=10, y=1 - 0.06 / total, va="top")
+    # the key: each tag's objectness, in rank order
+    kax = fig.add_subplot(grid[1, :])
+    kax.set_axis_off()
+    handles = [Rectangle((0, 0), 1, 1, fc=c, ec="none") for c in colors]
+    kax.legend(handles, [f"{k}: {obj[r]:.2f}" for k, r in enumerate(top, start=1)], loc="center",
+               ncol=len(top), fontsize=8, frameon=False, handlelength=1.0, columnspacing=1.2)
+    _place_tags(fig, ax, [b[r] + np.array([-0.5, -0.5, 0.5, 0.5]) for r in top], colors)
+    for col, (head_text, s) in enumerate(scores.items()):
+        tax = fig.add_subplot(grid[2, col])
         tax.set_axis_off()
-        tax.text(0.5, 0.95, head, ha="center", va="top", fontsize=10, fontweight="bold", transform=tax.transAxes)
+        tax.text(0.5, 1.0, _wrap(head_text, width / cols - 0.15, 9, bold=True), ha="center", va="top", fontsize=9,
+                 fontweight="bold", transform=tax.transAxes)
+        y0 = 1.0 - (0.17 * head + 0.12) / text_h
         for i, c in enumerate(np.argsort(-s, kind="stable")[:top_k]):
-            tax.text(0.5, 0.70 - 0.22 * i, f"{names[c]} ({s[c]:.2f})", ha="center", va="top", fontsize=10,
+            tax.text(0.5, y0 - 0.25 * i / text_h, f"{names[c]} ({s[c]:.2f})", ha="center", va="top", fontsize=10,
                      color=CORRECT if gt[c] else WRONG, transform=tax.transAxes)
     if caption:
         fig.text(0.5, 0.5 * cap_h / total,
-                 f"Boxes: the {len(top)} proposals the teacher (WSDDN) weighs most, with that objectness (its\n"
-                 f"detection-stream score summed over classes). Below: each student's top {top_k} labels and\n"
-                 "probabilities; blue = in the ground truth, red = not.", ha="center", va="center", fontsize=7.5)
-    return _save(fig, out_path)
+                 f"Boxes: the {len(top)} proposals the teacher (WSDDN) weighs most, numbered by rank; the key gives\n"
+                 "each one's objectness (the teacher's detection-stream score summed over classes). Below:\n"
+                 f"each student's top {top_k} labels and probabilities; blue = in the ground truth, red = not.",
+                 ha="center", va="center", fontsize=7.5)
+    return fig
+
+
+def plot_qualitative(image, boxes, objectness, class_names: Sequence[str], students: Mapping[str, object], labels,
+                     out_path, num_proposals: int = 5, top_k: int = 3, boxes_frame: Optional[tuple] = None,
+                     title: Optional[str] = None, caption: bool = True) -> Path:
+    """The paper's qualitative figure for one image.
+
+    Top: the image, unstretched, with its ``num_proposals`` proposals of highest teacher
+    objectness (inclusive x1, y1, x2, y2 boxes), numbered by rank, and a key giving each
+    one's objectness. Bottom: for each of ``students`` ({name: scores per class}) its
+    ``top_k`` labels, blue when the label is in the ground truth and red otherwise.
+    ``boxes_frame=(width, height)`` gives the frame the boxes are expressed in (e.g.
+    (672, 672) for datalist boxes) when it differs from the image's size; they are
+    rescaled to the image. ``caption`` adds lines that say what the numbers and the
+    colours mean, so the picture reads on its own.
+    """
+    return _save(qualitative_figure(image, boxes, objectness, class_names, students, labels, num_proposals, top_k,
+                                    boxes_frame, title, caption), out_path)
 
 
 def _class_indices(classes, names, has_pos, max_classes):
@@ -196,6 +279,82 @@ def plot_pr_curves(scores, labels, out_path, class_names: Optional[Sequence[str]
     return _save(fig, out_path)
 
 
+def pr_comparison_figure(models: Mapping[str, object], labels, class_names: Optional[Sequence[str]] = None,
+                         title: Optional[str] = None, ncols: int = 2, ap_mode: str = "standard",
+                         styles: Optional[Mapping[str, dict]] = None) -> Figure:
+    """Per class, every model's precision-recall curve on one panel, its AP in the legend;
+    a last panel pools all (image, class) pairs, its legend giving each model's pooled AP
+    and mAP. ``models``: {name: scores [images, classes]}, all on the same images and
+    ``labels``; ``styles``: matplotlib line keywords per name (a model without one takes
+    the next colour)."""
+    if not models:
+        raise ValueError("models: give at least one model's scores")
+    pairs = {str(k): scores_and_labels(v, labels) for k, v in models.items()}
+    y = next(iter(pairs.values()))[1]
+    n_cls = y.shape[1]
+    for k, (s, _) in pairs.items():
+        if s.shape != y.shape:
+            raise ValueError(f"models: the scores of {k!r} have shape {s.shape}, the labels {y.shape}")
+    names = [str(n) for n in class_names] if class_names is not None else [str(c) for c in range(n_cls)]
+    if len(names) != n_cls:
+        raise ValueError(f"class_names: {len(names)} names for {n_cls} classes")
+    if not y.any():
+        raise ValueError("labels: no class has a positive; precision-recall curves are undefined")
+    panels = n_cls + 1
+    ncols = max(1, min(ncols, panels))
+    nrows = math.ceil(panels / ncols)
+    title_lines = _wrap(title, 4.0 * ncols, 11).count("\n") + 1 if title else 0
+    top = 0.2 * title_lines + 0.15
+    fig = Figure(figsize=(4.0 * ncols, 3.4 * nrows + top), dpi=100)
+    style, free = {}, 0
+    for k in pairs:
+        style[k] = {"lw": 1.4}
+        style[k].update((styles or {}).get(k, {}))
+        if "color" not in style[k]:
+            style[k]["color"] = f"C{free}"
+            free += 1
+    aps = {k: average_precision(s, y, ap_mode) for k, (s, _) in pairs.items()}
+
+    def curve(ax, sc, lab, label, kw):
+        prec, rec, _ = precision_recall_at_ranks(sc, lab)
+        ax.step(np.concatenate(([0.0], rec)), np.concatenate(([1.0], prec)), where="post", label=label, **kw)
+
+    for k in range(panels):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        if k < n_cls:
+            ax.set_title(f"class {names[k]}", fontsize=9)
+            if y[:, k].any():
+                for m, (s, _) in pairs.items():
+                    curve(ax, s[:, k], y[:, k], f"{m}: AP {100 * aps[m][k]:.1f}", style[m])
+            else:
+                ax.text(0.5, 0.5, "no positives", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.set_title("all classes pooled (legend: pooled AP / mAP)", fontsize=9)
+            for m, (s, _) in pairs.items():
+                pooled = average_precision(s.reshape(-1), y.reshape(-1), ap_mode)
+                curve(ax, s.reshape(-1), y.reshape(-1),
+                      f"{m}: {100 * pooled:.1f} / {100 * float(np.nanmean(aps[m])):.1f}", style[m])
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("recall", fontsize=8)
+        ax.set_ylabel("precision", fontsize=8)
+        if ax.get_lines():
+            ax.legend(loc="lower left", fontsize=6.5, framealpha=0.85)
+    if title:
+        fig.suptitle(_wrap(title, 4.0 * ncols, 11), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - top / (3.4 * nrows + top)))
+    return fig
+
+
+def plot_pr_comparison(models: Mapping[str, object], labels, out_path, class_names: Optional[Sequence[str]] = None,
+                       title: Optional[str] = None, ncols: int = 2, ap_mode: str = "standard",
+                       styles: Optional[Mapping[str, dict]] = None) -> Path:
+    """Writes pr_comparison_figure as PNG."""
+    return _save(pr_comparison_figure(models, labels, class_names, title, ncols, ap_mode, styles), out_path)
+
+
 def read_csv_log(path) -> tuple:
     """``(header, {column: float array})`` of a CSV log; empty or non-numeric cells become NaN."""
     path = Path(path)
@@ -226,22 +385,18 @@ def _running_mean(y: np.ndarray, k: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def plot_training_curves(csv_paths, out_path, x: str = "iter", columns: Optional[Sequence[str]] = None,
-                         ncols: int = 3, log_scale: Sequence[str] = ("lr",), title: Optional[str] = None,
-                         smooth: int = 0, omit: Sequence[str] = ("img_per_s",)) -> Path:
-    """One subplot per numeric column of CSV logs (e.g. the trainer's log.csv and eval.csv), against ``x``.
-
-    Several files may be given: a column present in more than one is drawn in one
-    subplot with a line per file. ``columns`` restricts the plot; ``log_scale`` names
-    columns drawn with a logarithmic y axis (when all their values are positive).
-    ``smooth`` > 1 draws the running mean of that many points over the raw values (drawn
-    faint). Without ``columns``, the columns in ``omit`` (throughput: it plots the
-    machine's load) and columns that never change (a fixed learning rate) are left out.
-    """
+def training_curves_figure(csv_paths, x: str = "iter", columns: Optional[Sequence[str]] = None, ncols: int = 3,
+                           log_scale: Sequence[str] = ("lr",), title: Optional[str] = None, smooth: int = 0,
+                           omit: Sequence[str] = ("img_per_s",), captions: Optional[Mapping[str, str]] = None,
+                           labels: Optional[Sequence[str]] = None,
+                           bands: Optional[Mapping[str, Tuple[str, str]]] = None) -> Figure:
+    """The figure of plot_training_curves."""
     if isinstance(csv_paths, (str, Path)):
         csv_paths = [csv_paths]
-    series = {}  # column -> [(file stem, x values, y values)]
-    for p in csv_paths:
+    if labels is not None and len(labels) != len(csv_paths):
+        raise ValueError(f"labels: {len(labels)} names for {len(csv_paths)} files")
+    series = {}  # column -> [(file's name, x values, y values, file's data)]
+    for i, p in enumerate(csv_paths):
         header, data = read_csv_log(p)
         if x not in data:
             raise ValueError(f"{p}: no {x!r} column (columns: {header})")
@@ -249,7 +404,8 @@ def plot_training_curves(csv_paths, out_path, x: str = "iter", columns: Optional
             if h == x or np.isnan(data[h]).all() or (columns is not None and h not in columns):
                 continue
             ok = ~np.isnan(data[h]) & ~np.isnan(data[x])
-            series.setdefault(h, []).append((Path(p).stem, data[x][ok], data[h][ok]))
+            series.setdefault(h, []).append((labels[i] if labels is not None else Path(p).stem, data[x][ok],
+                                             data[h][ok], {k: v[ok] for k, v in data.items()}))
     if columns is not None:
         missing = [c for c in columns if c not in series]
         if missing:
@@ -257,32 +413,74 @@ def plot_training_curves(csv_paths, out_path, x: str = "iter", columns: Optional
         order = list(columns)
     else:
         order = [h for h in series if h not in omit and
-                 any(len(ys) > 1 and np.ptp(ys) > 0 for _, _, ys in series[h])] or list(series)
+                 any(len(ys) > 1 and np.ptp(ys) > 0 for _, _, ys, _ in series[h])] or list(series)
     if not order:
         raise ValueError(f"no numeric column besides {x!r} in {[str(p) for p in csv_paths]}")
+    captions, bands = dict(captions or {}), dict(bands or {})
     ncols = max(1, min(ncols, len(order)))
     nrows = math.ceil(len(order) / ncols)
-    fig = Figure(figsize=(3.4 * ncols, 2.6 * nrows + (0.35 if title else 0.0)), dpi=100)
+    panel_w = 3.4 if not captions else 4.0
+    # a title is never wider than the figure: a figure of one panel widens, a long title wraps
+    width = max(panel_w * ncols, 6.4 if title else 0.0)
+    head = {name: _wrap(captions[name], width / ncols - 0.4, 7) for name in order if name in captions}
+    cap_lines = max((t.count("\n") + 1 for t in head.values()), default=0)
+    title_text = _wrap(title, width - 0.3, 10) if title else ""
+    title_h = 0.2 * (title_text.count("\n") + 1) + 0.15 if title else 0.0
+    # files named the same in every panel: one legend for the figure, under the panels
+    stems = {tuple(st for st, _, _, _ in series[name]) for name in order}
+    shared = len(stems) == 1 and len(next(iter(stems))) > 1
+    legend_h = 0.22 * len(next(iter(stems))) + 0.1 if shared else 0.0
+    panel_h = 2.6 + 0.13 * cap_lines
+    total = panel_h * nrows + title_h + legend_h
+    fig = Figure(figsize=(width, total), dpi=100)
     for k, name in enumerate(order):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        for i, (stem, xs, ys) in enumerate(series[name]):
+        for i, (stem, xs, ys, data) in enumerate(series[name]):
             label = stem if len(series[name]) > 1 else None
             color = f"C{i}"
+            if name in bands:
+                lo, hi = (data[c] if c in data else np.full(len(xs), np.nan) for c in bands[name])
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
             if smooth > 1 and len(xs) > smooth:
                 ax.plot(xs, ys, lw=0.6, color=color, alpha=0.25)
                 ax.plot(xs, _running_mean(ys, smooth), lw=1.4, color=color, label=label)
             else:
                 ax.plot(xs, ys, lw=1.2, color=color, marker="o" if len(xs) < 30 else None, ms=3, label=label)
-        if name in log_scale and all((ys > 0).all() for _, _, ys in series[name]):
+        if name in log_scale and all((ys > 0).all() for _, _, ys, _ in series[name]):
             ax.set_yscale("log")
-        if len(series[name]) > 1:
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)  # the values themselves, not an offset above the axis
+        if len(series[name]) > 1 and not shared:
             ax.legend(fontsize=7)
         note = f" (running mean of {smooth}, raw faint)" if smooth > 1 and len(series[name][0][1]) > smooth else ""
-        ax.set_title(name + note, fontsize=8)
+        ax.set_title(name + note + ("\n" + head[name] if name in head else ""), fontsize=8 if name not in head else 7)
         ax.set_xlabel(x, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, out_path)
+        fig.suptitle(title_text, fontsize=10)
+    if shared:
+        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="lower center", ncol=1, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / total, 1, 1))
+    return fig
+
+
+def plot_training_curves(csv_paths, out_path, x: str = "iter", columns: Optional[Sequence[str]] = None,
+                         ncols: int = 3, log_scale: Sequence[str] = ("lr",), title: Optional[str] = None,
+                         smooth: int = 0, omit: Sequence[str] = ("img_per_s",),
+                         captions: Optional[Mapping[str, str]] = None, labels: Optional[Sequence[str]] = None,
+                         bands: Optional[Mapping[str, Tuple[str, str]]] = None) -> Path:
+    """One subplot per numeric column of CSV logs (e.g. the trainer's log.csv and eval.csv), against ``x``.
+
+    Several files may be given: a column present in more than one is drawn in one
+    subplot with a line per file, named in the legend by ``labels`` (default: the file
+    names). ``columns`` restricts the plot; ``log_scale`` names columns drawn with a
+    logarithmic y axis (when all their values are positive). ``smooth`` > 1 draws the
+    running mean of that many points over the raw values (drawn faint). Without
+    ``columns``, the columns in ``omit`` (throughput: it plots the machine's load) and
+    columns that never change (a fixed learning rate) are left out. ``captions``: a line
+    under a column's subplot title saying what it shows; ``bands``: {column: (low
+    column, high column)} shades the range between two other columns behind it.
+    """
+    return _save(training_curves_figure(csv_paths, x, columns, ncols, log_scale, title, smooth, omit, captions,
+                                        labels, bands), out_path)

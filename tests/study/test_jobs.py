@@ -114,6 +114,53 @@ def test_expected_time_counts_the_jobs_left(tmp_path):
     assert expected_time([a, b, c], 2) == "1 to run, typically 10 min on 2 cores"
 
 
+def test_time_left_follows_the_typical_times_and_never_rises(tmp_path):
+    from mlic.study.jobs import TimeLeft
+
+    a, b, c = (Job(k, str(tmp_path / k), "train", {}, [], expected_seconds=e) for k, e in (("a", 100), ("b", 300),
+                                                                                            ("c", 100)))
+    clock = TimeLeft(workers=1, after=50)
+    assert clock.seconds([a, b, c]) == 550  # the typical times, and what follows the jobs
+    clock.finished(a, 200)  # twice its typical time: at that pace 850 s are left, more than said before
+    assert clock.seconds([b, c]) == 550
+    clock.finished(b, 300)  # 500 s for 400 typical: c takes 125
+    assert clock.seconds([c]) == 175
+    assert clock.seconds([], [(c, 100)]) == 75  # c has run 100 of its 125 s
+    unknown = Job("u", str(tmp_path / "u"), "train", {}, [])  # no typical time: the finished jobs' mean
+    assert TimeLeft(workers=2).seconds([unknown, unknown]) == 0
+    clock = TimeLeft(workers=2)
+    clock.finished(unknown, 40)
+    assert clock.seconds([unknown, unknown]) == 40
+
+
+def test_run_jobs_names_each_job_and_its_time_left_only_falls(tmp_path, monkeypatch):
+    """The jobs finish at twice, then at half their typical times: every progress line names
+    the job as a person reads it, with its folder beside it, and the time left never rises."""
+    import re
+
+    from mlic.study import jobs as jobs_module
+
+    now = [0.0]
+    monkeypatch.setattr(jobs_module.subprocess, "Popen", _FakeProcess)
+    monkeypatch.setattr(jobs_module.time, "sleep", lambda s: now.__setitem__(0, now[0] + 10))
+    monkeypatch.setattr(jobs_module.time, "perf_counter", lambda: now[0])
+    _FakeProcess.running, _FakeProcess.peak, _FakeProcess.started = [], 0, []
+    keys = ["seed0/pretrain", "seed0/teacher", "seed0/nokd", "seed0/kd-ce-decay-s1fc-all"]
+    jobs = [Job(k, str(tmp_path / k), "train", {"k": k}, [], threads=1, expected_seconds=e)
+            for k, e in zip(keys, (5, 5, 40, 40))]
+    lines = []
+    assert jobs_module.run_jobs(jobs, workers=1, log=lines.append, tag="demo", after_seconds=30) == []
+    assert "[demo] start seed 0: ImageNet stand-in [seed0/pretrain] (typically 5 s)" in lines
+    assert any(line.startswith("[demo] done seed 0: student, KD as released (soft cross-entropy) "
+                               "[seed0/kd-ce-decay-s1fc-all] in ") for line in lines)
+    left = []
+    for line in lines:
+        m = re.search(r"about (\d+) (s|min) left", line)
+        if m:
+            left.append(int(m.group(1)) * (60 if m.group(2) == "min" else 1))
+    assert len(left) == 4 and left == sorted(left, reverse=True) and left[-1] == 30, lines
+
+
 def test_thread_count_does_not_change_what_a_stage_trains(tmp_path):
     """The demo runs its teacher on two threads, the study on one; both must train the same
     weights (the stand-in, whose batch-norm sums do depend on it, always runs on two)."""

@@ -25,9 +25,17 @@ def test_table_plot_and_json(smoke_study):
     table = (root / "table.md").read_text()
     for label in ("no KD (student alone)", "(released switches)", "l2, teacher caffe-decay"):
         assert label in table
+    # each row: the model's name, its settings and its folder
+    rows = {line.split(" | ")[2].strip("`"): line.split(" | ")[0].lstrip("| ") for line in table.splitlines()
+            if line.startswith("| ") and " | `" in line}
+    assert rows[RELEASED.key] == "student, KD as released (soft cross-entropy)"
+    assert rows[PAPER_L2.key] == "student, KD with the paper's L2 loss"
+    assert rows["nokd"] == "student without KD"
+    assert rows["nokd-equal-budget"].startswith("student without KD, trained as long as stage 1 + stage 2")
     data = json.loads((root / "study.json").read_text())
     arms = data["arms"]
     assert set(arms) == {RELEASED.key, PAPER_L2.key, "nokd", "nokd-equal-budget"}
+    assert arms[PAPER_L2.key]["name"] == rows[PAPER_L2.key]
     for key in (RELEASED.key, PAPER_L2.key):
         a = arms[key]
         assert a["seeds"] == [0, 1] and set(a["seconds"]) == {"0", "1"}
@@ -118,6 +126,10 @@ def test_budget_sweep_and_the_decision(tmp_path_factory):
     d = json.loads((root / "decision.json").read_text())
     assert (root / "decision.md").is_file() and (root / "budget.png").stat().st_size > 10_000
     assert (root / "seeds.png").stat().st_size > 5_000
+    from mlic.study import names
+
+    assert [r["name"] for r in d["arms"]] == [names.name(a.key) for a in (RELEASED, arm)]
+    assert f"| {names.name(arm.key)} |" in (root / "decision.md").read_text()
 
     def mAP(seed, key):
         r = json.loads((root / f"seed{seed}" / key / "result.json").read_text())

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
 from mlic.visualization import plot_pr_curves, plot_qualitative, plot_training_curves, read_csv_log
 
 NAMES = ["person", "dog", "cat", "car", "bus"]
@@ -25,23 +27,71 @@ def _near(arr, hex_color, tol=40):
     return int((np.abs(arr.astype(int) - rgb).max(-1) <= tol).sum())
 
 
+STUDENTS = ("student without KD", "student, KD as released (soft cross-entropy)")
+
+
 def _qualitative(tmp_path, image, labels, name):
     boxes = np.array([[10, 10, 100, 80], [50, 40, 200, 150], [0, 0, 5, 5]], float)
-    return plot_qualitative(image, boxes, [0.9, 0.5, 0.1], NAMES, scores_kd=[0.9, 0.8, 0.1, 0.2, 0.7],
-                            scores_no_kd=[0.3, 0.9, 0.2, 0.6, 0.1], labels=labels, out_path=tmp_path / name,
-                            num_proposals=2)
+    return plot_qualitative(image, boxes, [0.9, 0.5, 0.1], NAMES,
+                            {STUDENTS[0]: [0.3, 0.9, 0.2, 0.6, 0.1], STUDENTS[1]: [0.9, 0.8, 0.1, 0.2, 0.7]},
+                            labels=labels, out_path=tmp_path / name, num_proposals=2)
+
+
+def _texts(fig):
+    return [t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
 
 
 def test_qualitative_png(tmp_path):
     img = np.full((160, 240, 3), 128, np.uint8)  # grey: no blue or red of its own
     arr = _png(_qualitative(tmp_path, img, [1, 1, 0, 0, 0], "q.png"))
-    # width 6.4 in at 100 dpi; height follows the image's aspect ratio (+ the label rows and the caption)
-    assert arr.shape[1] == 640 and arr.shape[0] == round(100 * (6.2 * 160 / 240 + 1.3 + 0.1 + 0.55))
-    plain = _png(plot_qualitative(img, [[0, 0, 5, 5]], [0.9], NAMES, [0.1] * 5, [0.1] * 5, [1, 0, 0, 0, 0],
-                                  tmp_path / "plain.png", caption=False))
-    assert plain.shape[0] == round(100 * (6.2 * 160 / 240 + 1.3 + 0.1))
+    assert arr.shape[1] == 640
     # top-3 without KD: dog (correct), car, person (correct); with KD: person, dog (correct), bus -> both colours
     assert _near(arr, "#1f4fd8") > 20 and _near(arr, "#d62728") > 20
+
+
+def test_qualitative_names_each_student_and_keeps_the_image_unstretched():
+    from mlic.visualization import qualitative_figure
+
+    for h, w in ((160, 240), (300, 120)):
+        img = np.full((h, w, 3), 128, np.uint8)
+        fig = qualitative_figure(img, [[0, 0, 20, 20]], [0.9], NAMES,
+                                 {STUDENTS[0]: [0.1] * 5, STUDENTS[1]: [0.2] * 5, "a third": [0.3] * 5},
+                                 [1, 0, 0, 0, 0], title="test image 3, the first with 1 class")
+        texts = _texts(fig)
+        for name in STUDENTS:  # each column headed by its student's name (wrapped to its width)
+            assert any(" ".join(t.split()) == name for t in texts), (name, texts)
+        assert any(" ".join(t.split()) == "a third" for t in texts)
+        assert "the first with 1 class" in " ".join(fig.get_suptitle().split())
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        image_ax = next(ax for ax in fig.axes if ax.images)
+        image_ax.apply_aspect()
+        box = image_ax.get_window_extent(renderer)
+        assert box.width / box.height == pytest.approx(w / h, rel=0.02)  # as predict.py's picture: not square
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+
+
+def test_qualitative_box_tags_do_not_overlap():
+    from mlic.visualization import qualitative_figure
+
+    img = np.full((130, 143, 3), 128, np.uint8)
+    # five boxes sharing corners, as a teacher's top proposals often do
+    boxes = [[10, 10, 60, 60], [11, 11, 59, 61], [10, 9, 61, 60], [0, 0, 142, 129], [9, 10, 60, 61]]
+    fig = qualitative_figure(img, boxes, [0.61, 0.6, 0.3, 0.05, 0.02], NAMES, {STUDENTS[0]: [0.1] * 5},
+                             [1, 0, 0, 0, 0], num_proposals=5)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    image_ax = next(ax for ax in fig.axes if ax.images)
+    tags = [t for t in image_ax.texts if t.get_text().isdigit()]
+    assert sorted(t.get_text() for t in tags) == ["1", "2", "3", "4", "5"]
+    boxes_px = []
+    for t in tags:
+        t.draw(renderer)
+        boxes_px.append(t.get_bbox_patch().get_window_extent(renderer))
+    for i, a in enumerate(boxes_px):
+        for b in boxes_px[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    # the key below the image gives each tag's objectness, in rank order
+    key = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert key == ["1: 0.61", "2: 0.60", "3: 0.30", "4: 0.05", "5: 0.02"]
 
 
 def test_qualitative_colours_follow_the_labels(tmp_path):
@@ -58,7 +108,7 @@ def test_qualitative_from_path_and_box_frame(tmp_path):
     img[:, :, 0] = 200  # blue in BGR
     path = tmp_path / "img.png"
     cv2.imwrite(str(path), img)
-    out = plot_qualitative(path, [[0, 0, 671, 671]], [1.0], NAMES[:2], [0.9, 0.1], [0.2, 0.8], [1, 0],
+    out = plot_qualitative(path, [[0, 0, 671, 671]], [1.0], NAMES[:2], {"a": [0.9, 0.1], "b": [0.2, 0.8]}, [1, 0],
                            tmp_path / "p.png", boxes_frame=(672, 672), title="an image")
     arr = _png(out)
     # the BGR image is shown as RGB: a strongly blue area exists
@@ -68,16 +118,50 @@ def test_qualitative_from_path_and_box_frame(tmp_path):
 
 def test_qualitative_bad_inputs(tmp_path):
     img = np.zeros((10, 10, 3), np.uint8)
+    one = {"s": [1]}
     with pytest.raises(ValueError, match="image: expected a BGR uint8"):
-        plot_qualitative(img.astype(np.float32), [[0, 0, 1, 1]], [1], ["a"], [1], [1], [1], tmp_path / "x.png")
+        plot_qualitative(img.astype(np.float32), [[0, 0, 1, 1]], [1], ["a"], one, [1], tmp_path / "x.png")
     with pytest.raises(ValueError, match="image: cannot read"):
-        plot_qualitative(tmp_path / "none.jpg", [[0, 0, 1, 1]], [1], ["a"], [1], [1], [1], tmp_path / "x.png")
+        plot_qualitative(tmp_path / "none.jpg", [[0, 0, 1, 1]], [1], ["a"], one, [1], tmp_path / "x.png")
     with pytest.raises(ValueError, match="objectness: expected 1 values, got 2"):
-        plot_qualitative(img, [[0, 0, 1, 1]], [1, 2], ["a"], [1], [1], [1], tmp_path / "x.png")
-    with pytest.raises(ValueError, match="scores_kd: .*non-finite"):
-        plot_qualitative(img, [[0, 0, 1, 1]], [1], ["a"], [np.nan], [1], [1], tmp_path / "x.png")
+        plot_qualitative(img, [[0, 0, 1, 1]], [1, 2], ["a"], one, [1], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="scores of 's': .*non-finite"):
+        plot_qualitative(img, [[0, 0, 1, 1]], [1], ["a"], {"s": [np.nan]}, [1], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="at least one student"):
+        plot_qualitative(img, [[0, 0, 1, 1]], [1], ["a"], {}, [1], tmp_path / "x.png")
     with pytest.raises(ValueError, match="PNG"):
-        plot_qualitative(img, [[0, 0, 1, 1]], [1], ["a"], [1], [1], [1], tmp_path / "x.jpg")
+        plot_qualitative(img, [[0, 0, 1, 1]], [1], ["a"], one, [1], tmp_path / "x.jpg")
+
+
+def test_pr_comparison_overlays_every_model_with_its_ap():
+    from mlic.evaluation.classification import average_precision
+    from mlic.visualization import pr_comparison_figure
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 4)) < 0.4).astype(int)
+    y[:, 3] = 0  # a class without positives gets a panel that says so
+    models = {"teacher (WSDDN)": y + rng.normal(0, 0.3, y.shape), "student without KD": rng.random(y.shape),
+              "student, KD as released (soft cross-entropy)": y + rng.normal(0, 0.8, y.shape)}
+    fig = pr_comparison_figure(models, y, class_names=NAMES[:4], title="seed 0: every model",
+                               styles={"teacher (WSDDN)": dict(color="black", ls="--")})
+    panels = [ax for ax in fig.axes]
+    assert [ax.get_title() for ax in panels] == [f"class {n}" for n in NAMES[:4]] + [
+        "all classes pooled (legend: pooled AP / mAP)"]
+    assert "seed 0: every model" in fig.get_suptitle()
+    for c, ax in enumerate(panels[:3]):
+        assert len(ax.get_lines()) == 3 and ax.get_xlabel() == "recall" and ax.get_ylabel() == "precision"
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        want = [f"{m}: AP {100 * average_precision(np.asarray(s)[:, c], y[:, c]):.1f}" for m, s in models.items()]
+        assert legend == want
+    assert not panels[3].get_lines() and panels[3].texts[0].get_text() == "no positives"
+    assert len(panels[4].get_lines()) == 3
+    teacher = panels[0].get_lines()[0]
+    assert teacher.get_linestyle() == "--" and teacher.get_color() == "black"
+    assert len({line.get_color() for line in panels[0].get_lines()}) == 3
+    with pytest.raises(ValueError, match="shape"):
+        pr_comparison_figure({"a": rng.random((60, 3))}, y)
+    with pytest.raises(ValueError, match="at least one model"):
+        pr_comparison_figure({}, y)
 
 
 def test_pr_curves_png(tmp_path):
@@ -117,10 +201,43 @@ def test_training_curves_png(tmp_path):
     assert arr.shape[:2] == (260, 1020)
     arr = _png(plot_training_curves(log, tmp_path / "loss.png", columns=["loss"]))
     assert arr.shape[:2] == (260, 340)
-    # a rate that never changes is left out too; a title adds a line
+    # a rate that never changes is left out too; a title widens a figure of one panel
     _write_csv(log, ["iter", "loss", "lr"], [[i, 1.0 / i, 0.01] for i in range(1, 41)])
     arr = _png(plot_training_curves(log, tmp_path / "one.png", title="stage 2", smooth=5))
-    assert arr.shape[:2] == (295, 340)
+    assert arr.shape[1] == 640
+
+
+def test_training_curves_title_fits_and_panels_are_captioned(tmp_path):
+    from mlic.visualization import training_curves_figure
+
+    log = tmp_path / "log.csv"
+    _write_csv(log, ["iter", "loss", "grad_norm"], [[i, 1.0 / i, 2.0 + i % 3] for i in range(1, 41)])
+    title = ("ImageNet stand-in: training (600 iterations of Adam, batch-normalised; folded into plain weights "
+             "afterwards)")
+    fig = training_curves_figure(log, columns=["loss"], title=title,
+                                 captions={"loss": "cross-entropy of the single-object classifier"})
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    box = fig._suptitle.get_window_extent(renderer)
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height  # nothing cut off
+    assert " ".join(fig.get_suptitle().split()) == title
+    assert fig.axes[0].get_title() == "loss\ncross-entropy of the single-object classifier"
+
+
+def test_training_curves_of_several_runs_share_one_legend_and_draw_bands(tmp_path):
+    from mlic.visualization import training_curves_figure
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    for p, k in ((a, 1.0), (b, 2.0)):
+        _write_csv(p, ["iter", "soft_scale", "soft_scale_min", "soft_scale_max", "grad_fc8_cos"],
+                   [[i, k * i, k * i - 1, k * i + 1, 0.5] for i in range(1, 41)])
+    fig = training_curves_figure([a, b], columns=["soft_scale", "grad_fc8_cos"], labels=["KD as released", "KD, L2"],
+                                 bands={"soft_scale": ("soft_scale_min", "soft_scale_max")}, ncols=2)
+    assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["KD as released", "KD, L2"]
+    assert len(fig.axes[0].collections) == 2 and not fig.axes[1].collections  # one band per run, where asked
+    with pytest.raises(ValueError, match="labels: 1 names for 2 files"):
+        training_curves_figure([a, b], labels=["one"])
 
 
 def test_running_mean_matches_numpy():
