@@ -15,7 +15,7 @@ from mlic.evaluation import corloc_references
 from mlic.study import report
 from mlic.study.decision import write_decision
 from mlic.study.jobs import expected_time, run_jobs
-from mlic.study.pipeline import (BASELINE, BASELINE_EQUAL, MAIN_ARMS, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, Arm,
+from mlic.study.pipeline import (BASELINE, BASELINE_EQUAL, BUDGET_FOLDER, MAIN_ARMS, RATE_ARMS, RELEASED, RELEASED_SOFT_SCALE, Arm,
                                  SeedPlan, prepare_data)
 from mlic.study.presets import Preset
 from mlic.study.stats import summarize
@@ -143,18 +143,22 @@ def _unique(jobs: List) -> List:
 
 def in_priority_order(jobs: List, arms: Sequence[Arm]) -> List:
     """Every seed's stand-in and teacher first, then arm by arm (in the order of `arms`,
-    each over all seeds, its stage 1 just before it), so that a study stopped early has
-    its first arms on every seed."""
+    each over all seeds, its stage 1 just before it), the student alone at the same budget
+    right after the first arm, and the budget sweep last, one budget at a time over all
+    seeds, smallest first: a study stopped early has its first arms, both baselines and
+    the sweep's first points on every seed."""
     rank = {"pretrain": 0, "teacher": 1, BASELINE: 2}
     for i, arm in enumerate(arms):
         rank[arm.key] = 10 + 2 * i
         if arm.stage1_key:
             rank.setdefault(arm.stage1_key, 9 + 2 * i)
-    rank[BASELINE_EQUAL] = 10 + 2 * len(arms)
+    rank[BASELINE_EQUAL] = 11
 
     def key(job):
         seed, _, name = job.key.partition("/")
-        return rank.get(name, 10 ** 6), int(seed[len("seed"):])
+        if name.startswith(BUDGET_FOLDER):
+            return 10 ** 6 + int(name.rsplit("-", 1)[1]), int(seed[len("seed"):])
+        return rank.get(name, 10 ** 7), int(seed[len("seed"):])
 
     return sorted(jobs, key=key)
 

@@ -87,8 +87,8 @@ MAIN_ARMS = CORE_ARMS + [Arm(stage1="convs"), Arm("l2", "frozen", "convs", "topk
 # recipe at both soft-scale lr_mults (10 as released, 1), the paper's L2 (all regions and the top-k), the large preset's best arm of the
 # earlier grid (soft-CE, stage 1 on convs+fc over the top-k regions) with either teacher,
 # and no stage 1 (with the student alone at both budgets, and the budget sweep)
-DECIDE_ARMS = [RELEASED_SOFT_SCALE, Arm(soft_scale=1.0), PAPER_L2, Arm("l2", regions="topk"), Arm(regions="topk"),
-               Arm(teacher="frozen", regions="topk"), Arm(stage1="skip")]
+DECIDE_ARMS = [RELEASED_SOFT_SCALE, Arm(regions="topk"), PAPER_L2, Arm(teacher="frozen", regions="topk"),
+               Arm("l2", regions="topk"), Arm(soft_scale=1.0), Arm(stage1="skip")]
 ARM_SETS: Dict[str, List[Arm]] = {"core": CORE_ARMS, "main": MAIN_ARMS, "all": ALL_ARMS, "decide": DECIDE_ARMS}
 # what runs at an untuned rate (tools/study.py --rate): the released arm at the released
 # soft-scale lr_mult and at lr_mult 1, against the student alone at the same rate
