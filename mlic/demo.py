@@ -121,10 +121,12 @@ def run_demo(out: str = "demo_out", preset: str = "demo", seed: int = 0, workers
     plan = SeedPlan(p, seed, run, data, threads={"wsddn": 2})
     students = plan.student_jobs(ARMS)
     jobs = plan.shared_jobs(ARMS) + students[-1:] + students[:-1]
-    typical = (f"typically {duration(TimeLeft(workers).seconds(jobs))} on {workers} idle cores"
-               if all(j.expected_seconds for j in jobs) else "no typical times for this preset")
-    log(f"[demo] (2) {len(jobs)} training steps: {typical}; each says its typical time when it starts, and each "
-        "finished one the time left")
+    if all(j.expected_seconds for j in jobs):
+        log(f"[demo] (2) {len(jobs)} training steps: typically {duration(TimeLeft(workers).seconds(jobs))} on "
+            f"{workers} idle cores; each says its typical time when it starts, and each finished one the time left")
+    else:
+        log(f"[demo] (2) {len(jobs)} training steps (no typical times for this preset): each finished one gives the "
+            "time left, from the pace of those before it")
     failed = run_jobs(jobs, workers, log, tag="demo", after_seconds=FIGURE_SECONDS)
     if failed:
         raise RuntimeError(f"demo: {len(failed)} step(s) failed: {', '.join(failed)}; see their job.log")

@@ -34,6 +34,10 @@ def test_demo_smoke_end_to_end_small_redirected_log_and_clean_rerun(tmp_path):
                   "[demo] (3) the test results and figures (typically"):
         assert phase in text
     assert f"[demo] start seed 0: {names.name(RELEASED.key)} [seed0/{RELEASED.key}]" in text
+    # a step's typical time is promised only where the steps print one
+    starts = [line for line in text.splitlines() if line.startswith("[demo] start ")]
+    promised = "each says its typical time when it starts" in text
+    assert len(starts) == 6 and all(("(typically" in line) == promised for line in starts)
     left = [int(n) * (60 if unit == "min" else 1) for n, unit in re.findall(r"about (\d+) (s|min) left", text)]
     assert len(left) == 6 and left == sorted(left, reverse=True)
     run = tmp_path / "smoke" / "seed0"
