@@ -68,6 +68,7 @@ def test_demo_smoke_end_to_end_small_redirected_log_and_clean_rerun(tmp_path):
             *(f"training_{k}.png" for k in ("pretrain", "teacher", RELEASED.stage1_key, RELEASED.key, PAPER_L2.key,
                                             BASELINE))} <= figs
     assert set(summary["figures"]) == figs  # each figure has its caption
+    assert summary["figures"][f"training_{RELEASED.key}.png"].endswith("during stage 2")  # its log is stage 2's
     for f in figs:
         assert f"- `{f}`: " in table
     # a rerun replaces the seed's folder: a stale file goes, the generated data stay
