@@ -135,6 +135,27 @@ def test_a_python_blocks_printed_output_is_read_from_the_text_block_after_it(tmp
     assert ops and ops[0].output
 
 
+def _anchors(path):
+    """The anchors GitHub gives the headings of a Markdown file."""
+    return {re.sub(r"[^\w\- ]", "", ln.lstrip("#").strip().lower()).replace(" ", "-")
+            for ln in path.read_text(encoding="utf-8").splitlines() if re.match(r"#+ ", ln)}
+
+
+def test_links_of_the_readme_and_docs_lead_somewhere():
+    """Reference material is one link away: every relative link of README.md and docs/*.md
+    names a file that exists, and a heading of it where it gives an anchor."""
+    bad = []
+    for doc in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (doc.parent / file).resolve() if file else doc
+            if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in _anchors(dest)):
+                bad.append(f"{doc.relative_to(REPO)}: {target}")
+    assert not bad, bad
+
+
 def test_readme_commands_use_the_environment():
     """No command in the README (in a block or inline) calls a bare python, pytest or torchrun,
     which would be the system's, without the project."""
