@@ -1,5 +1,6 @@
 """The demo end to end on the smoke preset, its results table, and how it finds the
 README's numbers."""
+import importlib.util
 import json
 import os
 import re
@@ -79,6 +80,26 @@ def test_demo_smoke_end_to_end_small_redirected_log_and_clean_rerun(tmp_path):
     assert (run / "data" / "complete.json").stat().st_mtime_ns == data_marker
     # every stage ran in its own process, in both runs: same seed, same numbers
     assert json.loads((run / "results.json").read_text())["results"] == res
+    # the README's commands that take the demo's models run on this seed's folder
+    _run_readme_block_on(run, tmp_path / "clone")
+    assert (run / "student.pt").is_file() and (run / "labelled.png").is_file()
+
+
+def _run_readme_block_on(run, ws):
+    """Runs the README's block that reads a demo run (RUN) from a folder laid out as a clone."""
+    spec = importlib.util.spec_from_file_location("check_readme", REPO / "tools" / "check_readme.py")
+    check_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_readme)
+    block = next(b for b in check_readme.readme_blocks() if '"${RUN:=demo_out/' in b.text)
+    (ws / ".venv" / "bin").mkdir(parents=True)
+    (ws / "tools").symlink_to(REPO / "tools")
+    (ws / ".venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (ws / ".venv" / "bin" / "python").chmod(0o755)
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", block.text], cwd=ws, capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, RUN=str(run), PYTHONPATH=str(REPO), MLIC_NO_PROGRESS="1"))
+    assert r.returncode == 0, f"README.md:{block.line}: {r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    classes = (run / "data" / "classes.txt").read_text().split()
+    assert sum(c in r.stdout for c in classes) == 3  # its top 3 labels, by the demo's class names
 
 
 def test_demo_bad_arguments(capsys):
