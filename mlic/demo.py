@@ -121,10 +121,12 @@ def run_demo(out: str = "demo_out", preset: str = "demo", seed: int = 0, workers
     plan = SeedPlan(p, seed, run, data, threads={"wsddn": 2})
     students = plan.student_jobs(ARMS)
     jobs = plan.shared_jobs(ARMS) + students[-1:] + students[:-1]
-    typical = (f"typically {duration(TimeLeft(workers).seconds(jobs))} on {workers} idle cores"
-               if all(j.expected_seconds for j in jobs) else "no typical times for this preset")
-    log(f"[demo] (2) {len(jobs)} training steps: {typical}; each says its typical time when it starts, and each "
-        "finished one the time left")
+    if all(j.expected_seconds for j in jobs):
+        log(f"[demo] (2) {len(jobs)} training steps: typically {duration(TimeLeft(workers).seconds(jobs))} on "
+            f"{workers} idle cores; each says its typical time when it starts, and each finished one the time left")
+    else:
+        log(f"[demo] (2) {len(jobs)} training steps (no typical times for this preset): each finished one gives the "
+            "time left, from the pace of those before it")
     failed = run_jobs(jobs, workers, log, tag="demo", after_seconds=FIGURE_SECONDS)
     if failed:
         raise RuntimeError(f"demo: {len(failed)} step(s) failed: {', '.join(failed)}; see their job.log")
@@ -339,13 +341,18 @@ def _figures(run: Path, preset: Preset, data, seed: int) -> Dict[str, str]:
             continue
         header = log.read_text().splitlines()[0].split(",")
         cols = [c for c in header if c.startswith("loss")] + (["grad_norm"] if job != names.STANDIN else [])
-        its = _iterations(run, job)["training" if "training" in _iterations(run, job) else "stage 2"]
-        what = (f"{its:,} iterations of Adam, batch-normalised; folded into plain weights afterwards"
-                if job == names.STANDIN else f"{its:,} iterations of Caffe SGD")
-        title = f"{names.name(job)}: training ({what})"
-        plot_training_curves([log], figs / f"training_{job}.png", title=title, smooth=25, columns=cols,
-                             ncols=2 if len(cols) == 4 else 3, captions={c: _log_caption(job, c, cols) for c in cols})
-        captions[f"training_{job}.png"] = f"{names.name(job)} (folder `{job}`): its loss terms during training"
+        its = _iterations(run, job)
+        if job == names.STANDIN:
+            phase, how = "training", f"{its['training']:,} iterations of Adam, batch-normalised; folded into plain " \
+                                     "weights afterwards"
+        elif "stage 2" in its:  # a KD student's log is its stage 2; stage 1 has a figure of its own
+            phase, how = "stage 2", f"{its['stage 2']:,} iterations of Caffe SGD, after stage 1's {its['stage 1']:,}"
+        else:
+            phase, how = "training", f"{its['training']:,} iterations of Caffe SGD"
+        plot_training_curves([log], figs / f"training_{job}.png", title=f"{names.name(job)}: {phase} ({how})",
+                             smooth=25, columns=cols, ncols=2 if len(cols) == 4 else 3,
+                             captions={c: _log_caption(job, c, cols) for c in cols})
+        captions[f"training_{job}.png"] = f"{names.name(job)} (folder `{job}`): its loss terms during {phase}"
     kd_logs = [(a.key, run / a.key / "log.csv") for a in ARMS if (run / a.key / "log.csv").is_file()]
     if kd_logs:
         plot_training_curves([p for _, p in kd_logs], figs / "kd_diagnostics.png", columns=list(KD_DIAGNOSTICS),

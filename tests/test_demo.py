@@ -1,5 +1,6 @@
 """The demo end to end on the smoke preset, its results table, and how it finds the
 README's numbers."""
+import importlib.util
 import json
 import os
 import re
@@ -34,6 +35,10 @@ def test_demo_smoke_end_to_end_small_redirected_log_and_clean_rerun(tmp_path):
                   "[demo] (3) the test results and figures (typically"):
         assert phase in text
     assert f"[demo] start seed 0: {names.name(RELEASED.key)} [seed0/{RELEASED.key}]" in text
+    # a step's typical time is promised only where the steps print one
+    starts = [line for line in text.splitlines() if line.startswith("[demo] start ")]
+    promised = "each says its typical time when it starts" in text
+    assert len(starts) == 6 and all(("(typically" in line) == promised for line in starts)
     left = [int(n) * (60 if unit == "min" else 1) for n, unit in re.findall(r"about (\d+) (s|min) left", text)]
     assert len(left) == 6 and left == sorted(left, reverse=True)
     run = tmp_path / "smoke" / "seed0"
@@ -64,6 +69,7 @@ def test_demo_smoke_end_to_end_small_redirected_log_and_clean_rerun(tmp_path):
             *(f"training_{k}.png" for k in ("pretrain", "teacher", RELEASED.stage1_key, RELEASED.key, PAPER_L2.key,
                                             BASELINE))} <= figs
     assert set(summary["figures"]) == figs  # each figure has its caption
+    assert summary["figures"][f"training_{RELEASED.key}.png"].endswith("during stage 2")  # its log is stage 2's
     for f in figs:
         assert f"- `{f}`: " in table
     # a rerun replaces the seed's folder: a stale file goes, the generated data stay
@@ -74,6 +80,26 @@ def test_demo_smoke_end_to_end_small_redirected_log_and_clean_rerun(tmp_path):
     assert (run / "data" / "complete.json").stat().st_mtime_ns == data_marker
     # every stage ran in its own process, in both runs: same seed, same numbers
     assert json.loads((run / "results.json").read_text())["results"] == res
+    # the README's commands that take the demo's models run on this seed's folder
+    _run_readme_block_on(run, tmp_path / "clone")
+    assert (run / "student.pt").is_file() and (run / "labelled.png").is_file()
+
+
+def _run_readme_block_on(run, ws):
+    """Runs the README's block that reads a demo run (RUN) from a folder laid out as a clone."""
+    spec = importlib.util.spec_from_file_location("check_readme", REPO / "tools" / "check_readme.py")
+    check_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_readme)
+    block = next(b for b in check_readme.readme_blocks() if '"${RUN:=demo_out/' in b.text)
+    (ws / ".venv" / "bin").mkdir(parents=True)
+    (ws / "tools").symlink_to(REPO / "tools")
+    (ws / ".venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (ws / ".venv" / "bin" / "python").chmod(0o755)
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", block.text], cwd=ws, capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, RUN=str(run), PYTHONPATH=str(REPO), MLIC_NO_PROGRESS="1"))
+    assert r.returncode == 0, f"README.md:{block.line}: {r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    classes = (run / "data" / "classes.txt").read_text().split()
+    assert sum(c in r.stdout for c in classes) == 3  # its top 3 labels, by the demo's class names
 
 
 def test_demo_bad_arguments(capsys):
@@ -161,5 +187,6 @@ def test_example_images_follow_a_stated_rule():
 def test_train_tool_help_says_no_arguments_runs_the_demo():
     r = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "--help"], capture_output=True, text=True,
                        timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert r.returncode == 0 and "--stage" in r.stdout
-    assert "With no arguments, tools/train.py runs the embedded demo" in r.stdout
+    assert r.returncode == 0 and "--stage" in r.stdout and not r.stderr
+    # the note comes after the options, where a reader of the help ends
+    assert r.stdout.index("With no arguments, tools/train.py runs the embedded demo") > r.stdout.rindex("--debug")

@@ -9,7 +9,8 @@ COCO (a COCO 2014-style folder, tests/coco_style.py), PROTOTXT (the released pro
 the stand-in sizes), TORCH_HOME (a torchvision VGG16 file), SIZE, BOXES, NET, ITERS,
 TEACHER_ITERS, GPUS; the VGG16 caffemodel lies under its released name. The ```python
 blocks run in folders of their own with a small datalist pair (train.txt, test.txt) and the
-caffemodel, and TrainConfig shrinks the net and the iterations they ask for. Long blocks
+caffemodel, and TrainConfig shrinks the net and the iterations they ask for; a python
+block followed by a ```text block must print exactly what that block shows. Long blocks
 (after the comment `<!-- long: ... -->`) are only checked here: their syntax, and that their
 make targets exist."""
 import importlib.util
@@ -123,6 +124,38 @@ def test_long_blocks_are_marked_outside_what_a_reader_sees(tmp_path):
         check_readme.readme_blocks(sample)
 
 
+def test_a_python_blocks_printed_output_is_read_from_the_text_block_after_it(tmp_path):
+    sample = tmp_path / "R.md"
+    sample.write_text("# T\n\n```python\nprint(1)\n```\n\nprints\n\n```text\n1\n```\n\n"
+                      "```python\nx = 1\n```\n\n## Next\n\n```text\nnot an output\n```\n")
+    blocks = check_readme.readme_blocks(sample)
+    assert [(b.lang, b.output) for b in blocks] == [("python", "1\n"), ("python", None), ("text", None)]
+    # the README's ops example shows what it prints
+    ops = [b for b in BLOCKS if b.kind == "python" and "mlic.ops" in b.text]
+    assert ops and ops[0].output
+
+
+def _anchors(path):
+    """The anchors GitHub gives the headings of a Markdown file."""
+    return {re.sub(r"[^\w\- ]", "", ln.lstrip("#").strip().lower()).replace(" ", "-")
+            for ln in path.read_text(encoding="utf-8").splitlines() if re.match(r"#+ ", ln)}
+
+
+def test_links_of_the_readme_and_docs_lead_somewhere():
+    """Reference material is one link away: every relative link of README.md and docs/*.md
+    names a file that exists, and a heading of it where it gives an anchor."""
+    bad = []
+    for doc in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (doc.parent / file).resolve() if file else doc
+            if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in _anchors(dest)):
+                bad.append(f"{doc.relative_to(REPO)}: {target}")
+    assert not bad, bad
+
+
 def test_readme_commands_use_the_environment():
     """No command in the README (in a block or inline) calls a bare python, pytest or torchrun,
     which would be the system's, without the project."""
@@ -169,6 +202,8 @@ def test_readme_block(block, clone):
         r = subprocess.run([str(ws / ".venv" / "bin" / "python"), "-c", PYTHON_PRELUDE, str(script)], cwd=folder,
                            env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"{where}: exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+        if block.output is not None:  # what the README says the block prints
+            assert r.stdout.rstrip() == block.output.rstrip(), f"{where} printed:\n{r.stdout}"
         return
     if block.kind != "bash":
         pytest.skip(f"a {block.lang or 'plain'} block is not a command")

@@ -7,7 +7,9 @@ repository root. tests/test_readme.py (part of `make test`) runs each one in a f
 repository's files, `.venv/bin/python` and `.venv/bin/torchrun`), with small stand-ins for
 the user's files in the shell variables the blocks take their places and sizes from
 (`: "${ITERS:=20000}"` in a block; the test sets ITERS=2); ```python blocks run too, at
-small sizes. A block too long for CI (the demo, the test suite) follows the line
+small sizes. A ```text block right after a ```python block (at most a line of prose between
+them) is what that block prints, and the test compares it with what it printed. A block
+too long for CI (the demo, the test suite) follows the line
 
     <!-- long: run by tools/check_readme.py --all -->
 
@@ -27,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -42,6 +44,8 @@ class Block:
     line: int  # 1-based line of the opening fence in README.md
     section: str  # the heading above it
     long: bool = False  # LONG_MARK stands on the line before the fence
+    end: int = 0  # 1-based line of the closing fence
+    output: Optional[str] = None  # a python block's printed output, as the README shows it
 
     @property
     def kind(self) -> str:
@@ -84,9 +88,24 @@ def readme_blocks(path=README) -> List[Block]:
             k += 1
         if k == len(lines):
             raise ValueError(f"{path}:{start + 1}: the block opened here is never closed")
-        blocks.append(Block(lang, "\n".join(body) + "\n", start + 1, section, long))
+        blocks.append(Block(lang, "\n".join(body) + "\n", start + 1, section, long, end=k + 1))
         k += 1
-    return blocks
+    return _attach_outputs(blocks, lines)
+
+
+def _attach_outputs(blocks: List[Block], lines: List[str]) -> List[Block]:
+    """A ```text block that follows a ```python block with at most one line of prose (no
+    heading) between them becomes that block's `output` instead of a block of its own."""
+    out: List[Block] = []
+    for b in blocks:
+        prev = out[-1] if out else None
+        gap = [ln for ln in lines[prev.end:b.line - 1] if ln.strip()] if prev else []
+        if (b.lang == "text" and prev is not None and prev.lang == "python" and prev.output is None and
+                len(gap) <= 1 and not any(ln.startswith("#") for ln in gap)):
+            prev.output = b.text
+            continue
+        out.append(b)
+    return out
 
 
 def run_long(blocks: List[Block]) -> int:

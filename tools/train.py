@@ -23,10 +23,4 @@ if __name__ == "__main__":
         sys.exit(demo_main([]))
     from mlic.training.train import main
 
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        try:
-            main()
-        except SystemExit:  # argparse has printed the options: the note goes after them
-            print("\n" + NO_ARGUMENTS)
-            raise
-    sys.exit(main())
+    sys.exit(main(epilog=NO_ARGUMENTS))

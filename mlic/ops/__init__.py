@@ -91,7 +91,7 @@ def roi_pool(features: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spati
     `deterministic` is True or torch.use_deterministic_algorithms(True) is in force as it
     runs; otherwise the CUDA kernels accumulate with atomics, whose order of additions
     varies. The CPU backward is always deterministic. RoI values are checked on the CPU;
-    on CUDA they are not read on the host (see the README's ops section).
+    on CUDA they are not read on the host (see docs/ops.md).
     """
     args = (features, rois, int(pooled_h), int(pooled_w), float(spatial_scale), float(score_scale),
             float(score_bias))

@@ -658,8 +658,10 @@ def config_from_args(args) -> TrainConfig:
                       embed_teacher=args.embed_teacher))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """tools/train.py: 0 on success, 2 for bad input (one sentence on stderr)."""
-    p = add_train_arguments(argparse.ArgumentParser(description="Train a stage of the method (Caffe semantics)."))
+def main(argv: Optional[Sequence[str]] = None, epilog: Optional[str] = None) -> int:
+    """tools/train.py: 0 on success, 2 for bad input (one sentence on stderr). `epilog`: text
+    --help prints after the options."""
+    p = add_train_arguments(argparse.ArgumentParser(description="Train a stage of the method (Caffe semantics).",
+                                                    epilog=epilog))
     args = p.parse_args(argv)
     return run_tool("train.py", lambda: train(config_from_args(args)), debug=args.debug)
