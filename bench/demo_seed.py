@@ -57,8 +57,9 @@ def run_once(path: Path, preset: str, seed: int, workers: int) -> dict:
             raise RuntimeError(f"{' '.join(cmd)} exited with {code}:\n{tail}")
         results = Path(out) / preset / f"seed{seed}" / "results.json"
         table = json.loads(results.read_text()) if results.exists() else None
+        steps = [ln for ln in (Path(out) / "console.log").read_text().splitlines() if " done " in ln]
     return {"wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "results": table}
+            "cpu_s": usage.ru_utime + usage.ru_stime, "steps": steps, "results": table}
 
 
 def _spread(values):
