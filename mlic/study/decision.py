@@ -222,7 +222,7 @@ def plot_seeds(a: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in a["arms"] if r["same_budget"]]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.8))
     for i, r in enumerate(rows):
         d = r["same_budget"]
         vals = list(d["per_seed"].values())
@@ -233,10 +233,12 @@ def plot_seeds(a: dict, path: Path) -> None:
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r["name"] for r in rows], fontsize=8)
-    ax.set_xlabel("Δ test mAP against the student alone at the same budget (points: seeds; diamond: mean, 95 % t "
-                  "interval)", fontsize=8)
+    ax.set_xlabel("Δ test mAP against the student alone at the same budget\n(points: seeds; diamond: mean with "
+                  "its 95 % t interval)", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"preset {a['preset']}, {len(a['seeds'])} seeds", fontsize=9)
+    counts = sorted({r["same_budget"]["n"] for r in rows})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    ax.set_title(f"preset {a['preset']}: each arm against the student alone, paired over {seeds} seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
