@@ -45,10 +45,12 @@ test: build
 demo: build
 	$(VPY) tools/demo.py $(DEMO_ARGS)
 
-# The distillation study (docs/study.md): the paper-vs-code switches against the student
-# without KD over seeds; rerunning resumes. The default is the README's demo table;
-# STUDY_ARGS="--preset large --seeds 0-2 --arms all" the large preset's.
-STUDY_ARGS ?= --preset demo --seeds 0-4 --arms main --rate 0.01 --out study_out
+# The distillation study (docs/study.md): does the teacher help beyond the training
+# budget? The default is the README's demo table and docs/study.md's decision (10 seeds,
+# the arms that decide it, the budget sweep; about 80 minutes on 2 idle cores); rerunning
+# resumes. The large preset's: STUDY_ARGS="--preset large --seeds 0-9 --arms decide
+# --budgets 1000,1400,2000,3000 --budget-arm kd-ce-frozen-s1fc-topk --out study_out".
+STUDY_ARGS ?= --preset demo --seeds 0-9 --arms decide --budgets 1000,1500,2000,3000 --budget-arm kd-l2-decay-s1fc-all --out study_out
 study: build
 	$(VPY) tools/study.py $(STUDY_ARGS)
 

@@ -190,3 +190,38 @@ def test_train_tool_help_says_no_arguments_runs_the_demo():
     assert r.returncode == 0 and "--stage" in r.stdout and not r.stderr
     # the note comes after the options, where a reader of the help ends
     assert r.stdout.index("With no arguments, tools/train.py runs the embedded demo") > r.stdout.rindex("--debug")
+
+
+def test_the_demo_trains_what_the_study_trains_at_the_rates_it_chose(tmp_path):
+    """The README's demo table comes from the study's jobs: with the choices the study made on
+    validation (the demo preset's rates and the released soft-scale lr_mult), each demo job
+    has the settings of the study's job of the same model, threads aside."""
+    from mlic.study.pipeline import RELEASED_SOFT_SCALE, SeedData, SeedPlan
+
+    p = get_preset("demo")
+    data = SeedData(root=str(tmp_path), fit=str(tmp_path / "fit"), val=str(tmp_path / "val"),
+                    test=str(tmp_path / "test"), gt_test=str(tmp_path / "gt"), classes=str(tmp_path / "classes"),
+                    pretrain=str(tmp_path / "pre"), pretrain_root=str(tmp_path))
+    tuned = {"teacher_lr": p.base_lr["wsddn"], "lr": p.base_lr["student"], "soft_scale": 10.0}
+    assert p.base_lr["stage2"] == p.base_lr["student"]
+    demo_plan = SeedPlan(p, 0, tmp_path / "seed0", data, threads={"wsddn": 2})
+    study_plan = SeedPlan(p, 0, tmp_path / "seed0", data)
+    demo_jobs = {j.key.split("/", 1)[1]: j for j in demo_plan.shared_jobs(ARMS) + demo_plan.student_jobs(ARMS)}
+    study_arms = [RELEASED_SOFT_SCALE, PAPER_L2]
+    study_jobs = {j.key.split("/", 1)[1]: j for j in study_plan.shared_jobs(study_arms, tuned)
+                  + study_plan.student_jobs(study_arms, tuned=tuned)}
+    pairs = {"pretrain": "pretrain", "teacher": "teacher", RELEASED.stage1_key: RELEASED.stage1_key,
+             RELEASED.key: RELEASED_SOFT_SCALE.key, PAPER_L2.key: PAPER_L2.key, BASELINE: BASELINE}
+    assert set(pairs) <= set(demo_jobs)
+
+    def settings(job):
+        cfg = json.loads(json.dumps(job.config))
+        cfg.pop("out", None)
+        (cfg.get("run") or {}).pop("threads", None)
+        return cfg
+
+    for d, s in pairs.items():
+        a, b = settings(demo_jobs[d]), settings(study_jobs[s])
+        # paths name the job's own folder and its inputs' folders, which follow the keys
+        text_a, text_b = json.dumps(a, sort_keys=True), json.dumps(b, sort_keys=True)
+        assert text_a.replace(RELEASED.key + "/", RELEASED_SOFT_SCALE.key + "/") == text_b, d
