@@ -184,10 +184,3 @@ def load_student(source, device="cpu", prototxt=None) -> Tuple[Student, StudentI
     wf = read_weight_file(source)
     return build_student(student_export(wf, prototxt=prototxt), device)
 
-
-def is_student_export(path) -> bool:
-    """Whether `path` is a student export (cheap enough for a dispatch: reads the file)."""
-    try:
-        return read_weight_file(path).kind == "student"
-    except CaffemodelError:
-        return False

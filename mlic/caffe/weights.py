@@ -59,10 +59,6 @@ def _legacy_matches(target: tuple, stored: tuple) -> bool:
     return padded == tuple(stored)
 
 
-def _net_layers_by_name(net) -> Dict[str, str]:
-    return {lp.name: lp.type for lp in net.layer_params}
-
-
 def _copy_blobs(net, layer_name: str, arrays: List[np.ndarray], legacy: List[bool], source: str) -> None:
     targets = net.params[layer_name]
     if len(arrays) != len(targets):

@@ -181,13 +181,6 @@ def _frame_boxes(boxes: np.ndarray, width, height, frame, path, what: str) -> np
     return map_boxes_to_frame(boxes, w, h, frame[0], frame[1])
 
 
-def coco_ground_truth(path, datalist, frame: Tuple[int, int], class_names: Optional[Sequence[str]] = None,
-                      num_classes: Optional[int] = None) -> GroundTruthImages:
-    """Ground truth of the datalist's images from a COCO instances JSON (see the module docstring)."""
-    path = Path(path)
-    return _coco_from_dict(_load_json(path), path, datalist, frame, class_names, num_classes)
-
-
 def _coco_from_dict(data, path, datalist, frame, class_names, num_classes) -> GroundTruthImages:
     if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
         raise _err(path, "not a COCO instances file (needs 'images', 'annotations' and 'categories')")
@@ -286,14 +279,6 @@ def voc_ground_truth(folder, datalist, frame: Tuple[int, int], class_names: Opti
         out.append({"boxes": b, "labels": np.array(labels, dtype=np.int64),
                     "difficult": np.array(difficult, dtype=bool)})
     return GroundTruthImages(out, order, "voc", str(folder))
-
-
-def synthetic_ground_truth(path, datalist, frame: Tuple[int, int], class_names: Optional[Sequence[str]] = None,
-                           num_classes: Optional[int] = None) -> GroundTruthImages:
-    """Ground truth from the synthetic benchmark's ``gt_<split>.json``."""
-    path = Path(path)
-    data = _load_json(path)
-    return _synthetic_from_dict(data, path, datalist, frame, class_names, num_classes)
 
 
 def _synthetic_from_dict(data, path, datalist, frame, class_names, num_classes) -> GroundTruthImages:
