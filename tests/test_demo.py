@@ -19,6 +19,7 @@ from mlic.study.presets import get_preset
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_smoke_end_to_end_small_redirected_log_and_clean_rerun(tmp_path):
     log = tmp_path / "demo.log"
     with open(log, "w") as f:  # the console sent to a file, as a user's `make demo > log`

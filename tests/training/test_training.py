@@ -39,6 +39,12 @@ def test_training_moves_weights_and_logs_the_switches(tiny_data, tmp_path):
     assert "kd-loss=soft-ce stage1-train=convs+fc teacher=caffe-decay regions=all" in text
     ck = torch.load(tmp_path / "t" / "final.pt", weights_only=False)
     assert ck["meta"]["stage"] == "wsddn" and ck["meta"]["switches"]["teacher"] == "caffe-decay"
+    # the same seed at base_lr 0 keeps the initial weights
+    main(train_args(tiny_data, tmp_path / "init", iters=1, extra=["--base-lr", "0"]))
+    start, trained = final_state(tmp_path / "init"), ck["model"]
+    assert start.keys() == trained.keys()
+    for k in ("conv1_1.weight", "fc8_c.weight", "fc8_d.weight"):
+        assert not torch.equal(start[k], trained[k]), k
 
 
 def run_main(main, argv, capsys):
@@ -150,7 +156,6 @@ def test_tools_test_reports_metrics(tiny_data, tmp_path):
     assert (tmp_path / "res" / "pr_curves.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
 def test_lr_mult_overrides_the_released_multipliers():
     from prototxt_ports.config import RELEASED_MULTIPLIERS
     from mlic.errors import UserInputError
