@@ -19,10 +19,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mlic.data.builders import (PAD_CHOICES, SS_SCORES, STRUCTURED_EDGE_MODEL_URL,  # noqa: E402
-                                ConsoleProgress, EdgeBoxesProposals, PrecomputedProposals,
-                                SelectiveSearchProposals, build_datalist, coco_multilabels,
-                                nuswide_multilabels)
+from mlic.data.datalist_writer import build_datalist  # noqa: E402
+from mlic.data.labelsets import coco_multilabels, nuswide_multilabels  # noqa: E402
+from mlic.data.proposals import (PAD_CHOICES, SS_SCORES, STRUCTURED_EDGE_MODEL_URL,  # noqa: E402
+                                 EdgeBoxesProposals, PrecomputedProposals, SelectiveSearchProposals)
+from mlic.engine.progress import Progress  # noqa: E402
 from mlic.errors import UserInputError  # noqa: E402
 from mlic.training.cli import run_tool  # noqa: E402
 
@@ -97,6 +98,29 @@ def write_class_names(path: str, names) -> None:
         raise UserInputError(f"--class-names-out: cannot write {path} ({exc.strerror or exc})") from None
 
 
+class ListProgress:
+    """build_datalist's progress(done, total) as a Progress bar of images, after a line
+    saying how many a resumed run has already done."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if done:
+                print(f"resuming: {done} of {total} images already done", file=sys.stderr, flush=True)
+            self.bar = Progress(total, initial=done, unit="images")
+        else:
+            self.bar.update(done - self.bar.count)
+
+    def rate(self) -> float:
+        return self.bar.rate() if self.bar is not None else 0.0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def make(args) -> None:
     if args.bbox_num < 1:
         raise UserInputError(f"--bbox-num must be at least 1 (the method pools features over proposals), "
@@ -116,14 +140,17 @@ def make(args) -> None:
         source = EdgeBoxesProposals(args.edgeboxes_model, max_boxes=args.bbox_num)
     else:
         source = SelectiveSearchProposals(score=args.ss_score, num=args.bbox_num)
-    progress = ConsoleProgress()
+    progress = ListProgress()
     t0 = time.monotonic()
-    n = build_datalist(labels, args.out, bbox_num=args.bbox_num, new_width=args.new_width,
-                       new_height=args.new_height, proposals=source, image_root=args.image_root, pad=args.pad,
-                       progress=progress, workers=args.workers, shard=args.shard)
+    try:
+        n = build_datalist(labels, args.out, bbox_num=args.bbox_num, new_width=args.new_width,
+                           new_height=args.new_height, proposals=source, image_root=args.image_root, pad=args.pad,
+                           progress=progress, workers=args.workers, shard=args.shard)
+    finally:
+        progress.close()
     shard = "" if args.shard[1] == 1 else f" (shard {args.shard[0] + 1}/{args.shard[1]} of {len(labels)} images)"
     print(f"wrote {n} lines{shard}, {len(labels.class_names)} labels, {args.bbox_num} boxes each -> {args.out} "
-          f"({progress.rate(n):.2f} images/s over {time.monotonic() - t0:.0f} s with {args.workers} workers)")
+          f"({progress.rate():.2f} images/s over {time.monotonic() - t0:.0f} s with {args.workers} workers)")
 
 
 def main(argv=None) -> int:

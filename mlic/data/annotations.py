@@ -18,10 +18,10 @@ Three formats, told apart by :func:`read_ground_truth`:
 Every box is mapped into the network's frame (the datalist frame, new_width x new_height,
 e.g. 672 x 672) the way the proposals were: ``x * new_width / width`` (and y alike) with
 the image size the annotation file gives, then clipped to the frame
-(:func:`mlic.data.builders.map_boxes_to_frame`). Datalist lines are matched to annotated
+(:func:`mlic.data.proposals.map_boxes_to_frame`). Datalist lines are matched to annotated
 images by path, else by file name; a line without annotation is an error naming it, and so
 are annotations matched by file name to images in other folders (another split's file).
-Errors are :class:`~mlic.data.builders.DatasetFormatError` naming the file.
+Errors are :class:`~mlic.data.datalist.DatasetFormatError` naming the file.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mlic.data.builders import DatasetFormatError, map_boxes_to_frame
+from mlic.data.datalist import DatasetFormatError
+from mlic.data.proposals import map_boxes_to_frame
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",

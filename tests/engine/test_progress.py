@@ -38,6 +38,16 @@ def test_a_slow_loop_reports_at_least_every_interval(monkeypatch):
     assert len(out.getvalue().splitlines()) == 3
 
 
+def test_rate_counts_the_items_of_this_run(monkeypatch):
+    import mlic.engine.progress as P
+
+    clock = iter([0.0, 4.0, 4.0])
+    monkeypatch.setattr(P.time, "monotonic", lambda: next(clock))
+    p = Progress(10, initial=2, stream=io.StringIO(), enabled=False)  # 2 done before this run
+    p.update(6)
+    assert p.count == 8 and p.rate() == 1.5
+
+
 def test_a_terminal_gets_a_bar():
     term = FakeTerminal()
     p = Progress(10, desc="test", stream=term)
