@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mlic import demo
-from mlic.demo import ARMS, ROWS, main
+from mlic.cli.demo import main
+from mlic.demo import ARMS, ROWS
 from mlic.study import names
 from mlic.study.pipeline import BASELINE, PAPER_L2, RELEASED
 from mlic.study.presets import get_preset

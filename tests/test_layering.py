@@ -3,7 +3,7 @@ functions too): mlic.solver (Caffe SGD) imports nothing else of the project, the
 (prototxt_ports) only mlic.ops, mlic.engine (the loop) nothing above it; mlic.caffe
 imports nothing above it, is the only package that knows protobuf and imports at module
 level only (an import inside a function hid a cycle); nothing below the training driver
-imports it."""
+imports it; only the tools import the command-line layer (mlic.cli)."""
 import ast
 from pathlib import Path
 
@@ -80,3 +80,9 @@ def test_mlic_caffe_imports_at_module_level_only():
     inner = [f"{p.relative_to(ROOT)}:{n.lineno}" for p, n, _, top in imports("mlic/caffe")
              if not top and not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
     assert not inner, inner
+
+
+def test_only_the_tools_import_the_command_line():
+    bad = sorted(w for u, w in units_imported("mlic") | units_imported("prototxt_ports")
+                 if u == "cli" and not w.startswith("mlic/cli/"))
+    assert not bad, bad

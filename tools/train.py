@@ -10,23 +10,10 @@ With no arguments it runs the embedded demo (tools/demo.py).
 """
 import sys
 
-NO_ARGUMENTS = ("With no arguments, tools/train.py runs the embedded demo, as `make demo` does: the whole\n"
-                "method on synthetic data, on the CPU (tools/demo.py --help gives its options).")
-
 if __name__ == "__main__":
     from mlic.portable import restart_if_requested
 
     restart_if_requested()
-    if len(sys.argv) == 1:
-        from mlic.demo import main as demo_main
+    from mlic.cli.train import main
 
-        sys.exit(demo_main([]))
-    from mlic.training.train import main
-
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        try:
-            main()
-        except SystemExit:  # argparse has printed the options: the note goes after them
-            print("\n" + NO_ARGUMENTS)
-            raise
     sys.exit(main())

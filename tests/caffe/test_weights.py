@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mlic.caffe import CaffeNet, proto
-from mlic.caffe.convert import main as convert_main
+from mlic.cli.convert import main as convert_main
 from mlic.caffe.errors import CaffemodelError
 from mlic.caffe.io import read_caffemodel
 from mlic.caffe.weight_files import load_weights, read_weight_file

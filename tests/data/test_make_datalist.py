@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from mlic.cli.make_datalist import main as make_datalist_main
 from mlic.data import read_datalist
 from mlic.data.datalist import DatasetFormatError
 from mlic.data.datalist_writer import build_datalist, shard_bounds
@@ -153,13 +154,8 @@ def test_tool_workers_failure_and_resume(coco, tmp_path, capsys):
 
 
 def _main(*args):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_datalist_tool", REPO / "tools" / "make_datalist.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     try:
-        return tool.main([str(a) for a in args])
+        return make_datalist_main([str(a) for a in args])
     except SystemExit as exc:  # argparse's own errors
         return exc.code
 

@@ -61,7 +61,7 @@ def test_a_terminal_gets_a_bar():
 def test_log_lines_go_above_the_bar_not_onto_it(monkeypatch):
     """With a bar on the terminal, a log record (e.g. the eval line) is written on a line of
     its own: the bar is cleared first and redrawn after it."""
-    from mlic.training.cli import setup_console_logging
+    from mlic.cli.common import setup_console_logging
 
     term = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", term)
