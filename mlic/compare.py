@@ -33,7 +33,8 @@ import torch
 from mlic.caffe.errors import CaffeError
 from mlic.caffe.io import load_net_spec, read_caffemodel, read_text_file
 from mlic.caffe.net import CaffeNet
-from mlic.caffe.weights import caffemodel_to_param_dict, load_caffemodel, load_param_dict
+from mlic.caffe.weight_files import caffemodel_to_param_dict
+from mlic.caffe.weights import load_caffemodel, load_param_dict
 from mlic.engine.caffe_solver import Solver
 
 TOL = {"exact": 0.0, "tight": 1e-5, "net": 1e-4}

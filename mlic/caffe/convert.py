@@ -20,8 +20,8 @@ from mlic.caffe.errors import CaffeError
 from mlic.caffe.net import CaffeNet
 from mlic.caffe.student_export import save_student, student_export
 from mlic.caffe.torchvision_vgg import InputTransform
-from mlic.caffe.weight_files import initialize_weights, read_weight_file
-from mlic.caffe.weights import save_caffemodel, save_param_dict
+from mlic.caffe.weight_files import read_weight_file, save_caffemodel, save_param_dict
+from mlic.caffe.weights import initialize_weights
 from mlic.errors import OutputError
 
 TORCH_EXT = (".pt", ".pth")

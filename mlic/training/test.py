@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from mlic.caffe.student_export import build_student, student_export
-from mlic.caffe.weight_files import (STUDENT_FORMAT, WeightFile, check_finite, state_dict_to_param_dict,
-                                     torch_load)
+from mlic.caffe.teacher import is_teacher_key
+from mlic.caffe.weight_files import STUDENT_FORMAT, WeightFile, check_finite, state_dict_to_param_dict, torch_load
+from mlic.caffe.weights import load_referenced_teacher
 from mlic.data import BatchSpec, HumanAttDataConfig, HumanAttDataset, read_datalist
 from mlic.data.annotations import read_ground_truth
 from mlic.evaluation import evaluate_detection, evaluate_multilabel, save_scores, tie_warning, tied_fraction
@@ -21,7 +22,6 @@ from mlic.engine.progress import Progress
 from mlic.errors import UserInputError
 from mlic.training.config import BGR_MEAN, RELEASED_SCALES, EvalConfig
 from mlic.training.tasks import Switches, build_task
-from mlic.training.weights import is_teacher_key, load_referenced_teacher
 from prototxt_ports import NetConfig
 
 log = logging.getLogger("mlic.test")
@@ -57,9 +57,12 @@ def load_trained(weights: str, device: str = "cpu"):
                              f"unexpected {unexpected[:5]})")
     if teacher_keys:  # a KD checkpoint that refers to its teacher
         try:
-            load_referenced_teacher(task.model, meta["teacher"], str(path))
+            init = load_referenced_teacher(task.model, meta["teacher"], str(path))
         except UserInputError as exc:
             log.warning("%s; only the student is loaded (all that testing uses)", exc)
+        else:
+            for line in init.lines():
+                log.info("%s", line)
     task.model.eval()
     return task, meta
 

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from mlic.caffe.io import read_solver
+from mlic.caffe.teacher import check_teacher_reference, is_teacher_key, teacher_reference
 from mlic.caffe.torchvision_vgg import InputTransform
-from mlic.caffe.weight_files import initialize_weights
+from mlic.caffe.weights import initialize_weights
 from mlic.engine import distributed as D
 from mlic.engine import (DivergenceWatch, EvalHook, MetricsWriter, PeriodicCheckpointer, Trainer,
                          load_newest_intact)
@@ -32,7 +33,6 @@ from mlic.solver.sgd import stepvalue_warning
 from mlic.training.config import (BGR_MEAN, PROTOTXT_DEFAULTS, STAGE_DEFAULTS, DataConfig, SolverConfig,
                                   TrainConfig)
 from mlic.training.tasks import Task, build_prototxt_task, build_task
-from mlic.training.weights import check_teacher_reference, is_teacher_key, teacher_reference
 from prototxt_ports import NetConfig
 
 log = logging.getLogger("mlic.train")

@@ -15,7 +15,8 @@ from mlic.caffe import CaffeNet
 from mlic.cli.convert import main as convert
 from mlic.caffe.io import read_caffemodel
 from mlic.caffe.weight_files import read_weight_file
-from mlic.caffe.weights import caffemodel_to_param_dict, load_param_dict
+from mlic.caffe.weight_files import caffemodel_to_param_dict
+from mlic.caffe.weights import load_param_dict
 from tests.caffe.helpers import PORT_NET, STUDENT, released_prototxt, train
 from tests.conftest import REPO
 from tests.ports.helpers import SMALL

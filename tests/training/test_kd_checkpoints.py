@@ -67,7 +67,7 @@ def test_frozen_teacher_checkpoints_refer_and_resume_exactly(tiny_data, teacher,
 def test_testing_a_kd_student_finds_the_teacher_by_path_and_hash(tiny_data, teacher, tmp_path, caplog):
     from mlic.training.test import load_trained
     from mlic.cli.train import main
-    from mlic.training.weights import load_referenced_teacher
+    from mlic.caffe.weights import load_referenced_teacher
 
     t = tmp_path / "teacher.pt"
     shutil.copy(teacher, t)
