@@ -86,3 +86,9 @@ def test_only_the_tools_import_the_command_line():
     bad = sorted(w for u, w in units_imported("mlic") | units_imported("prototxt_ports")
                  if u == "cli" and not w.startswith("mlic/cli/"))
     assert not bad, bad
+
+
+def test_the_tools_parse_no_flags_themselves():
+    """tools/*.py call a main() of mlic.cli, where the flags are parsed."""
+    bad = sorted(f"{p.relative_to(ROOT)}:{n.lineno}" for p, n, mods, _ in imports("tools") if "argparse" in mods)
+    assert not bad, bad

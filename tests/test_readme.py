@@ -12,7 +12,6 @@ blocks run in folders of their own with a small datalist pair (train.txt, test.t
 caffemodel, and TrainConfig shrinks the net and the iterations they ask for. Long blocks
 (after the comment `<!-- long: ... -->`) are only checked here: their syntax, and that their
 make targets exist."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mlic import _ext
+from mlic.cli import check_readme
 from tests.coco_style import (NET_FLAGS, write_coco_style, write_released_prototxts, write_torchvision_vgg16,
                               write_vgg16_caffemodel)
 
@@ -29,14 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("check_readme", REPO / "tools" / "check_readme.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-check_readme = _load_tool()
 BLOCKS = check_readme.readme_blocks(README)
 SIZE, BOXES = 64, 8
 SMALL = {"SIZE": str(SIZE), "BOXES": str(BOXES), "NET": " ".join(NET_FLAGS), "ITERS": "2", "TEACHER_ITERS": "2",
