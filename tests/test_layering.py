@@ -3,7 +3,8 @@ functions too): mlic.solver (Caffe SGD) imports nothing else of the project, the
 (prototxt_ports) only mlic.ops, mlic.engine (the loop) nothing above it; mlic.caffe
 imports nothing above it, is the only package that knows protobuf and imports at module
 level only (an import inside a function hid a cycle); nothing below the training driver
-imports it; only the tools import the command-line layer (mlic.cli)."""
+imports it; only the tools import the command-line layer (mlic.cli), and they parse no
+flags themselves."""
 import ast
 from pathlib import Path
 
