@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Proposals per second of tools/make_datalist.py's pipeline (mlic.data.builders.build_datalist).
+"""Proposals per second of tools/make_datalist.py's pipeline (mlic.data.datalist_writer.build_datalist).
 
 Writes COCO-sized JPEG images (640x480 by default: smoothed noise with filled shapes, so
 selective search finds a realistic number of regions) into a temporary folder, then builds
@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlic.data.builders import (MultiLabelSet, PrecomputedProposals, SelectiveSearchProposals,  # noqa: E402
-                                build_datalist, save_proposals_npz)
+from mlic.data.datalist_writer import build_datalist  # noqa: E402
+from mlic.data.labelsets import MultiLabelSet  # noqa: E402
+from mlic.data.proposals import PrecomputedProposals, SelectiveSearchProposals, save_proposals_npz  # noqa: E402
 
 COCO_IMAGES = 123287  # train2014 + val2014
 

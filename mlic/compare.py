@@ -20,11 +20,9 @@ tolerances of SPEC section 7:
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -35,7 +33,8 @@ import torch
 from mlic.caffe.errors import CaffeError
 from mlic.caffe.io import load_net_spec, read_caffemodel, read_text_file
 from mlic.caffe.net import CaffeNet
-from mlic.caffe.weights import caffemodel_to_param_dict, load_caffemodel, load_param_dict
+from mlic.caffe.weight_files import caffemodel_to_param_dict
+from mlic.caffe.weights import load_caffemodel, load_param_dict
 from mlic.engine.caffe_solver import Solver
 
 TOL = {"exact": 0.0, "tight": 1e-5, "net": 1e-4}
@@ -345,28 +344,3 @@ def check_inputs(cases, prototxt=None, caffemodel=None) -> None:
         load_net_spec(Path(prototxt))
     if caffemodel is not None:
         read_caffemodel(caffemodel)
-
-
-def main(argv=None) -> int:
-    """tools/compare_caffe.py: 0 when every compared key is within tolerance, 1 when one
-    is not, 2 for input that cannot be read (one sentence on stderr)."""
-    ap = argparse.ArgumentParser(description="Compare the project's nets against recorded Caffe outputs (.npz cases).")
-    ap.add_argument("cases", nargs="+", help="reference case files (.npz)")
-    ap.add_argument("--prototxt", help="network definition to use instead of the case's own")
-    ap.add_argument("--caffemodel", help="weights to load instead of the case's param/ keys")
-    ap.add_argument("--phase", choices=["TRAIN", "TEST"], help="net phase (default: the case's meta, else TEST)")
-    ap.add_argument("--device", default=None, help="torch device (default cpu)")
-    ap.add_argument("--data-dir", help="folder of a data-layer case's list and images (default <case>_images/)")
-    args = ap.parse_args(argv)
-    try:
-        check_inputs(args.cases, args.prototxt, args.caffemodel)
-    except CaffeError as exc:
-        print(f"compare_caffe.py: error: {exc}", file=sys.stderr)
-        return 2
-    ok = True
-    for c in args.cases:
-        r = compare_case(c, prototxt=args.prototxt, caffemodel=args.caffemodel, phase=args.phase,
-                         device=args.device, data_dir=args.data_dir)
-        sys.stdout.write(r.table())
-        ok = ok and r.ok
-    return 0 if ok else 1

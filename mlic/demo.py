@@ -8,11 +8,9 @@ training API, each student tested on the same test images; then a results table
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -23,7 +21,7 @@ import torch
 from mlic.study import names, report
 from mlic.study.jobs import TimeLeft, duration, run_jobs
 from mlic.study.pipeline import BASELINE, PAPER_L2, RELEASED, SeedPlan, prepare_data
-from mlic.study.presets import PRESETS, Preset, get_preset
+from mlic.study.presets import Preset, get_preset
 from mlic.study.stats import paired_difference, summarize
 
 # what the demo trains, in the order of its table
@@ -397,33 +395,3 @@ def _figures(run: Path, preset: Preset, data, seed: int) -> Dict[str, str]:
                          title=f"Test image {i} ({dl.paths[i]}), {why}; ground truth: {truth}")
         captions[name] = f"test image {i}, {why}: the teacher's top proposals and each student's top labels"
     return captions
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="output folder; each preset writes out/<preset>/seed<k>")
-    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="sizes (default: demo)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds or ranges, e.g. 0-4 (default 0)")
-    p.add_argument("--workers", type=int, default=2, help="stages run at once, one process each (default 2)")
-    p.add_argument("--kernels", action="store_true", help="only check the ops against the reference")
-    args = p.parse_args(argv)
-    if args.kernels:
-        return kernels_demo()
-    from mlic.study.cli import parse_seeds
-
-    try:
-        seeds = parse_seeds(args.seeds)
-        if args.workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {args.workers}")
-        summaries = {s: run_demo(args.out, args.preset, s, args.workers) for s in seeds}
-    except ValueError as e:
-        print(f"demo: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(e, file=sys.stderr)
-        return 1
-    if len(summaries) > 1:
-        text = format_seeds(summaries)
-        print(text)
-        (Path(args.out) / args.preset / "results_seeds.md").write_text(text + "\n")
-    return 0

@@ -1,7 +1,7 @@
 """Losses of the released nets (SPEC section 3) and the paper's prediction-level L2.
 
-The Caffe losses are mlic.caffe's autograd Functions (their gradients are Caffe's,
-e.g. CrossEntropyLoss keeps a gradient where its value is clamped):
+The Caffe losses are mlic.ops.functional's autograd Functions (their gradients are
+Caffe's, e.g. CrossEntropyLoss keeps a gradient where its value is clamped):
 
 - cross_entropy_loss(p, t): the authors' clamped binary cross-entropy on probabilities,
   divided by num (the first dimension of p).

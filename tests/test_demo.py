@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from mlic import demo
-from mlic.demo import ARMS, ROWS, main
+from mlic.cli.demo import main
+from mlic.demo import ARMS, ROWS
 from mlic.study import names
 from mlic.study.pipeline import BASELINE, PAPER_L2, RELEASED
 from mlic.study.presets import get_preset
@@ -20,6 +21,7 @@ from mlic.study.presets import get_preset
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_smoke_end_to_end_small_redirected_log_and_clean_rerun(tmp_path):
     log = tmp_path / "demo.log"
     with open(log, "w") as f:  # the console sent to a file, as a user's `make demo > log`

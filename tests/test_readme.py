@@ -13,7 +13,6 @@ caffemodel, and TrainConfig shrinks the net and the iterations they ask for; a p
 block followed by a ```text block must print exactly what that block shows. Long blocks
 (after the comment `<!-- long: ... -->`) are only checked here: their syntax, and that their
 make targets exist."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from mlic import _ext
+from mlic.cli import check_readme
 from tests.coco_style import (NET_FLAGS, write_coco_style, write_released_prototxts, write_torchvision_vgg16,
                               write_vgg16_caffemodel)
 
@@ -30,14 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("check_readme", REPO / "tools" / "check_readme.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-check_readme = _load_tool()
 BLOCKS = check_readme.readme_blocks(README)
 SIZE, BOXES = 64, 8
 SMALL = {"SIZE": str(SIZE), "BOXES": str(BOXES), "NET": " ".join(NET_FLAGS), "ITERS": "2", "TEACHER_ITERS": "2",

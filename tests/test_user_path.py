@@ -24,7 +24,7 @@ from sklearn.metrics import average_precision_score
 
 from mlic import _ext
 from mlic.caffe.weight_files import STUDENT_FORMAT, read_weight_file
-from mlic.caffe.weights import caffemodel_to_param_dict
+from mlic.caffe.weight_files import caffemodel_to_param_dict
 from mlic.data import read_datalist
 from mlic.evaluation import load_scores
 from tests.process_group import ctrl_c, process_group

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mlic.compare import main  # noqa: E402
+from mlic.cli.compare import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mlic.caffe.convert import main  # noqa: E402
+from mlic.cli.convert import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 tests -> results table and figures (see mlic/demo.py). --kernels checks only the ops."""
 import sys
 
-from mlic.demo import main
+from mlic.cli.demo import main
 
 if __name__ == "__main__":
     from mlic.portable import restart_if_requested

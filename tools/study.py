@@ -6,7 +6,7 @@ KD over seeds and writes a table and a plot (see mlic/study).
 """
 import sys
 
-from mlic.study.cli import main
+from mlic.cli.study import main
 
 if __name__ == "__main__":
     from mlic.portable import restart_if_requested

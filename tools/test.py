@@ -6,7 +6,7 @@
 """
 import sys
 
-from mlic.training.test import main
+from mlic.cli.test import main
 
 if __name__ == "__main__":
     from mlic.portable import restart_if_requested

@@ -10,17 +10,10 @@ With no arguments it runs the embedded demo (tools/demo.py).
 """
 import sys
 
-NO_ARGUMENTS = ("With no arguments, tools/train.py runs the embedded demo, as `make demo` does: the whole\n"
-                "method on synthetic data, on the CPU (tools/demo.py --help gives its options).")
-
 if __name__ == "__main__":
     from mlic.portable import restart_if_requested
 
     restart_if_requested()
-    if len(sys.argv) == 1:
-        from mlic.demo import main as demo_main
+    from mlic.cli.train import main
 
-        sys.exit(demo_main([]))
-    from mlic.training.train import main
-
-    sys.exit(main(epilog=NO_ARGUMENTS))
+    sys.exit(main())

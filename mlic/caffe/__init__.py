@@ -23,7 +23,7 @@ from mlic.caffe.errors import CaffeError, CaffemodelError, NetBuildError, Protot
 from mlic.caffe.io import NetSpec, load_net_spec, read_caffemodel, read_solver  # noqa: F401
 from mlic.caffe.layers import supported_layer_types  # noqa: F401
 from mlic.caffe.net import CaffeNet  # noqa: F401
-from mlic.caffe.weight_files import (initialize_weights, load_weights, read_weight_file,  # noqa: F401
-                                     split_sources)
-from mlic.caffe.weights import (LoadReport, caffemodel_to_param_dict, load_caffemodel,  # noqa: F401
-                                load_param_dict, net_to_caffemodel, save_caffemodel, save_param_dict)
+from mlic.caffe.weight_files import (caffemodel_to_param_dict, net_to_caffemodel, read_weight_file,  # noqa: F401
+                                     save_caffemodel, save_param_dict, split_sources)
+from mlic.caffe.weights import (LoadReport, initialize_weights, load_caffemodel, load_param_dict,  # noqa: F401
+                                load_weights)

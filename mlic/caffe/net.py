@@ -28,7 +28,7 @@ from mlic.caffe.errors import NetBuildError
 from mlic.caffe.io import NetSpec, load_net_spec
 from mlic.caffe.layers import (LAYERS, BuildContext, HumanAttDataLayer, InputLayer, Layer, human_att_data_config,
                                supported_layer_types)
-from mlic.caffe.weight_files import load_weights
+from mlic.caffe.weights import load_weights
 
 # ----------------------------------------------------------------------------- phase filter
 

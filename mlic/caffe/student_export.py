@@ -29,8 +29,9 @@ import torch
 from mlic.caffe.errors import CaffemodelError, NetBuildError, PrototxtError
 from mlic.caffe.io import load_net_spec
 from mlic.caffe.layers import human_att_data_config
-from mlic.caffe.weight_files import STUDENT_FORMAT, WeightFile, belongs_to_teacher, layer_of, load_file, \
-    read_weight_file
+from mlic.caffe.teacher import belongs_to_teacher
+from mlic.caffe.weight_files import STUDENT_FORMAT, WeightFile, layer_of, read_weight_file
+from mlic.caffe.weights import load_file
 from mlic.errors import OutputError
 from mlic.integrity import write_with_hash
 from prototxt_ports import NetConfig, Student
@@ -184,10 +185,3 @@ def load_student(source, device="cpu", prototxt=None) -> Tuple[Student, StudentI
     wf = read_weight_file(source)
     return build_student(student_export(wf, prototxt=prototxt), device)
 
-
-def is_student_export(path) -> bool:
-    """Whether `path` is a student export (cheap enough for a dispatch: reads the file)."""
-    try:
-        return read_weight_file(path).kind == "student"
-    except CaffemodelError:
-        return False

@@ -19,10 +19,11 @@ Caffe layer is a module attribute named after the layer, holding ``weight`` (blo
 and ``bias`` (blob 1), so ``teacher.conv_wsd_1_1.weight`` is ``conv_wsd_1_1/0`` and
 ``layers.fc7.bias`` is ``fc7/1``.
 
-:func:`initialize_weights` is what training does with ``--weights a,b --teacher t``:
-the files load in order by layer name (later files win, as Caffe's ``-weights a,b``),
-then the teacher onto the KD net's teacher layers (``*_wsd_*``), and the report says
-which layer came from which file.
+A caffemodel read as a param dict keeps its blobs' shapes, except legacy 4-D
+num/channels/height/width blobs: an InnerProduct weight becomes (out, in), an InnerProduct
+or convolution bias (out,). The writers here put a net's or a port's blobs into a caffemodel, and a param
+dict into a torch.save file with its SHA-256 beside it. Loading into a net by layer name
+is mlic.caffe.weights.
 """
 from __future__ import annotations
 
@@ -30,32 +31,20 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from mlic.caffe import proto
 from mlic.caffe import torchvision_vgg as tv
 from mlic.caffe.errors import CaffemodelError
-from mlic.caffe.io import array_to_blob, write_binary
-from mlic.caffe.weights import LoadReport, caffemodel_to_param_dict, load_caffemodel, load_param_dict, name_map
-from mlic.integrity import file_sha256, verify_file, warn_unverified
+from mlic.caffe.io import array_to_blob, blob_to_array, caffemodel_layers, is_legacy_blob, read_caffemodel, write_binary
+from mlic.caffe.teacher import belongs_to_teacher, is_teacher_layer, referenced_teacher_file
+from mlic.errors import OutputError
+from mlic.integrity import verify_file, warn_unverified, write_with_hash
 from prototxt_ports.wsddn import wsddn_to_kd_name
 
 STUDENT_FORMAT = "mlic-student"
-# The KD nets' teacher: its learned layers carry _wsd_ in their names (conv_wsd_1_1,
-# fc_wsd_6, ...); the temperature Scale layers and the region sum belong to it too.
-TEACHER_MARK = "_wsd_"
-TEACHER_CONSTANT_LAYERS = ("temp_branch1_learn", "temp_branch2_learn", "image_level_score")
-
-
-def is_teacher_layer(name: str) -> bool:
-    """A layer whose weights must come from a trained teacher (conv_wsd_*, fc_wsd_*)."""
-    return TEACHER_MARK in name
-
-
-def belongs_to_teacher(name: str) -> bool:
-    return is_teacher_layer(name) or name in TEACHER_CONSTANT_LAYERS
 
 
 def layer_of(key: str) -> str:
@@ -149,6 +138,34 @@ def state_dict_to_param_dict(state, source: str = "<state dict>") -> "OrderedDic
     return out
 
 
+def _normalize_legacy(layer_type: str, index: int, shape: tuple, legacy: bool) -> tuple:
+    """Modern shape of a legacy 4-D blob, without a net to ask: InnerProduct weights
+    become (out, in), biases (out,); other blobs keep their 4-D shape."""
+    if not legacy:
+        return shape
+    if layer_type == "InnerProduct" and index == 0 and shape[0] == 1 and shape[1] == 1:
+        return (shape[2], shape[3])
+    if index == 1 and layer_type in ("InnerProduct", "Convolution", "Deconvolution") and shape[:3] == (1, 1, 1):
+        return (shape[3],)
+    return shape
+
+
+def caffemodel_to_param_dict(source) -> "OrderedDict[str, torch.Tensor]":
+    """{'layer/i': tensor} straight from a caffemodel (no net needed)."""
+    if isinstance(source, proto.NetParameter):
+        name, msg = "<NetParameter>", source
+    else:
+        name = os.fspath(source)
+        msg = read_caffemodel(name)
+    out = OrderedDict()
+    for sl in caffemodel_layers(msg):
+        for i, b in enumerate(sl.blobs):
+            a = blob_to_array(b, f"{name}: layer '{sl.name}' blob {i}")
+            shape = _normalize_legacy(sl.type, i, tuple(a.shape), is_legacy_blob(b))
+            out[f"{sl.name}/{i}"] = torch.from_numpy(a.reshape(shape).copy())
+    return out
+
+
 def read_weight_file(source, transform: Optional[tv.InputTransform] = None) -> WeightFile:
     """Any weight file (see the module docstring) as a :class:`WeightFile`.
 
@@ -209,19 +226,25 @@ def _with_referenced_teacher(wf: WeightFile) -> WeightFile:
     ref = wf.meta.get("teacher")
     if not isinstance(ref, dict) or ref.get("embedded") or any(is_teacher_layer(l) for l in wf.layers):
         return wf
-    path = ref.get("path")
-    if not path or not os.path.isfile(path):
-        raise CaffemodelError(f"{wf.source}: refers to its teacher {path}, which does not exist (a KD checkpoint "
-                              f"keeps the teacher's path and hash, not its weights)")
-    got = file_sha256(path)
-    if got != ref.get("sha256"):
-        raise CaffemodelError(f"{wf.source}: refers to its teacher {path}, which has changed since (SHA-256 "
-                              f"{got[:16]}... instead of {str(ref.get('sha256'))[:16]}...)")
+    path = referenced_teacher_file(ref, wf.source)
     teacher, _ = teacher_params(read_weight_file(path))
     layers = ref.get("layers")  # the teacher layers the run took from the file (a stage-1 net has no heads)
     params = OrderedDict(wf.params)
     params.update((k, v) for k, v in teacher.items() if layers is None or layer_of(k) in layers)
     return WeightFile(wf.source, wf.kind, params, wf.meta, f"{wf.note + ', ' if wf.note else ''}teacher from {path}")
+
+
+def teacher_params(wf: WeightFile) -> Tuple["OrderedDict[str, torch.Tensor]", str]:
+    """The teacher part of `wf` under the KD nets' names: a KD file's teacher layers as
+    they are, or a WSDDN's layers renamed (conv1_1 -> conv_wsd_1_1, fc6 -> fc_wsd_6, ...)."""
+    if any(is_teacher_layer(l) for l in wf.layers):
+        return (OrderedDict((k, v) for k, v in wf.params.items() if belongs_to_teacher(layer_of(k))),
+                "its teacher layers (KD names)")
+    out = OrderedDict()
+    for k, v in wf.params.items():
+        layer, _, i = k.rpartition("/")
+        out[f"{wsddn_to_kd_name(layer)}/{i}"] = v
+    return out, "a WSDDN: conv1_1 -> conv_wsd_1_1, fc6 -> fc_wsd_6, ..."
 
 
 def split_sources(weights) -> List[str]:
@@ -235,60 +258,25 @@ def split_sources(weights) -> List[str]:
     return items
 
 
-# ----------------------------------------------------------------------------- loading into a net
+# ----------------------------------------------------------------------------- writing
 
 
-def load_weights(net, source, strict: bool = False, rename=None) -> LoadReport:
-    """Copy weights into `net` (anything with ``params`` = {layer: [blobs]}) by layer
-    name: a caffemodel (path or NetParameter), a {'layer/i': tensor} dict, or any weight
-    file. `rename` maps the file's layer names to the net's (a dict or a callable)."""
-    if isinstance(source, proto.NetParameter):
-        rep = load_caffemodel(net, source, strict, rename)
-    elif isinstance(source, dict):
-        rep = load_param_dict(net, _renamed(source, rename), strict=strict)
-    else:
-        wf = read_weight_file(source)
-        rep = load_param_dict(net, _renamed(wf.params, rename), wf.source, strict)
-    if not rep.loaded and rep.unexpected:
-        raise _shares_no_layer(rep.source, "weights", rep.unexpected, list(net.params))
-    return rep
-
-
-def _renamed(d, rename):
-    fn = name_map(rename)
-    if fn is None:
-        return d
-    out = OrderedDict()
-    for k, v in d.items():
-        layer, _, i = k.rpartition("/")
-        out[f"{fn(layer)}/{i}"] = v
+def net_to_caffemodel(net) -> "proto.NetParameter":
+    """The net as a NetParameter with its layers (as built: phase-filtered, with splits)
+    and their learnable blobs, as Caffe's Net::ToProto writes it."""
+    out = proto.NetParameter()
+    out.name = net.name
+    for lp, module in zip(net.layer_params, net.layers.values()):
+        layer = out.layer.add()
+        layer.CopyFrom(lp)
+        del layer.blobs[:]
+        for p in module.caffe_blobs():
+            array_to_blob(p.detach().cpu().numpy(), layer.blobs.add())
     return out
 
 
-def net_params(model) -> "OrderedDict[str, list]":
-    """{Caffe layer: [blobs]} of a port (caffe_params()) or a CaffeNet (params)."""
-    if hasattr(model, "caffe_params"):
-        return model.caffe_params()
-    params = getattr(model, "params", None)
-    if isinstance(params, dict):
-        return params
-    raise TypeError(f"{type(model).__name__} has no Caffe layer names (expected a prototxt port or a CaffeNet)")
-
-
-class _View:
-    def __init__(self, params):
-        self.params = params
-
-
-def load_port(port, source, strict: bool = False, rename=None) -> LoadReport:
-    """load_weights into a prototxt port (prototxt_ports) by Caffe layer name: a
-    caffemodel (path or NetParameter), any weight file, or a {'layer/i': tensor} dict.
-    `rename` maps the file's layer names to the port's (e.g. wsddn_to_kd_name to load a
-    WSDDN into a KD net's teacher). Shapes must match (legacy 4-D blobs are reshaped like
-    Caffe does); `strict` raises on missing or unexpected layers."""
-    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
-        raise FileNotFoundError(f"{os.fspath(source)}: no such weights file")
-    return load_weights(_View(port.caffe_params()), source, strict=strict, rename=rename)
+def save_caffemodel(net, path) -> None:
+    write_binary(net_to_caffemodel(net), path)
 
 
 def port_to_caffemodel(port, name: Optional[str] = None) -> "proto.NetParameter":
@@ -308,122 +296,7 @@ def save_port_caffemodel(port, path, name: Optional[str] = None) -> None:
     write_binary(port_to_caffemodel(port, name), path)
 
 
-@dataclass
-class Loaded:
-    """One file's part in an initialisation."""
-
-    file: WeightFile
-    role: str               # "weights" or "teacher"
-    layers: List[str]       # net layers it wrote
-    ignored: List[str]      # its layers the net lacks
-    how: str = ""           # e.g. how teacher names were mapped
-
-
-@dataclass
-class InitReport:
-    """Which file each layer of the net came from, and which kept their initial values."""
-
-    loads: List[Loaded] = field(default_factory=list)
-    origin: "OrderedDict[str, str]" = field(default_factory=OrderedDict)
-    initial: List[str] = field(default_factory=list)
-
-    def lines(self) -> List[str]:
-        out = []
-        for ld in self.loads:
-            won = [l for l in ld.layers if self.origin.get(l) == ld.file.source]
-            lost = [l for l in ld.layers if l not in won]
-            s = f"{ld.role} {ld.file.describe()}: {len(won)} layer(s): {', '.join(won) or '-'}"
-            if ld.how:
-                s += f" [{ld.how}]"
-            if lost:
-                s += f"; later files replaced {', '.join(lost)}"
-            if ld.ignored:
-                s += f"; not in this net (ignored): {', '.join(ld.ignored)}"
-            out.append(s)
-        return out
-
-    def warning(self) -> Optional[str]:
-        """Which layers kept their initial values (when weights were given, or the teacher's)."""
-        untrained = [l for l in self.initial if is_teacher_layer(l)]
-        if not self.initial or not (self.loads or untrained):
-            return None
-        return (f"{len(self.initial)} layer(s) kept their initial values (their fillers; no weight file has them): "
-                f"{', '.join(self.initial)}" + ("; the teacher among them is untrained, as allowed" if untrained
-                                                 else ""))
-
-    def __str__(self) -> str:
-        w = self.warning()
-        return "\n".join(self.lines() + ([w] if w else []))
-
-
-def load_file(model_or_params, wf: WeightFile, role: str = "weights", params=None, how: str = "") -> Loaded:
-    """Copy `wf` (or the given subset `params`) into the net by layer name; a file that
-    shares no layer with the net is an error."""
-    target = model_or_params if isinstance(model_or_params, dict) else net_params(model_or_params)
-    d = wf.params if params is None else params
-    file_layers = list(OrderedDict.fromkeys(layer_of(k) for k in d))
-    if not any(l in target for l in file_layers):
-        raise _shares_no_layer(wf.source, role, file_layers, list(target))
-    rep = load_param_dict(_View(target), d, wf.source)
-    return Loaded(wf, role, rep.loaded, rep.unexpected, how)
-
-
-def _shares_no_layer(source: str, role: str, file_layers, net_layers) -> CaffemodelError:
-    return CaffemodelError(f"{source}: shares no layer name with the net ({role}); the file has "
-                           f"{_few(file_layers) or 'no layers'}, the net {_few(net_layers) or 'no learnable layers'}")
-
-
-def _few(names: Sequence[str], n: int = 6) -> str:
-    names = list(names)
-    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
-
-
-def teacher_params(wf: WeightFile) -> Tuple["OrderedDict[str, torch.Tensor]", str]:
-    """The teacher part of `wf` under the KD nets' names: a KD file's teacher layers as
-    they are, or a WSDDN's layers renamed (conv1_1 -> conv_wsd_1_1, fc6 -> fc_wsd_6, ...)."""
-    if any(is_teacher_layer(l) for l in wf.layers):
-        return (OrderedDict((k, v) for k, v in wf.params.items() if belongs_to_teacher(layer_of(k))),
-                "its teacher layers (KD names)")
-    out = OrderedDict()
-    for k, v in wf.params.items():
-        layer, _, i = k.rpartition("/")
-        out[f"{wsddn_to_kd_name(layer)}/{i}"] = v
-    return out, "a WSDDN: conv1_1 -> conv_wsd_1_1, fc6 -> fc_wsd_6, ..."
-
-
-def initialize_weights(model, weights=None, teacher=None, *, allow_untrained_teacher: bool = False,
-                       transform: Optional[tv.InputTransform] = None, strict: bool = False) -> InitReport:
-    """Initialise a port or CaffeNet from weight files.
-
-    weights: 'a,b' or a list; loaded in order by layer name, later files win.
-    teacher: a trained WSDDN (our checkpoint, a caffemodel, a KD file's teacher) for the
-      teacher layers (*_wsd_*) of a KD net; loaded last.
-    A KD net whose teacher layers keep their initial values is an error unless
-    `allow_untrained_teacher`. `transform` is the net's input transform (for
-    torchvision weights). `strict`: every layer of the net must come from a file."""
-    target = net_params(model)
-    report = InitReport()
-    for src in split_sources(weights):
-        wf = read_weight_file(src, transform)
-        report.loads.append(load_file(target, wf, "weights"))
-    if teacher is not None:
-        if not any(is_teacher_layer(l) for l in target):
-            raise CaffemodelError(f"{os.fspath(teacher)}: a teacher was given but this net has no teacher layers "
-                                  f"(*{TEACHER_MARK}*); the teacher is for the KD nets")
-        wf = read_weight_file(teacher, transform)
-        params, how = teacher_params(wf)
-        report.loads.append(load_file(target, wf, "teacher", params, how))
-    for ld in report.loads:
-        for l in ld.layers:
-            report.origin[l] = ld.file.source
-            report.origin.move_to_end(l)
-    report.initial = [l for l in target if l not in report.origin]
-    untrained = [l for l in report.initial if is_teacher_layer(l)]
-    if untrained and not allow_untrained_teacher:
-        raise CaffemodelError(
-            f"the teacher layers of this KD net would keep their initial values ({_few(untrained)}): give the "
-            f"trained WSDDN as the teacher (--teacher: our checkpoint or a caffemodel), or allow an untrained "
-            f"teacher explicitly (--allow-untrained-teacher)")
-    if strict and report.initial:
-        raise CaffemodelError(f"strict: no weight file has the layer(s) {_few(report.initial)}")
-    return report
+def save_param_dict(d, path) -> None:
+    """torch.save of the dict, atomically and with its SHA-256 beside it (mlic.integrity)."""
+    d = OrderedDict((k, v.detach().cpu()) for k, v in d.items())
+    write_with_hash(path, lambda f: torch.save(d, f), OutputError)

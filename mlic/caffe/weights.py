@@ -1,31 +1,35 @@
-"""Weights: caffemodel <-> CaffeNet <-> plain parameter dicts.
-
-A caffemodel's layers are matched to the net's by name (the last net layer of that
-name, as Caffe's CopyTrainedLayersFrom does). Blob shapes must match exactly; blobs
-written with the legacy num/channels/height/width fields match when the net's shape,
-padded with leading 1s to 4 axes, is the same (an InnerProduct weight stored as
-1 x 1 x out x in, a bias as 1 x 1 x 1 x out) and are reshaped on load.
+"""Weights into a net by layer name: a caffemodel's or a param dict's layers are matched to
+the net's (a CaffeNet's ``params``, a port's ``caffe_params()``) by name (the last net
+layer of that name, as Caffe's CopyTrainedLayersFrom does). Blob shapes must match
+exactly; blobs written with the legacy num/channels/height/width fields match when the
+net's shape, padded with leading 1s to 4 axes, is the same (an InnerProduct weight stored
+as 1 x 1 x out x in, a bias as 1 x 1 x 1 x out) and are reshaped on load.
 
 The plain parameter dict ("param dict") maps ``'<layer>/<i>'`` to the i-th learnable
 blob of that layer (Caffe's order: weight, then bias), the key convention of the
-reference cases; it is saved with torch.save.
+reference cases; mlic.caffe.weight_files reads any weight file as one.
+
+:func:`initialize_weights` is what training does with ``--weights a,b --teacher t``:
+the files load in order by layer name (later files win, as Caffe's ``-weights a,b``),
+then the teacher onto the KD net's teacher layers (``*_wsd_*``), and the report says
+which layer came from which file.
 """
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from mlic.caffe import proto
+from mlic.caffe import torchvision_vgg as tv
 from mlic.caffe.errors import CaffemodelError
-from mlic.caffe.io import (StoredLayer, array_to_blob, blob_to_array, caffemodel_layers, is_legacy_blob,
-                           read_caffemodel, write_binary)
-from mlic.errors import OutputError
-from mlic.integrity import write_with_hash
+from mlic.caffe.io import StoredLayer, blob_to_array, caffemodel_layers, is_legacy_blob, read_caffemodel
+from mlic.caffe.teacher import TEACHER_MARK, is_teacher_layer, referenced_teacher_file
+from mlic.caffe.weight_files import WeightFile, layer_of, read_weight_file, split_sources, teacher_params
 
 
 @dataclass
@@ -59,10 +63,6 @@ def _legacy_matches(target: tuple, stored: tuple) -> bool:
     return padded == tuple(stored)
 
 
-def _net_layers_by_name(net) -> Dict[str, str]:
-    return {lp.name: lp.type for lp in net.layer_params}
-
-
 def _copy_blobs(net, layer_name: str, arrays: List[np.ndarray], legacy: List[bool], source: str) -> None:
     targets = net.params[layer_name]
     if len(arrays) != len(targets):
@@ -94,11 +94,22 @@ def name_map(rename):
     return lambda n: rename.get(n, n)
 
 
-def _renamed(stored: List[StoredLayer], rename) -> List[StoredLayer]:
+def _renamed_layers(stored: List[StoredLayer], rename) -> List[StoredLayer]:
     fn = name_map(rename)
     if fn is None:
         return stored
     return [StoredLayer(fn(sl.name), sl.type, sl.blobs) for sl in stored]
+
+
+def _renamed_params(d, rename):
+    fn = name_map(rename)
+    if fn is None:
+        return d
+    out = OrderedDict()
+    for k, v in d.items():
+        layer, _, i = k.rpartition("/")
+        out[f"{fn(layer)}/{i}"] = v
+    return out
 
 
 def load_caffemodel(net, source, strict: bool = False, rename=None) -> LoadReport:
@@ -111,7 +122,7 @@ def load_caffemodel(net, source, strict: bool = False, rename=None) -> LoadRepor
     else:
         name = os.fspath(source)
         msg = read_caffemodel(name)
-    stored = _renamed(caffemodel_layers(msg), rename)
+    stored = _renamed_layers(caffemodel_layers(msg), rename)
     by_name: Dict[str, StoredLayer] = {}
     for sl in stored:
         by_name[sl.name] = sl  # like Caffe, a later layer of the same name wins
@@ -134,61 +145,6 @@ def load_caffemodel(net, source, strict: bool = False, rename=None) -> LoadRepor
     if strict and (report.missing or report.unexpected):
         raise CaffemodelError(f"strict load failed:\n{report}")
     return report
-
-
-def net_to_caffemodel(net) -> "proto.NetParameter":
-    """The net as a NetParameter with its layers (as built: phase-filtered, with splits)
-    and their learnable blobs, as Caffe's Net::ToProto writes it."""
-    out = proto.NetParameter()
-    out.name = net.name
-    for lp, module in zip(net.layer_params, net.layers.values()):
-        layer = out.layer.add()
-        layer.CopyFrom(lp)
-        del layer.blobs[:]
-        for p in module.caffe_blobs():
-            array_to_blob(p.detach().cpu().numpy(), layer.blobs.add())
-    return out
-
-
-def save_caffemodel(net, path) -> None:
-    write_binary(net_to_caffemodel(net), path)
-
-
-# ----------------------------------------------------------------------------- param dicts
-
-
-def _normalize_legacy(layer_type: str, index: int, shape: tuple, legacy: bool) -> tuple:
-    """Modern shape of a legacy 4-D blob, without a net to ask: InnerProduct weights
-    become (out, in), biases (out,); other blobs keep their 4-D shape."""
-    if not legacy:
-        return shape
-    if layer_type == "InnerProduct" and index == 0 and shape[0] == 1 and shape[1] == 1:
-        return (shape[2], shape[3])
-    if index == 1 and layer_type in ("InnerProduct", "Convolution", "Deconvolution") and shape[:3] == (1, 1, 1):
-        return (shape[3],)
-    return shape
-
-
-def caffemodel_to_param_dict(source) -> "OrderedDict[str, torch.Tensor]":
-    """{'layer/i': tensor} straight from a caffemodel (no net needed)."""
-    if isinstance(source, proto.NetParameter):
-        name, msg = "<NetParameter>", source
-    else:
-        name = os.fspath(source)
-        msg = read_caffemodel(name)
-    out = OrderedDict()
-    for sl in caffemodel_layers(msg):
-        for i, b in enumerate(sl.blobs):
-            a = blob_to_array(b, f"{name}: layer '{sl.name}' blob {i}")
-            shape = _normalize_legacy(sl.type, i, tuple(a.shape), is_legacy_blob(b))
-            out[f"{sl.name}/{i}"] = torch.from_numpy(a.reshape(shape).copy())
-    return out
-
-
-def save_param_dict(d, path) -> None:
-    """torch.save of the dict, atomically and with its SHA-256 beside it (mlic.integrity)."""
-    d = OrderedDict((k, v.detach().cpu()) for k, v in d.items())
-    write_with_hash(path, lambda f: torch.save(d, f), OutputError)
 
 
 def load_param_dict(net, d, source: str = "<param dict>", strict: bool = False) -> LoadReport:
@@ -218,3 +174,159 @@ def load_param_dict(net, d, source: str = "<param dict>", strict: bool = False) 
     if strict and (report.missing or report.unexpected):
         raise CaffemodelError(f"strict load failed:\n{report}")
     return report
+
+
+def load_weights(net, source, strict: bool = False, rename=None) -> LoadReport:
+    """Copy weights into `net` (anything with ``params`` = {layer: [blobs]}) by layer
+    name: a caffemodel (path or NetParameter), a {'layer/i': tensor} dict, or any weight
+    file. `rename` maps the file's layer names to the net's (a dict or a callable)."""
+    if isinstance(source, proto.NetParameter):
+        rep = load_caffemodel(net, source, strict, rename)
+    elif isinstance(source, dict):
+        rep = load_param_dict(net, _renamed_params(source, rename), strict=strict)
+    else:
+        wf = read_weight_file(source)
+        rep = load_param_dict(net, _renamed_params(wf.params, rename), wf.source, strict)
+    if not rep.loaded and rep.unexpected:
+        raise _shares_no_layer(rep.source, "weights", rep.unexpected, list(net.params))
+    return rep
+
+
+def net_params(model) -> "OrderedDict[str, list]":
+    """{Caffe layer: [blobs]} of a port (caffe_params()) or a CaffeNet (params)."""
+    if hasattr(model, "caffe_params"):
+        return model.caffe_params()
+    params = getattr(model, "params", None)
+    if isinstance(params, dict):
+        return params
+    raise TypeError(f"{type(model).__name__} has no Caffe layer names (expected a prototxt port or a CaffeNet)")
+
+
+class _View:
+    def __init__(self, params):
+        self.params = params
+
+
+def load_port(port, source, strict: bool = False, rename=None) -> LoadReport:
+    """load_weights into a prototxt port (prototxt_ports) by Caffe layer name: a
+    caffemodel (path or NetParameter), any weight file, or a {'layer/i': tensor} dict.
+    `rename` maps the file's layer names to the port's (e.g. wsddn_to_kd_name to load a
+    WSDDN into a KD net's teacher). Shapes must match (legacy 4-D blobs are reshaped like
+    Caffe does); `strict` raises on missing or unexpected layers."""
+    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
+        raise FileNotFoundError(f"{os.fspath(source)}: no such weights file")
+    return load_weights(_View(port.caffe_params()), source, strict=strict, rename=rename)
+
+
+@dataclass
+class Loaded:
+    """One file's part in an initialisation."""
+
+    file: WeightFile
+    role: str               # "weights" or "teacher"
+    layers: List[str]       # net layers it wrote
+    ignored: List[str]      # its layers the net lacks
+    how: str = ""           # e.g. how teacher names were mapped
+
+
+@dataclass
+class InitReport:
+    """Which file each layer of the net came from, and which kept their initial values."""
+
+    loads: List[Loaded] = field(default_factory=list)
+    origin: "OrderedDict[str, str]" = field(default_factory=OrderedDict)
+    initial: List[str] = field(default_factory=list)
+
+    def lines(self) -> List[str]:
+        out = []
+        for ld in self.loads:
+            won = [l for l in ld.layers if self.origin.get(l) == ld.file.source]
+            lost = [l for l in ld.layers if l not in won]
+            s = f"{ld.role} {ld.file.describe()}: {len(won)} layer(s): {', '.join(won) or '-'}"
+            if ld.how:
+                s += f" [{ld.how}]"
+            if lost:
+                s += f"; later files replaced {', '.join(lost)}"
+            if ld.ignored:
+                s += f"; not in this net (ignored): {', '.join(ld.ignored)}"
+            out.append(s)
+        return out
+
+    def warning(self) -> Optional[str]:
+        """Which layers kept their initial values (when weights were given, or the teacher's)."""
+        untrained = [l for l in self.initial if is_teacher_layer(l)]
+        if not self.initial or not (self.loads or untrained):
+            return None
+        return (f"{len(self.initial)} layer(s) kept their initial values (their fillers; no weight file has them): "
+                f"{', '.join(self.initial)}" + ("; the teacher among them is untrained, as allowed" if untrained
+                                                 else ""))
+
+    def __str__(self) -> str:
+        w = self.warning()
+        return "\n".join(self.lines() + ([w] if w else []))
+
+
+def load_file(model_or_params, wf: WeightFile, role: str = "weights", params=None, how: str = "") -> Loaded:
+    """Copy `wf` (or the given subset `params`) into the net by layer name; a file that
+    shares no layer with the net is an error."""
+    target = model_or_params if isinstance(model_or_params, dict) else net_params(model_or_params)
+    d = wf.params if params is None else params
+    file_layers = list(OrderedDict.fromkeys(layer_of(k) for k in d))
+    if not any(l in target for l in file_layers):
+        raise _shares_no_layer(wf.source, role, file_layers, list(target))
+    rep = load_param_dict(_View(target), d, wf.source)
+    return Loaded(wf, role, rep.loaded, rep.unexpected, how)
+
+
+def _shares_no_layer(source: str, role: str, file_layers, net_layers) -> CaffemodelError:
+    return CaffemodelError(f"{source}: shares no layer name with the net ({role}); the file has "
+                           f"{_few(file_layers) or 'no layers'}, the net {_few(net_layers) or 'no learnable layers'}")
+
+
+def _few(names: Sequence[str], n: int = 6) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def initialize_weights(model, weights=None, teacher=None, *, allow_untrained_teacher: bool = False,
+                       transform: Optional[tv.InputTransform] = None, strict: bool = False) -> InitReport:
+    """Initialise a port or CaffeNet from weight files.
+
+    weights: 'a,b' or a list; loaded in order by layer name, later files win.
+    teacher: a trained WSDDN (our checkpoint, a caffemodel, a KD file's teacher) for the
+      teacher layers (*_wsd_*) of a KD net; loaded last.
+    A KD net whose teacher layers keep their initial values is an error unless
+    `allow_untrained_teacher`. `transform` is the net's input transform (for
+    torchvision weights). `strict`: every layer of the net must come from a file."""
+    target = net_params(model)
+    report = InitReport()
+    for src in split_sources(weights):
+        wf = read_weight_file(src, transform)
+        report.loads.append(load_file(target, wf, "weights"))
+    if teacher is not None:
+        if not any(is_teacher_layer(l) for l in target):
+            raise CaffemodelError(f"{os.fspath(teacher)}: a teacher was given but this net has no teacher layers "
+                                  f"(*{TEACHER_MARK}*); the teacher is for the KD nets")
+        wf = read_weight_file(teacher, transform)
+        params, how = teacher_params(wf)
+        report.loads.append(load_file(target, wf, "teacher", params, how))
+    for ld in report.loads:
+        for l in ld.layers:
+            report.origin[l] = ld.file.source
+            report.origin.move_to_end(l)
+    report.initial = [l for l in target if l not in report.origin]
+    untrained = [l for l in report.initial if is_teacher_layer(l)]
+    if untrained and not allow_untrained_teacher:
+        raise CaffemodelError(
+            f"the teacher layers of this KD net would keep their initial values ({_few(untrained)}): give the "
+            f"trained WSDDN as the teacher (--teacher: our checkpoint or a caffemodel), or allow an untrained "
+            f"teacher explicitly (--allow-untrained-teacher)")
+    if strict and report.initial:
+        raise CaffemodelError(f"strict: no weight file has the layer(s) {_few(report.initial)}")
+    return report
+
+
+def load_referenced_teacher(model, ref: dict, what: str) -> InitReport:
+    """Loads the teacher a KD checkpoint refers to (by path) into the net's teacher layers,
+    after checking that the file is still the one it was trained with (SHA-256)."""
+    return initialize_weights(model, None, referenced_teacher_file(ref, what))

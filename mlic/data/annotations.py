@@ -18,10 +18,10 @@ Three formats, told apart by :func:`read_ground_truth`:
 Every box is mapped into the network's frame (the datalist frame, new_width x new_height,
 e.g. 672 x 672) the way the proposals were: ``x * new_width / width`` (and y alike) with
 the image size the annotation file gives, then clipped to the frame
-(:func:`mlic.data.builders.map_boxes_to_frame`). Datalist lines are matched to annotated
+(:func:`mlic.data.proposals.map_boxes_to_frame`). Datalist lines are matched to annotated
 images by path, else by file name; a line without annotation is an error naming it, and so
 are annotations matched by file name to images in other folders (another split's file).
-Errors are :class:`~mlic.data.builders.DatasetFormatError` naming the file.
+Errors are :class:`~mlic.data.datalist.DatasetFormatError` naming the file.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mlic.data.builders import DatasetFormatError, map_boxes_to_frame
+from mlic.data.datalist import DatasetFormatError
+from mlic.data.proposals import map_boxes_to_frame
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -181,13 +182,6 @@ def _frame_boxes(boxes: np.ndarray, width, height, frame, path, what: str) -> np
     return map_boxes_to_frame(boxes, w, h, frame[0], frame[1])
 
 
-def coco_ground_truth(path, datalist, frame: Tuple[int, int], class_names: Optional[Sequence[str]] = None,
-                      num_classes: Optional[int] = None) -> GroundTruthImages:
-    """Ground truth of the datalist's images from a COCO instances JSON (see the module docstring)."""
-    path = Path(path)
-    return _coco_from_dict(_load_json(path), path, datalist, frame, class_names, num_classes)
-
-
 def _coco_from_dict(data, path, datalist, frame, class_names, num_classes) -> GroundTruthImages:
     if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
         raise _err(path, "not a COCO instances file (needs 'images', 'annotations' and 'categories')")
@@ -286,14 +280,6 @@ def voc_ground_truth(folder, datalist, frame: Tuple[int, int], class_names: Opti
         out.append({"boxes": b, "labels": np.array(labels, dtype=np.int64),
                     "difficult": np.array(difficult, dtype=bool)})
     return GroundTruthImages(out, order, "voc", str(folder))
-
-
-def synthetic_ground_truth(path, datalist, frame: Tuple[int, int], class_names: Optional[Sequence[str]] = None,
-                           num_classes: Optional[int] = None) -> GroundTruthImages:
-    """Ground truth from the synthetic benchmark's ``gt_<split>.json``."""
-    path = Path(path)
-    data = _load_json(path)
-    return _synthetic_from_dict(data, path, datalist, frame, class_names, num_classes)
 
 
 def _synthetic_from_dict(data, path, datalist, frame, class_names, num_classes) -> GroundTruthImages:

@@ -1,4 +1,4 @@
-"""Reader for the HumanAttData datalist format (SPEC section 2).
+"""The HumanAttData datalist format (SPEC section 2): reading a list, writing a line.
 
 One image per line, fields separated by whitespace::
 
@@ -9,7 +9,8 @@ new_width x new_height frame, then the proposal score). Every line must have exa
 1 + C + 5B fields. Values are kept as float32, the precision Caffe's layer stores them in.
 
 Every problem is reported as a :class:`DatalistError` (a ``ValueError``) naming the file
-and the 1-based line number.
+and the 1-based line number; a file a list is built from (annotations, images, proposals)
+that cannot be used, as a :class:`DatasetFormatError`.
 """
 from __future__ import annotations
 
@@ -65,6 +66,10 @@ class DatalistError(ValueError):
 
     def __reduce__(self):  # keep the attributes when raised inside a DataLoader worker
         return (type(self), (self.file, self.line, self.reason))
+
+
+class DatasetFormatError(ValueError):
+    """An annotation, image or proposal file cannot be used (missing or not of the expected layout)."""
 
 
 class ImageReadError(DatalistError):
@@ -413,6 +418,18 @@ def _infer(rows, leading, line_votes, line_numbers, tokens_of, att_num, bbox_num
         log.warning("%s:%d has a box with x1 > x2 or y1 > y2 in every reading; it is read as the others are (%s)",
                     source, line_numbers[unordered], _layout(c, (n - c) // 5))
     return c, (n - c) // 5
+
+
+def format_line(path: str, labels: Sequence[int], boxes: np.ndarray, decimals: int = 2,
+                score_decimals: int = 4) -> str:
+    """One datalist line (no newline). Rejects paths the space-separated format cannot hold."""
+    if not path or any(c.isspace() for c in path):
+        raise ValueError(f"image path {path!r} is empty or contains whitespace, which the datalist "
+                         "format cannot represent")
+    parts = [path] + [str(int(v)) for v in labels]
+    for b in np.asarray(boxes, dtype=np.float64).reshape(-1, 5):
+        parts += [f"{v:.{decimals}f}" for v in b[:4]] + [f"{b[4]:.{score_decimals}f}"]
+    return " ".join(parts)
 
 
 def read_datalist(source: PathLike, att_num: Optional[int] = None, bbox_num: Optional[int] = None,

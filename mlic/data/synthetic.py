@@ -28,7 +28,7 @@ boxes (each object is missed with probability ``proposal_miss``, as a method wit
 recall would), and random boxes. Every candidate gets an objectness score from the image
 alone (gradient energy on the box's inner border versus just outside it, as Edge Boxes
 rewards closed contours), and the top ``bbox_num`` by score are kept (padding as in
-:mod:`mlic.data.builders`).
+:mod:`mlic.data.proposals`).
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from mlic.data.builders import format_line, map_boxes_to_frame, select_proposals
+from mlic.data.datalist import format_line
+from mlic.data.proposals import map_boxes_to_frame, select_proposals
 from mlic.data.workers import OrderedProcessMap, clean_context
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "hollow_square", "crescent",

@@ -11,7 +11,7 @@ import torch
 
 from mlic.caffe.io import read_solver
 from mlic.caffe.net import CaffeNet
-from mlic.caffe.weights import save_caffemodel
+from mlic.caffe.weight_files import save_caffemodel
 from mlic.engine.checkpoint import atomic_save, load_checkpoint
 from mlic.engine.hooks import HookBase
 from mlic.engine.trainer import Trainer

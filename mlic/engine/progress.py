@@ -16,7 +16,7 @@ def _hms(seconds: float) -> str:
 
 
 class Progress:
-    """update(n, postfix) as the loop advances, close() at the end.
+    """update(n, postfix) as the loop advances, close() at the end; rate() the items per second.
 
     On a terminal (`stream.isatty()`): a tqdm bar. Otherwise: one line through `emit` (by
     default printed to the stream) at most every `every` items or `interval` seconds,
@@ -44,9 +44,9 @@ class Progress:
                              dynamic_ncols=True, leave=True)
 
     def update(self, n: int = 1, postfix: Optional[Dict[str, str]] = None) -> None:
+        self.count += n
         if not self.enabled:
             return
-        self.count += n
         if self._bar is not None:
             self._bar.update(n)
             if postfix:
@@ -69,6 +69,11 @@ class Progress:
         extra = "".join(f", {k} {v}" for k, v in (postfix or {}).items())
         head = f"{self.desc}: " if self.desc else ""
         return f"{head}{self.count}/{self.total} {self.unit}{pct}{extra}; {_hms(elapsed)} elapsed{eta}"
+
+    def rate(self) -> float:
+        """Items per second since the start, the initial ones not counted."""
+        elapsed = time.monotonic() - self._start
+        return (self.count - self._start_count) / elapsed if elapsed > 0 else 0.0
 
     def close(self) -> None:
         if self._bar is not None:

@@ -277,11 +277,6 @@ def single_scale_rois(rois: torch.Tensor, single_scale: float, origin_scale: flo
     return torch.cat([rois[:, :1].detach(), c, rois[:, 5:].detach()], 1)
 
 
-def wsd_roigen_single_scale(list_roi: torch.Tensor, single_scale: float, origin_scale: float) -> torch.Tensor:
-    """WsdRoigenSingleScale: WsdRoigen with coordinates floor(single_scale * x / origin_scale)."""
-    return single_scale_rois(wsd_roigen(list_roi), single_scale, origin_scale)
-
-
 # ----------------------------------------------------------------------------- Scale, fillers
 
 

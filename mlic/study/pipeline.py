@@ -85,7 +85,7 @@ CORE_ARMS = [RELEASED, PAPER_L2, Arm(teacher="frozen"), Arm(stage1="skip"), Arm(
 MAIN_ARMS = CORE_ARMS + [Arm(stage1="convs"), Arm("l2", "frozen", "convs", "topk")]
 # "decide": what says whether the teacher helps beyond the training budget: the released
 # recipe at both soft-scale lr_mults (10 as released, 1), the paper's L2 (all regions and the top-k), the large preset's best arm of the
-# earlier grid (soft-CE, stage 1 on convs+fc over the top-k regions) with either teacher,
+# full grid (soft-CE, stage 1 on convs+fc over the top-k regions) with either teacher,
 # and no stage 1 (with the student alone at both budgets, and the budget sweep)
 DECIDE_ARMS = [RELEASED_SOFT_SCALE, Arm(regions="topk"), PAPER_L2, Arm(teacher="frozen", regions="topk"),
                Arm("l2", regions="topk"), Arm(soft_scale=1.0), Arm(stage1="skip")]
@@ -174,7 +174,7 @@ class SeedPlan:
             data=DataConfig(train=self.data.fit, root_folder=self.data.root, num_classes=p.classes,
                             batch_size=p.batch, input_scale=p.input_scale, image_cache_mb=IMAGE_CACHE_MB),
             solver=SolverConfig(base_lr=rate, momentum=0.9, weight_decay=0.0005, max_iter=it),
-            # KD runs keep their teacher in final.pt: under caffe-decay it is not the file's any more
+            # KD runs keep their teacher in final.pt: under caffe-decay it moves away from the file's
             # (the diagnosis measures how far it moved)
             run=RunConfig(checkpoint_period=it, keep_checkpoints=1, seed=self.seed, tensorboard=False,
                           progress=False, embed_teacher=teacher is not None))

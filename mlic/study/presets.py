@@ -94,7 +94,7 @@ PRESETS: Dict[str, Preset] = {
     "large": Preset(
         name="large", classes=12, train_images=3000, test_images=1000, val_fraction=0.15, proposals=100,
         teacher_size=192, student_size=64, body=_SMALL_BODY, fc_dim=128, pooled=2, topk=25, batch=8,
-        # the teacher trains 3,000 iterations: at 1,500 its CorLoc was 32 %, 7 points above the
+        # the teacher trains 3,000 iterations: at 1,500 its CorLoc is 32 %, 7 points above the
         # proposal source's own top box (docs/study.md)
         iters=dict(pretrain=800, wsddn=3000, stage1=400, stage2=1000, student=1000),
         base_lr=dict(pretrain=0.001, wsddn=0.01, stage1=0.0001, stage2=0.01, student=0.01),

@@ -1,29 +1,27 @@
-"""Testing: `evaluate(cfg)` (per-image scores, SPEC section 6 metrics, pictures) and
-tools/test.py's command line, which maps its flags onto an EvalConfig."""
+"""Testing: `evaluate(cfg)` (per-image scores, SPEC section 6 metrics, pictures);
+tools/test.py's flags map onto an EvalConfig in mlic.cli.test."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict
 
 import numpy as np
 import torch
 
 from mlic.caffe.student_export import build_student, student_export
-from mlic.caffe.weight_files import (STUDENT_FORMAT, WeightFile, check_finite, state_dict_to_param_dict,
-                                     torch_load)
+from mlic.caffe.teacher import is_teacher_key
+from mlic.caffe.weight_files import STUDENT_FORMAT, WeightFile, check_finite, state_dict_to_param_dict, torch_load
+from mlic.caffe.weights import load_referenced_teacher
 from mlic.data import BatchSpec, HumanAttDataConfig, HumanAttDataset, read_datalist
-from mlic.data.annotations import GT_FORMAT_HELP, read_ground_truth
+from mlic.data.annotations import read_ground_truth
 from mlic.evaluation import evaluate_detection, evaluate_multilabel, save_scores, tie_warning, tied_fraction
 from mlic.engine.progress import Progress
 from mlic.errors import UserInputError
-from mlic.training.cli import run_tool
 from mlic.training.config import BGR_MEAN, RELEASED_SCALES, EvalConfig
 from mlic.training.tasks import Switches, build_task
-from mlic.training.weights import is_teacher_key, load_referenced_teacher
 from prototxt_ports import NetConfig
 
 log = logging.getLogger("mlic.test")
@@ -59,9 +57,12 @@ def load_trained(weights: str, device: str = "cpu"):
                              f"unexpected {unexpected[:5]})")
     if teacher_keys:  # a KD checkpoint that refers to its teacher
         try:
-            load_referenced_teacher(task.model, meta["teacher"], str(path))
+            init = load_referenced_teacher(task.model, meta["teacher"], str(path))
         except UserInputError as exc:
             log.warning("%s; only the student is loaded (all that testing uses)", exc)
+        else:
+            for line in init.lines():
+                log.info("%s", line)
     task.model.eval()
     return task, meta
 
@@ -173,34 +174,3 @@ def read_class_names(path: str):
     except (OSError, UnicodeDecodeError) as exc:
         raise UserInputError(f"--class-names: cannot read {path} ({getattr(exc, 'strerror', None) or exc})") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def add_test_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--weights", help="final.pt or a checkpoint written by tools/train.py, or a student export "
-                   "(tools/convert_caffemodel.py RUN/final.pt student.pt --student) (required)")
-    p.add_argument("--datalist", help="test datalist (image labels... x1 y1 x2 y2 s ...; required)")
-    p.add_argument("--root-folder", default="", help="prefix of the image paths (Caffe's root_folder)")
-    p.add_argument("--out", help="folder for scores.csv, metrics.json and figures")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward")
-    p.add_argument("--multiscale", action="store_true",
-                   help="teacher: fuse the 5 training scales and their mirrors (default: one forward at 672)")
-    p.add_argument("--gt", help="ground-truth boxes for CorLoc and detection AP: " + GT_FORMAT_HELP)
-    p.add_argument("--class-names", help="text file, one class name per line")
-    p.add_argument("--figures", action="store_true", help="write precision-recall curves")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
-    return p
-
-
-def config_from_args(args) -> EvalConfig:
-    return EvalConfig(weights=args.weights, datalist=args.datalist, root_folder=args.root_folder, out=args.out,
-                      batch_size=args.batch_size, multiscale=args.multiscale, gt=args.gt,
-                      class_names=args.class_names, figures=args.figures, device=args.device,
-                      progress=not args.quiet)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """tools/test.py: 0 on success, 2 for bad input (one sentence on stderr)."""
-    args = add_test_arguments(argparse.ArgumentParser(description="Test a trained stage.")).parse_args(argv)
-    return run_tool("test.py", lambda: evaluate(config_from_args(args)), debug=args.debug)

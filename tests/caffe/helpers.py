@@ -19,7 +19,7 @@ def released_prototxt(folder, name):
 
 def train(data, out, *args, iters=2, base_lr=0.01, seed=6):
     """tools/train.py on the small data; the path of final.pt."""
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     assert main(["--datalist", data["train"], "--root-folder", data["root_folder"], "--out", str(out),
                  "--batch-size", "2", "--max-iter", str(iters), "--base-lr", str(base_lr), "--seed", str(seed),

@@ -6,7 +6,8 @@ import sys
 
 import numpy as np
 
-from mlic.compare import compare_arrays, compare_case, main
+from mlic.cli.compare import main
+from mlic.compare import compare_arrays, compare_case
 from tests.conftest import REPO
 
 PROTO = """force_backward: true

@@ -12,10 +12,11 @@ import torch
 
 from mlic import _ext
 from mlic.caffe import CaffeNet
-from mlic.caffe.convert import main as convert
+from mlic.cli.convert import main as convert
 from mlic.caffe.io import read_caffemodel
 from mlic.caffe.weight_files import read_weight_file
-from mlic.caffe.weights import caffemodel_to_param_dict, load_param_dict
+from mlic.caffe.weight_files import caffemodel_to_param_dict
+from mlic.caffe.weights import load_param_dict
 from tests.caffe.helpers import PORT_NET, STUDENT, released_prototxt, train
 from tests.conftest import REPO
 from tests.ports.helpers import SMALL
@@ -63,7 +64,7 @@ def _scores(path):
 
 
 def _test_tool(weights, kd_data, out):
-    from mlic.training.test import main
+    from mlic.cli.test import main
 
     assert main(["--weights", str(weights), "--datalist", kd_data["test"], "--root-folder", kd_data["root_folder"],
                  "--out", str(out), "--batch-size", "2"]) == 0

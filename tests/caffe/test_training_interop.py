@@ -13,7 +13,7 @@ RUN = ["--max-iter", "1", "--base-lr", "0", "--seed", "3", "--no-tensorboard", "
 
 
 def _run_prototxt(proto, kd_data, out, *extra):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     return main(["--prototxt", str(proto), "--datalist", kd_data["train"], "--root-folder", kd_data["root_folder"],
                  "--out", str(out), *RUN, *extra])
@@ -41,7 +41,7 @@ def test_released_kd_prototxt_takes_the_teacher(kd_data, kd_teacher, tmp_path, s
 
 
 def test_kd_prototxt_without_teacher_is_refused_unless_asked(kd_data, tmp_path, capsys):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     proto = released_prototxt(tmp_path, "train_stage1")
     capsys.readouterr()
@@ -64,7 +64,7 @@ def test_several_weight_files_and_a_caffemodel_teacher(kd_data, kd_teacher, tmp_
     """Stage 2 through the released prototxt from stage 1's final.pt and a student's, the
     teacher as a caffemodel exported from our checkpoint: later --weights files win, the
     teacher is loaded last, and the log says which layer came from which file."""
-    from mlic.caffe.convert import main as convert
+    from mlic.cli.convert import main as convert
 
     s1_final = tmp_path / "s1" / "final.pt"
     s1 = _train_prototxt(released_prototxt(tmp_path, "train_stage1"), kd_data, tmp_path / "s1", "--teacher",

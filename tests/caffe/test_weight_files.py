@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from mlic.caffe import CaffeNet
 from mlic.caffe.errors import CaffemodelError
 from mlic.caffe.torchvision_vgg import InputTransform, VGG16_FILE, fold_input_convention
-from mlic.caffe.weight_files import initialize_weights, read_weight_file, state_dict_to_param_dict
-from mlic.caffe.weights import save_caffemodel, save_param_dict
+from mlic.caffe.weight_files import read_weight_file, save_caffemodel, save_param_dict, state_dict_to_param_dict
+from mlic.caffe.weights import initialize_weights
 from prototxt_ports import WSDDN, KDStage1, KDStage2, Student, wsddn_to_kd_name
 from tests.ports.helpers import small_cfg, small_prototxt
-from mlic.caffe.weight_files import load_port, save_port_caffemodel
+from mlic.caffe.weight_files import save_port_caffemodel
+from mlic.caffe.weights import load_port
 
 RELEASED_MEAN = (103.52, 116.28, 123.675)
 

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from mlic.caffe import CaffeNet, proto
-from mlic.caffe.convert import main as convert_main
+from mlic.cli.convert import main as convert_main
 from mlic.caffe.errors import CaffemodelError
 from mlic.caffe.io import read_caffemodel
-from mlic.caffe.weight_files import load_weights, read_weight_file
-from mlic.caffe.weights import caffemodel_to_param_dict, load_caffemodel, net_to_caffemodel, save_caffemodel, save_param_dict
+from mlic.caffe.weight_files import (caffemodel_to_param_dict, net_to_caffemodel, read_weight_file, save_caffemodel,
+                                     save_param_dict)
+from mlic.caffe.weights import load_caffemodel, load_weights
 
 NET = """name: "w"
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }

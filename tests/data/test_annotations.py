@@ -6,7 +6,8 @@ import pytest
 
 from mlic.data import parse_datalist_text
 from mlic.data.annotations import VOC_CLASSES, read_ground_truth
-from mlic.data.builders import DatasetFormatError, coco_multilabels
+from mlic.data.datalist import DatasetFormatError
+from mlic.data.labelsets import coco_multilabels
 
 # COCO 2014's 80 category ids: 1..90 with gaps
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]

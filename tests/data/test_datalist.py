@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlic.data import DatalistError, ImageReadError, parse_datalist_text, read_datalist
+from mlic.data.datalist import format_line
 from mlic.data.human_att_data import HumanAttDataConfig, HumanAttDataset
 
 
@@ -339,3 +340,9 @@ def test_fuzz_whole_text_with_inference(text):
     assert dl.labels.shape == (len(dl), dl.att_num)
     assert dl.boxes.shape == (len(dl), dl.bbox_num, 5)
     assert np.isfinite(dl.boxes).all()
+
+
+def test_format_line_rejects_spaces():
+    assert format_line("a.jpg", [1, 0], np.array([[1, 2, 3, 4, 0.5]])) == "a.jpg 1 0 1.00 2.00 3.00 4.00 0.5000"
+    with pytest.raises(ValueError, match="whitespace"):
+        format_line("my pic.jpg", [1], np.zeros((1, 5)))

@@ -9,9 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
+from mlic.cli.make_datalist import main as make_datalist_main
 from mlic.data import read_datalist
-from mlic.data.builders import (ConsoleProgress, DatasetFormatError, SelectiveSearchProposals, build_datalist,
-                                coco_multilabels, shard_bounds)
+from mlic.data.datalist import DatasetFormatError
+from mlic.data.datalist_writer import build_datalist, shard_bounds
+from mlic.data.labelsets import coco_multilabels, nuswide_multilabels
+from mlic.data.proposals import PrecomputedProposals, SelectiveSearchProposals, save_proposals_npz
+from tests.data.helpers import write_coco, write_nuswide
 
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 9
@@ -141,7 +145,7 @@ def test_tool_workers_failure_and_resume(coco, tmp_path, capsys):
     assert _main(*args) == 0
     out, err = capsys.readouterr()
     assert "resuming: 6 of 9 images already done" in err
-    assert "9/9 images (100.0%)" in err  # plain progress lines when stderr is not a terminal
+    assert "9/9 images (100%)" in err  # plain progress lines when stderr is not a terminal
     assert "wrote 9 lines" in out and "with 2 workers" in out
     assert (tmp_path / "l.txt").read_bytes() == ref
     assert _main(*args[:-2], "--shard", "2/3", "--out", tmp_path / "s2.txt") == 0
@@ -150,13 +154,8 @@ def test_tool_workers_failure_and_resume(coco, tmp_path, capsys):
 
 
 def _main(*args):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_datalist_tool", REPO / "tools" / "make_datalist.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     try:
-        return tool.main([str(a) for a in args])
+        return make_datalist_main([str(a) for a in args])
     except SystemExit as exc:  # argparse's own errors
         return exc.code
 
@@ -182,14 +181,66 @@ def test_edge_boxes_without_the_model_says_where_to_get_it(coco, tmp_path, capsy
     assert "from OpenCV's opencv_extra repository, testdata/cv/ximgproc/model.yml.gz" in err
 
 
-def test_console_progress_plain_lines(capsys):
-    import io
+def test_precomputed_npz_and_build_coco_datalist(tmp_path):
+    inst = write_coco(tmp_path)
+    names = ["COCO_train2014_000000000007.jpg", "COCO_train2014_000000000009.jpg", "COCO_train2014_000000000042.jpg"]
+    save_proposals_npz(str(tmp_path / "p.npz"), names,
+                       [np.array([[0, 0, 29, 29], [3, 3, 10, 10], [5, 6, 7, 8]]), np.zeros((0, 4)),
+                        np.array([[4, 2, 39, 19]])],
+                       [np.array([0.1, 0.8, 0.5]), np.zeros(0), np.array([0.9])])
+    out = tmp_path / "train.txt"
+    ls = coco_multilabels(str(inst), image_prefix="train2014/")
+    n = build_datalist(ls, str(out), bbox_num=2, new_width=60, new_height=40,
+                       proposals=PrecomputedProposals(str(tmp_path / "p.npz")), image_root=str(tmp_path))
+    assert n == 3
+    dl = read_datalist(out, root_folder=str(tmp_path) + "/")
+    assert (dl.att_num, dl.bbox_num) == (3, 2)
+    # image 7 (30x30 -> 60x40): top-2 by score: (3,3,10,10) s .8 -> (6, 4, 20, 13.33); (5,6,7,8) s .5
+    np.testing.assert_allclose(dl.boxes[0], [[6, 4, 20, 13.33, 0.8], [10, 8, 14, 10.67, 0.5]], atol=1e-5)
+    # image 9 has none: whole frame, score 1
+    np.testing.assert_allclose(dl.boxes[1], [[0, 0, 59, 39, 1]] * 2)
+    # image 42 (40x20 -> 60x40): one box, repeated
+    np.testing.assert_allclose(dl.boxes[2], [[6, 4, 58.5, 38, 0.9]] * 2)
+    assert dl.labels.tolist() == ls.labels.tolist()
 
-    buf = io.StringIO()
-    p = ConsoleProgress(buf, period=3600)
-    p(2, 10)
-    p(3, 10)  # within the period: nothing
-    p(10, 10)
-    text = buf.getvalue()
-    assert text.splitlines()[0] == "resuming: 2 of 10 images already done"
-    assert text.splitlines()[1].startswith("10/10 images (100.0%)") and len(text.splitlines()) == 2
+
+def test_build_nuswide_with_selective_search(tmp_path):
+    write_nuswide(tmp_path)
+    rng = np.random.default_rng(1)
+    for rel in ("actor/0001_1.jpg", "zebra/0003_3.jpg"):
+        p = tmp_path / "Flickr" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        img = np.full((30, 40, 3), 30, np.uint8)
+        cv2.rectangle(img, (5, 5), (20, 22), tuple(int(v) for v in rng.integers(100, 255, 3)), -1)
+        cv2.imwrite(str(p), img)
+    ls = nuswide_multilabels(str(tmp_path), "train", image_prefix="Flickr/")
+    out = tmp_path / "nus.txt"
+    build_datalist(ls, str(out), bbox_num=4, new_width=80, new_height=60,
+                   proposals=SelectiveSearchProposals(num=4), image_root=str(tmp_path))
+    dl = read_datalist(out, root_folder=str(tmp_path) + "/")
+    assert (len(dl), dl.att_num, dl.bbox_num) == (2, 3, 4)
+    # scores from the rank: (B - r) / B for B = 4
+    np.testing.assert_allclose(dl.boxes[..., 4], [[1, 0.75, 0.5, 0.25]] * 2)
+    assert (dl.boxes[..., 0] <= dl.boxes[..., 2]).all() and (dl.boxes[..., 2] <= 79).all()
+    # the drawn rectangle (5..20, 5..22 in 40x30) maps to about (10..41, 10..45): some box finds it
+    iou = []
+    for b in dl.boxes[0]:
+        ix = max(0, min(b[2], 41) - max(b[0], 10) + 1) * max(0, min(b[3], 45) - max(b[1], 10) + 1)
+        area = (b[2] - b[0] + 1) * (b[3] - b[1] + 1) + 32 * 36 - ix
+        iou.append(ix / area)
+    assert max(iou) > 0.7
+
+
+def test_make_datalist_cli(tmp_path):
+    inst = write_coco(tmp_path)
+    out = tmp_path / "cli.txt"
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "make_datalist.py"), "coco", "--instances", str(inst),
+                        "--image-prefix", "train2014/", "--image-root", str(tmp_path), "--selective-search",
+                        "--bbox-num", "3", "--new-width", "32", "--new-height", "32", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    dl = read_datalist(out, root_folder=str(tmp_path) + "/")
+    assert (len(dl), dl.att_num, dl.bbox_num) == (3, 3, 3)
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "make_datalist.py"), "coco", "--instances", str(inst),
+                        "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--selective-search" in r.stderr

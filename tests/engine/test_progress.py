@@ -38,6 +38,16 @@ def test_a_slow_loop_reports_at_least_every_interval(monkeypatch):
     assert len(out.getvalue().splitlines()) == 3
 
 
+def test_rate_counts_the_items_of_this_run(monkeypatch):
+    import mlic.engine.progress as P
+
+    clock = iter([0.0, 4.0, 4.0])
+    monkeypatch.setattr(P.time, "monotonic", lambda: next(clock))
+    p = Progress(10, initial=2, stream=io.StringIO(), enabled=False)  # 2 done before this run
+    p.update(6)
+    assert p.count == 8 and p.rate() == 1.5
+
+
 def test_a_terminal_gets_a_bar():
     term = FakeTerminal()
     p = Progress(10, desc="test", stream=term)
@@ -51,7 +61,7 @@ def test_a_terminal_gets_a_bar():
 def test_log_lines_go_above_the_bar_not_onto_it(monkeypatch):
     """With a bar on the terminal, a log record (e.g. the eval line) is written on a line of
     its own: the bar is cleared first and redrawn after it."""
-    from mlic.training.cli import setup_console_logging
+    from mlic.cli.common import setup_console_logging
 
     term = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", term)

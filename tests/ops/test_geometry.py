@@ -166,7 +166,7 @@ def test_wsd_roigen_by_hand():
         [0, 1, 2, 3, 4, 0.5], [0, 5, 6, 7, 8, 0.25], [1, -3, 0, 2, 672, 0.75], [1, 9, 10, 11, 12, 1],
     ]
     assert torch.equal(G.wsd_roigen(lr.reshape(2, 10, 1, 1)), rois)
-    small = G.wsd_roigen_single_scale(lr, 224, 672)
+    small = G.single_scale_rois(rois, 224, 672)
     # floor(x / 3), score untouched, floor toward -inf
     assert small[:, 1:5].tolist() == [[0, 0, 1, 1], [1, 2, 2, 2], [-1, 0, 0, 224], [3, 3, 3, 4]]
     assert torch.equal(small[:, [0, 5]], rois[:, [0, 5]])

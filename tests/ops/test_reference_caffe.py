@@ -9,7 +9,7 @@ from mlic.ops.reference import (
     spp_ref,
     wsddn_two_stream_ref,
 )
-from mlic.ops.geometry import wsd_roigen, wsd_roigen_single_scale
+from mlic.ops.geometry import single_scale_rois, wsd_roigen
 from tests.ops.caffe_cases import assert_forward_close, assert_grad_close, layer_text, load_case, param, t
 
 
@@ -26,7 +26,7 @@ def test_wsd_roigen_matches_caffe(roi_case):
 def test_wsd_roigen_single_scale_matches_caffe(roi_case):
     text = layer_text(str(roi_case["prototxt"]), "roi_small")
     single, origin = param(text, "single_scale"), param(text, "origin_scale")
-    rois = wsd_roigen_single_scale(t(roi_case, "input/list_roi"), single, origin)
+    rois = single_scale_rois(wsd_roigen(t(roi_case, "input/list_roi")), single, origin)
     # rounded coordinates are integers: exact
     assert torch.equal(rois, t(roi_case, "blob/roi_small"))
 

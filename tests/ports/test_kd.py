@@ -10,7 +10,7 @@ import torch
 from mlic.caffe import CaffeNet
 from mlic.caffe.weights import load_param_dict
 from mlic.solver import CaffeSGD
-from mlic.caffe.weight_files import load_port
+from mlic.caffe.weights import load_port
 from prototxt_ports import KDStage1, KDStage2, NetConfig
 from prototxt_ports.losses import probability_l2_loss
 from tests.conftest import DEVICES

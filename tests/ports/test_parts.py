@@ -8,7 +8,7 @@ from prototxt_ports import VGG16, KDStage2, NetConfig, Student, caffe_param_map
 from prototxt_ports import _ops
 from prototxt_ports.rois import single_scale_rois, split_label_roi, wsd_roigen
 from tests.ports.helpers import close, small_cfg
-from mlic.caffe.weight_files import load_port
+from mlic.caffe.weights import load_port
 
 
 def test_config_width_and_defaults():

@@ -8,7 +8,8 @@ from mlic.caffe import CaffeNet
 from mlic.caffe.weights import load_caffemodel, load_param_dict
 from prototxt_ports import WSDDN, NetConfig, wsddn_to_kd_name
 from tests.ports.helpers import SMALL, close, make_inputs, randomize_, small_cfg, small_prototxt, spec_prototxt
-from mlic.caffe.weight_files import load_port, save_port_caffemodel
+from mlic.caffe.weight_files import save_port_caffemodel
+from mlic.caffe.weights import load_port
 
 C, B = SMALL["classes"], SMALL["rois"]
 

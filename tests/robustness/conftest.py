@@ -12,10 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 def tool_main(name):
     """The main() behind tools/<name>.py."""
     if name == "train":
-        from mlic.training.train import main
+        from mlic.cli.train import main
         return main
     if name == "test":
-        from mlic.training.test import main
+        from mlic.cli.test import main
         return main
     spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)

@@ -69,7 +69,7 @@ def f(tmp_path_factory):
     other = CaffeNet('name: "o" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }\n'
                      'layer { name: "ip_other" type: "InnerProduct" bottom: "x" top: "y" '
                      'inner_product_param { num_output: 2 } }')
-    from mlic.caffe.weights import save_caffemodel
+    from mlic.caffe.weight_files import save_caffemodel
 
     save_caffemodel(other, root / "other.caffemodel")
     out["other.caffemodel"] = root / "other.caffemodel"
@@ -78,7 +78,7 @@ def f(tmp_path_factory):
     out["wide.caffemodel"] = root / "wide.caffemodel"
     # non-finite and miscounted blobs
     from mlic.caffe.io import parse_caffemodel_bytes, write_binary
-    from mlic.caffe.weights import caffemodel_to_param_dict
+    from mlic.caffe.weight_files import caffemodel_to_param_dict
 
     for name, edit in (("nan.caffemodel", lambda b: b.data.__setitem__(3, float("nan"))),
                        ("short_blob.caffemodel", lambda b: b.data.__delitem__(-1))):

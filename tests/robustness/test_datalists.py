@@ -218,7 +218,7 @@ def test_test_tool_inputs(case, status, fragment, data, trained, tmp_path, capsy
 def test_make_datalist_inputs(case, status, fragment, tmp_path, capsys):
     import numpy as np
 
-    from mlic.data.builders import save_proposals_npz
+    from mlic.data.proposals import save_proposals_npz
 
     inst = tmp_path / "instances.json"
     inst.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}],

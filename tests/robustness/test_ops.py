@@ -1,7 +1,7 @@
 """Op-level robustness: each bad input to the ops, on every back end, with the error type
 and message fragment it must produce (or the safe result it must give). The cases run in
-child processes, so one that crashes (it used to: sizes whose product overflowed int32,
-argmax values outside the input) fails its own test instead of the run. `make sanitize`
+child processes, so one that crashes (sizes whose product overflows int32 and argmax
+values outside the input are such inputs) fails its own test instead of the run. `make sanitize`
 runs this file against an AddressSanitizer build of the extension.
 
 A case is Python source evaluated with `ops` (the operators of the back end's namespace,

@@ -36,7 +36,7 @@ def argv(data, out, iters=3, stage="wsddn", *extra):
 
 
 def run(args, capsys):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     capsys.readouterr()
     rc = main(args)

@@ -38,7 +38,7 @@ def base(data, out, iters=3):
 
 
 def run(argv, capsys):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     capsys.readouterr()
     rc = main(argv)

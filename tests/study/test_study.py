@@ -6,8 +6,8 @@ import pytest
 
 from mlic.study import PAPER_L2, RELEASED, get_preset, run_study
 from mlic.study.pipeline import RATE_ARMS
-from mlic.study.cli import main as study_main
-from mlic.study.cli import parse_seeds
+from mlic.cli.study import main as study_main
+from mlic.cli.study import parse_seeds
 
 
 @pytest.fixture(scope="module")

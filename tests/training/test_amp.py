@@ -23,7 +23,7 @@ def runs(tmp_path_factory):
 
 
 def _train(runs, stage, extra=()):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     root, data = runs
     out = root / stage

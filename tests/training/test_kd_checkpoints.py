@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C 
 
 @pytest.fixture(scope="module")
 def teacher(tiny_data, tmp_path_factory):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     out = tmp_path_factory.mktemp("teacher")
     assert main(train_args(tiny_data, out, iters=2)) == 0
@@ -26,7 +26,7 @@ def kd(tiny_data, out, teacher, stage="stage1", iters=3, extra=()):
 
 def test_kd_final_refers_to_the_teacher_unless_embedded(tiny_data, teacher, tmp_path):
     from mlic.engine.checkpoint import file_sha256
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     assert main(kd(tiny_data, tmp_path / "ref", teacher)) == 0
     assert main(kd(tiny_data, tmp_path / "emb", teacher, extra=["--embed-teacher"])) == 0
@@ -43,7 +43,7 @@ def test_kd_final_refers_to_the_teacher_unless_embedded(tiny_data, teacher, tmp_
 
 
 def test_frozen_teacher_checkpoints_refer_and_resume_exactly(tiny_data, teacher, tmp_path, capsys):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     frozen = ["--teacher-mode", "frozen"]
     assert main(kd(tiny_data, tmp_path / "straight", teacher, iters=4, extra=frozen)) == 0
@@ -66,8 +66,8 @@ def test_frozen_teacher_checkpoints_refer_and_resume_exactly(tiny_data, teacher,
 
 def test_testing_a_kd_student_finds_the_teacher_by_path_and_hash(tiny_data, teacher, tmp_path, caplog):
     from mlic.training.test import load_trained
-    from mlic.training.train import main
-    from mlic.training.weights import load_referenced_teacher
+    from mlic.cli.train import main
+    from mlic.caffe.weights import load_referenced_teacher
 
     t = tmp_path / "teacher.pt"
     shutil.copy(teacher, t)

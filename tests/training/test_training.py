@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C 
 
 
 def test_resume_continues_bit_identically(tiny_data, tmp_path):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     main(train_args(tiny_data, tmp_path / "straight", iters=4))
     # An interrupted run: 3 iterations (checkpoint at 2), then --resume to 4.
@@ -32,13 +32,19 @@ def test_resume_continues_bit_identically(tiny_data, tmp_path):
 
 
 def test_training_moves_weights_and_logs_the_switches(tiny_data, tmp_path):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     main(train_args(tiny_data, tmp_path / "t", iters=3))
     text = (tmp_path / "t" / "train.log").read_text()
     assert "kd-loss=soft-ce stage1-train=convs+fc teacher=caffe-decay regions=all" in text
     ck = torch.load(tmp_path / "t" / "final.pt", weights_only=False)
     assert ck["meta"]["stage"] == "wsddn" and ck["meta"]["switches"]["teacher"] == "caffe-decay"
+    # the same seed at base_lr 0 keeps the initial weights
+    main(train_args(tiny_data, tmp_path / "init", iters=1, extra=["--base-lr", "0"]))
+    start, trained = final_state(tmp_path / "init"), ck["model"]
+    assert start.keys() == trained.keys()
+    for k in ("conv1_1.weight", "fc8_c.weight", "fc8_d.weight"):
+        assert not torch.equal(start[k], trained[k]), k
 
 
 def run_main(main, argv, capsys):
@@ -49,7 +55,7 @@ def run_main(main, argv, capsys):
 
 
 def test_bad_arguments_name_the_problem(tiny_data, tmp_path, capsys):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     rc, err = run_main(main, train_args(tiny_data, tmp_path / "s1", stage="stage1"), capsys)
     assert rc == 2 and "train.py: error: --stage stage1 needs --teacher" in err and "Traceback" not in err
@@ -61,7 +67,7 @@ def test_bad_arguments_name_the_problem(tiny_data, tmp_path, capsys):
 
 
 def test_debug_keeps_the_traceback(tiny_data, tmp_path, capsys):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     rc, err = run_main(main, train_args(tiny_data, tmp_path / "s1", stage="stage1") + ["--debug"], capsys)
     assert rc == 2 and "Traceback" in err and "UserInputError" in err and "needs --teacher" in err.splitlines()[-1]
@@ -72,8 +78,8 @@ def test_library_api_trains_and_evaluates_like_the_tools(tiny_data, tmp_path):
     the same weights and metrics as the command line with the matching flags."""
     from prototxt_ports import NetConfig
     from mlic.training import DataConfig, EvalConfig, RunConfig, SolverConfig, TrainConfig, evaluate, train
-    from mlic.training.test import main as test_main
-    from mlic.training.train import main
+    from mlic.cli.test import main as test_main
+    from mlic.cli.train import main
 
     assert main(train_args(tiny_data, tmp_path / "cli", iters=3)) == 0
     cfg = TrainConfig(
@@ -119,7 +125,7 @@ def _free_port():
 def test_torchrun_two_processes_match_one_process_with_the_global_batch(tiny_data, tmp_path):
     # 2 ranks x batch 2 (gloo, gradients averaged) == 1 process x batch 4: same images and
     # scale per global step (the sampler shards each global batch), no dropout noise.
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     extra = ["--dropout", "0", "--no-mirror"]
     main(train_args(tiny_data, tmp_path / "single", iters=3, batch=4, extra=extra))
@@ -135,8 +141,8 @@ def test_torchrun_two_processes_match_one_process_with_the_global_batch(tiny_dat
 
 
 def test_tools_test_reports_metrics(tiny_data, tmp_path):
-    from mlic.training.test import main as test_main
-    from mlic.training.train import main
+    from mlic.cli.test import main as test_main
+    from mlic.cli.train import main
 
     main(train_args(tiny_data, tmp_path / "t", iters=2))
     test_main(["--weights", str(tmp_path / "t" / "final.pt"), "--datalist", tiny_data["test"], "--root-folder",
@@ -150,11 +156,10 @@ def test_tools_test_reports_metrics(tiny_data, tmp_path):
     assert (tmp_path / "res" / "pr_curves.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
 def test_lr_mult_overrides_the_released_multipliers():
     from prototxt_ports.config import RELEASED_MULTIPLIERS
     from mlic.errors import UserInputError
-    from mlic.training.train import parse_lr_mults
+    from mlic.cli.train import parse_lr_mults
 
     m = parse_lr_mults(["head=1", "fc=0.5,0", "temperature=0"])
     assert m["head"] == ((1.0, 1.0), (2.0, 0.0))  # bias: twice the weight's lr, no decay (as released)
@@ -168,7 +173,7 @@ def test_lr_mult_overrides_the_released_multipliers():
 
 def test_lr_mult_reaches_the_solver(tiny_data, tmp_path):
     """With head=0 the classifier heads never move; the body does."""
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     main(train_args(tiny_data, tmp_path / "t", iters=3, extra=["--lr-mult", "head=0,0", "--checkpoint-period", "1"]))
     load = lambda it: torch.load(tmp_path / "t" / "checkpoints" / f"iter_{it:08d}.pt", map_location="cpu",
@@ -180,7 +185,7 @@ def test_lr_mult_reaches_the_solver(tiny_data, tmp_path):
 
 
 def test_max_iter_zero_is_refused(tiny_data, tmp_path, capsys):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     rc, err = run_main(main, train_args(tiny_data, tmp_path / "t", iters=0), capsys)
     assert rc == 2 and "--max-iter must be at least 1" in err
@@ -188,7 +193,7 @@ def test_max_iter_zero_is_refused(tiny_data, tmp_path, capsys):
 
 def test_kd_stage_takes_classifier_weights_into_the_student(tiny_data, tmp_path):
     """--weights of a plain classifier (no 'student.' prefix) initialise a KD stage's student."""
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     main(train_args(tiny_data, tmp_path / "cls", stage="student", iters=1))
     main(train_args(tiny_data, tmp_path / "t", iters=1))
@@ -229,7 +234,7 @@ layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "fc" bottom: "label
 def test_prototxt_training_runs_a_caffe_net(tiny_data, tmp_path):
     """--prototxt trains a CaffeNet on its data layer's settings, with its lr_mults; the
     objective goes down on repeated data."""
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     proto = tmp_path / "tiny.prototxt"
     proto.write_text(TINY_PROTOTXT.replace("SOURCE", tiny_data["train"]).replace("ROOT", tiny_data["root_folder"]))
@@ -255,7 +260,7 @@ def test_prototxt_training_runs_a_caffe_net(tiny_data, tmp_path):
 def test_prototxt_net_logs_each_loss_and_is_tested_on_the_test_datalist(tiny_data, tmp_path):
     """A Caffe net with two loss tops (as train_stage2): log.csv has each; --test-datalist
     scores the images with the sigmoid of the SigmoidCrossEntropyLoss's input."""
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     two_losses = TINY_PROTOTXT.replace(
         'layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "fc" bottom: "labels" top: "loss" loss_weight: 1 }',
@@ -281,8 +286,8 @@ def test_prototxt_net_logs_each_loss_and_is_tested_on_the_test_datalist(tiny_dat
 
 
 def test_tools_test_bad_input_is_one_sentence(tiny_data, tmp_path, capsys):
-    from mlic.training.test import main as test_main
-    from mlic.training.train import main
+    from mlic.cli.test import main as test_main
+    from mlic.cli.train import main
 
     assert main(train_args(tiny_data, tmp_path / "t", iters=1)) == 0
     weights = str(tmp_path / "t" / "final.pt")
@@ -308,7 +313,7 @@ def test_tools_test_bad_input_is_one_sentence(tiny_data, tmp_path, capsys):
 
 
 def test_tools_test_shows_progress_in_a_redirected_log(tiny_data, tmp_path):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     assert main(train_args(tiny_data, tmp_path / "t", iters=1)) == 0
     r = subprocess.run([sys.executable, str(REPO / "tools" / "test.py"), "--weights", str(tmp_path / "t" / "final.pt"),
@@ -321,7 +326,7 @@ def test_tools_test_shows_progress_in_a_redirected_log(tiny_data, tmp_path):
 
 
 def test_prototxt_errors_name_the_problem(tiny_data, tmp_path, capsys):
-    from mlic.training.train import main
+    from mlic.cli.train import main
 
     rc, err = run_main(main, ["--prototxt", "x.prototxt", "--stage", "wsddn", "--out", str(tmp_path)], capsys)
     assert rc == 2 and "exclude each other" in err

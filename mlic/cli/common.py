@@ -1,5 +1,5 @@
-"""What the tools' main() share: console logging, and bad input as one sentence with exit
-status 2 (the traceback only with --debug)."""
+"""What the command-line tools share: console logging, and bad input as one sentence with
+exit status 2 (the traceback only with --debug)."""
 from __future__ import annotations
 
 import logging
@@ -8,8 +8,7 @@ import traceback
 from typing import Callable
 
 from mlic.caffe.errors import CaffeError
-from mlic.data.builders import DatasetFormatError
-from mlic.data.datalist import DatalistError
+from mlic.data.datalist import DatalistError, DatasetFormatError
 from mlic.engine import distributed as D
 from mlic.errors import RunInterrupted, RunStopped, UserInputError
 

@@ -1,4 +1,4 @@
-"""Command line of tools/study.py."""
+"""tools/study.py: the distillation study (mlic.study) over seeds."""
 from __future__ import annotations
 
 import argparse

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlic.errors import UserInputError
-from mlic.training.cli import run_tool
+from mlic.cli.common import run_tool
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mlic"
 
@@ -65,7 +65,7 @@ def test_every_flag_has_help_and_fixed_choices(tool):
     import argparse
     import importlib
 
-    mod = importlib.import_module(f"mlic.training.{tool}")  # the modules, not the train/evaluate functions
+    mod = importlib.import_module(f"mlic.cli.{tool}")
     add = mod.add_train_arguments if tool == "train" else mod.add_test_arguments
     parser = add(argparse.ArgumentParser())
     actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
