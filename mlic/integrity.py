@@ -9,7 +9,10 @@ import hashlib
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Type
 
@@ -126,6 +129,26 @@ def _cause_oserror(exc: BaseException) -> Optional[OSError]:
     return None
 
 
+@contextmanager
+def _interrupt_after():
+    """Ctrl-C during a write takes effect when the write is done: raised inside torch's zip
+    writer, a KeyboardInterrupt comes out as a RuntimeError, and the file would be lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 def atomic_write(path: os.PathLike, write: Callable[[Any], None], error: Type[Exception],
                  before_replace: Optional[Callable[[str], None]] = None) -> str:
     """Writes `path` through a temporary file in the same folder (fsynced, then renamed
@@ -139,15 +162,16 @@ def atomic_write(path: os.PathLike, write: Callable[[Any], None], error: Type[Ex
         raise error(write_error_message(path, exc)) from exc
     writer = None
     try:
-        with os.fdopen(fd, "wb") as raw:
-            writer = _HashingWriter(raw)
-            write(writer)
-            raw.flush()
-            os.fsync(raw.fileno())
-        digest = writer.sha.hexdigest()
-        if before_replace is not None:
-            before_replace(digest)
-        os.replace(tmp, path)
+        with _interrupt_after():
+            with os.fdopen(fd, "wb") as raw:
+                writer = _HashingWriter(raw)
+                write(writer)
+                raw.flush()
+                os.fsync(raw.fileno())
+            digest = writer.sha.hexdigest()
+            if before_replace is not None:
+                before_replace(digest)
+            os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)

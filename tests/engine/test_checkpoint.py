@@ -140,3 +140,30 @@ def test_write_errors_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(I.tempfile, "mkstemp", no_space)
     with pytest.raises(CheckpointWriteError, match=f"^no space left on device writing {tmp_path}/x.pt$"):
         atomic_save(state(1), tmp_path / "x.pt")
+
+
+def test_ctrl_c_during_a_checkpoint_write_lands_after_it(tmp_path):
+    """A SIGINT that arrives while torch's zip writer is writing (which would turn the
+    KeyboardInterrupt into a RuntimeError) interrupts once the file and its hash are whole."""
+    import os
+    import signal
+
+    from mlic.engine.checkpoint import atomic_save
+    from mlic.integrity import verify_file
+
+    state = {"w": torch.arange(200_000, dtype=torch.float32)}
+    original = torch.save
+
+    def save_with_interrupt(obj, f, *a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # the handler runs at the next bytecode, inside the write
+        return original(obj, f, *a, **k)
+
+    torch.save = save_with_interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_save(state, tmp_path / "ck.pt")
+    finally:
+        torch.save = original
+    assert verify_file(tmp_path / "ck.pt") is not None
+    assert torch.equal(torch.load(tmp_path / "ck.pt")["w"], state["w"])
+    assert not list(tmp_path.glob("*.tmp"))
