@@ -1,6 +1,5 @@
 """The demo end to end on the smoke preset, its results table, and how it finds the
 README's numbers."""
-import importlib.util
 import json
 import os
 import re
@@ -89,9 +88,8 @@ def test_demo_smoke_end_to_end_small_redirected_log_and_clean_rerun(tmp_path):
 
 def _run_readme_block_on(run, ws):
     """Runs the README's block that reads a demo run (RUN) from a folder laid out as a clone."""
-    spec = importlib.util.spec_from_file_location("check_readme", REPO / "tools" / "check_readme.py")
-    check_readme = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check_readme)
+    from mlic.cli import check_readme
+
     block = next(b for b in check_readme.readme_blocks() if '"${RUN:=demo_out/' in b.text)
     (ws / ".venv" / "bin").mkdir(parents=True)
     (ws / "tools").symlink_to(REPO / "tools")
