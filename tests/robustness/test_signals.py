@@ -14,20 +14,10 @@ import torch
 
 from mlic import _ext
 from tests.process_group import process_group
-from tests.robustness.conftest import REPO
+from tests.robustness.conftest import NET, REPO
 
 pytestmark = pytest.mark.skipif(not _ext.extension_available(), reason="mlic._C is not built")
-NET = ["--input-size", "64", "--student-size", "32", "--pooled-size", "1", "--width", "0.0625", "--fc-dim", "16"]
 ITERS = 12
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from mlic.data.synthetic import SyntheticConfig, generate_dataset
-
-    out = tmp_path_factory.mktemp("synthetic")
-    return generate_dataset(str(out), SyntheticConfig(num_train=12, num_test=6, bbox_num=6, image_size=64,
-                                                      num_classes=4, seed=3))
 
 
 def argv(datalist, root, out, *extra):
