@@ -140,8 +140,8 @@ def _interrupt_after():
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
         yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    finally:  # None: a handler not installed from Python, which cannot be put back
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     if received:
         if callable(previous):
             previous(signal.SIGINT, None)
