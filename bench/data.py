@@ -16,12 +16,8 @@ bench/results/data_<machine>.json (``--out`` to change).
     python bench/data.py --size 336 --workers 0,1,2 --out bench/results/data_cpu.json
 """
 import argparse
-import datetime
-import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mlic.data import HumanAttDataConfig, build_loader  # noqa: E402
+
+import record  # noqa: E402  (bench/record.py, beside this file)
 
 RELEASED_SCALES = (0.714286, 0.857143, 1.0, 1.095239, 1.238096)
 MEAN = (103.52, 116.28, 123.675)
@@ -90,32 +88,6 @@ def measure(cfg, workers, warmup, batches, seed, consume):
     return n / dt, dt
 
 
-def machine_info():
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "hostname_kind": "gpu" if torch.cuda.is_available() else "cpu",
-        "cpu_model": cpu, "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "numpy": np.__version__, "opencv": cv2.__version__,
-        "git_commit": commit,
-    }
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=672, help="new_width = new_height")
@@ -144,9 +116,7 @@ def main(argv=None):
         counts = [int(w) for w in args.workers.split(",")]
     else:
         counts = [w for w in (0, 1, 2, 4, 8, 12, 16) if w <= max(1, cores)]
-    info = machine_info()
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"data_{info['hostname_kind']}.json")
+    out = args.out or record.RESULTS / f"data_{record.kind()}.json"
     tmp = tempfile.mkdtemp(prefix="mlic_bench_data_")
     try:
         t = time.perf_counter()
@@ -177,9 +147,6 @@ def main(argv=None):
             r["target_applies"] = r["workers"] < cores
     report = {
         "benchmark": "HumanAttData loader throughput",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
-        "machine": info,
         "config": {"size": args.size, "proposals": args.proposals, "att_num": args.att_num,
                    "batch_size": args.batch_size, "scale_factors": list(RELEASED_SCALES), "mirror": True,
                    "shuffle": True, "images": args.images,
@@ -192,11 +159,7 @@ def main(argv=None):
                   "pixels and the float data blob is made where --consume says (the timed loop includes it). "
                   f"{cores} cores were available; other processes may have shared them."),
     }
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
-    print(f"wrote {out}")
+    record.write(report, out, argv)
     return 0
 
 

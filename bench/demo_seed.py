@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,22 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import record  # noqa: E402  (bench/record.py, beside this file)
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def _commit(path: Path) -> str:
-    r = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return r.stdout.strip() or "unknown"
 
 
 def run_once(path: Path, preset: str, seed: int, workers: int) -> dict:
@@ -103,16 +89,9 @@ def main(argv=None) -> int:
             summary[name][f"speed-up_{k[:-2]}_vs_{base}"] = _spread(ratios)
             print(f"{name} vs {base}: {k[:-2]} {statistics.median(ratios):.2f}x "
                   f"(min {min(ratios):.2f}, max {max(ratios):.2f}, {len(ratios)} rounds)")
-    import torch
-
-    res = {"device": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-           "python": platform.python_version(), "command": " ".join([sys.executable] + sys.argv),
-           "preset": args.preset, "seed": args.seed, "workers": args.workers,
-           "commits": {name: _commit(path) for name, path in checkouts}, "summary": summary, "runs": runs}
-    path = Path(args.out) if args.out else REPO / "bench" / "results" / f"demo_seed_{args.preset}_cpu.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"written {path}")
+    res = {"preset": args.preset, "seed": args.seed, "workers": args.workers,
+           "commits": {name: record.commit(path) for name, path in checkouts}, "summary": summary, "runs": runs}
+    record.write(res, args.out or record.RESULTS / f"demo_seed_{args.preset}_cpu.json", argv)
     return 0
 
 

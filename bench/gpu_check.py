@@ -19,13 +19,14 @@ Exit status: 0 when every step passed, 1 when one failed, 2 when no GPU is prese
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import record  # noqa: E402  (bench/record.py, beside this file)
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("build", "tests_compiled", "tests_nvrtc", "memcheck", "bench_kernels", "bench_train_step", "bench_data")
@@ -140,8 +141,8 @@ def main(argv=None) -> int:
         if step == "build" and not rec["status"].startswith(("passed", "skipped")):
             break  # nothing else can run
     summary["seconds"] = round(time.monotonic() - start, 1)
-    (out / "gpu_check.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"gpu-check: {'FAILED' if failed else 'passed'} in {summary['seconds']} s; summary in {out / 'gpu_check.json'}")
+    record.write(summary, out / "gpu_check.json", argv)
+    print(f"gpu-check: {'FAILED' if failed else 'passed'} in {summary['seconds']} s")
     return 1 if failed else 0
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
-import os
 import platform
 import statistics
 import sys
@@ -34,6 +32,8 @@ if str(REPO) not in sys.path:
 
 import mlic  # noqa: E402
 from mlic.ops.geometry import spp_level  # noqa: E402
+
+import record  # noqa: E402  (bench/record.py, beside this file)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -404,17 +404,10 @@ def main(argv=None):
         else:
             print(f"{'PASS' if ch['ok'] else 'FAIL'}  {ch['check']}: {r} (target <= {ch['limit']})")
 
-    record = dict(
-        device=device_name(device), device_type=device.type, torch=torch.__version__,
-        threads=torch.get_num_threads(), cpu_count=os.cpu_count(), command=" ".join([sys.executable] + sys.argv),
-        time=_dt.datetime.now().isoformat(timespec="seconds"), workload=wl,
-        copy_bandwidth_gbps=None if bw is None else bw / 1e9, rows=bench.rows, checks=results,
-    )
-    out = Path(args.out) if args.out else REPO / "bench" / "results" / (
-        f"kernels-{device.type}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
-    print(f"wrote {out}")
+    result = dict(device=device_name(device), device_type=device.type, workload=wl,
+                  copy_bandwidth_gbps=None if bw is None else bw / 1e9, rows=bench.rows, checks=results)
+    record.write(result, args.out or record.RESULTS / (
+        f"kernels-{device.type}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"), argv)
 
 
 if __name__ == "__main__":

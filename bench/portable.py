@@ -12,10 +12,7 @@ bench/results/portable_cpu.json (``--out`` to change).
     python bench/portable.py --rounds 5 --iters 1000
 """
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,17 +28,7 @@ import torch  # noqa: E402
 from mlic import portable  # noqa: E402
 from mlic.study.presets import get_preset  # noqa: E402
 
-
-def _cpu() -> str:
-    """The CPU's model name and its widest vector extension (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "?")
-    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
-    isa = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse4_2" if "sse4_2" in flags else "?"
-    return f"{model} ({isa})"
+import record  # noqa: E402  (bench/record.py, beside this file)
 
 
 def _command(stage: str, seed_folder: Path, out: Path, iters: int):
@@ -62,7 +49,7 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--seed-folder", default="demo_out/demo/seed0", help="a finished demo seed: data/ and "
                     "pretrain/body.pt (default demo_out/demo/seed0)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "portable_cpu.json"))
+    ap.add_argument("--out", default=str(record.RESULTS / "portable_cpu.json"))
     args = ap.parse_args()
     seed_folder = Path(args.seed_folder)
     if not (seed_folder / "pretrain" / "body.pt").is_file() or not (seed_folder / "data" / "train.txt").is_file():
@@ -87,17 +74,14 @@ def main() -> int:
                         return 1
                     times.setdefault(f"{stage}/{mode}", []).append(time.perf_counter() - t0)
                     print(f"round {r} {stage:<8} {mode:<9} {times[f'{stage}/{mode}'][-1]:.1f} s", flush=True)
-    report = {"command": " ".join([sys.executable] + sys.argv), "date": datetime.datetime.now().isoformat(),
-              "machine": _cpu(), "cpus": os.cpu_count(),
-              "torch": torch.__version__, "iters": args.iters, "times_s": times, "ratio_portable_to_native": {}}
+    report = {"iters": args.iters, "times_s": times, "ratio_portable_to_native": {}}
     for stage in ("wsddn", "student"):
         ratios = [p / n for n, p in zip(times[f"{stage}/native"], times[f"{stage}/portable"])]
         report["ratio_portable_to_native"][stage] = {"median": statistics.median(ratios), "min": min(ratios),
                                                      "max": max(ratios)}
         print(f"{stage}: portable / native wall time, median {statistics.median(ratios):.2f}x "
               f"(range {min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} interleaved pairs)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    record.write(report, args.out)
     return 0
 
 

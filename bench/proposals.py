@@ -15,9 +15,6 @@ bench/results/proposals_<machine>.json (``--out`` to change).
     python bench/proposals.py --images 16 --workers 1,2 --out bench/results/proposals_cpu.json
 """
 import argparse
-import datetime
-import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -33,14 +30,9 @@ from mlic.data.datalist_writer import build_datalist  # noqa: E402
 from mlic.data.labelsets import MultiLabelSet  # noqa: E402
 from mlic.data.proposals import PrecomputedProposals, SelectiveSearchProposals, save_proposals_npz  # noqa: E402
 
+import record  # noqa: E402  (bench/record.py, beside this file)
+
 COCO_IMAGES = 123287  # train2014 + val2014
-
-
-def _machine_info():
-    spec = importlib.util.spec_from_file_location("bench_data", os.path.join(os.path.dirname(__file__), "data.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.machine_info()
 
 
 def make_images(folder, n, width, height, seed=0):
@@ -97,9 +89,7 @@ def main(argv=None):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     counts = ([int(w) for w in args.workers.split(",")] if args.workers
               else [w for w in (1, 2, 4, 8, 16, 32) if w <= max(1, cores)])
-    info = _machine_info()
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"proposals_{info['hostname_kind']}.json")
+    out = args.out or record.RESULTS / f"proposals_{record.kind()}.json"
     tmp = tempfile.mkdtemp(prefix="mlic_bench_proposals_")
     results = []
     try:
@@ -152,9 +142,6 @@ def main(argv=None):
             r["speedup_vs_1"] = round(r["images_per_s"] / base, 3)
     report = {
         "benchmark": "datalist proposals (tools/make_datalist.py's pipeline)",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
-        "machine": info,
         "config": {"images": args.images, "source_image": f"{args.image_width}x{args.image_height} JPEG q90, "
                    "smoothed noise with 3-8 filled shapes", "bbox_num": args.bbox_num, "frame": args.size,
                    "selective_search": {"mode": "fast", "max_side": ss.max_side, "score": ss.score},
@@ -170,11 +157,7 @@ def main(argv=None):
                   "is in seconds_total). coco_hours: 123,287 images at the "
                   "measured rate on this one machine (shards split it across machines)."),
     }
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
-    print(f"wrote {out}")
+    record.write(report, out, argv)
     return 0
 
 

@@ -15,8 +15,6 @@ a study job's start-up (--startup N).
 Writes JSON (device, versions, command, numbers) to bench/results/.
 """
 import argparse
-import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -25,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import record  # noqa: E402  (bench/record.py, beside this file)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,10 +172,7 @@ def main(argv=None):
             print(f"{stage:7s} {mode:5s} batch {n:3d}: {rate:8.2f} img/s model only, {rate_l:8.2f} img/s with loader "
                   f"({100 * rate_l / rate:.0f}%)" + (f", peak {peak:.1f} GiB" if peak else ""))
             del task, opt
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    out = {"device": dev, "torch": torch.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads(), "command": " ".join([sys.executable] + sys.argv),
-           "config": "reduced" if quick else "released", "net": {k: str(v) for k, v in cfg.__dict__.items()},
+    out = {"device": args.device, "config": "reduced" if quick else "released", "net": {k: str(v) for k, v in cfg.__dict__.items()},
            "workers": workers, "steps": steps, "results": results}
     if not cpu:
         t = {r["stage"] + "/" + r["mode"]: r for r in results}
@@ -186,10 +183,7 @@ def main(argv=None):
         }
         for k, v in out["targets"].items():
             print(f"{'PASS' if v else 'FAIL'}  {k}")
-    path = Path(args.out) if args.out else REPO / "bench" / "results" / f"train_step_{'cpu' if cpu else 'gpu'}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"written {path}")
+    record.write(out, args.out or record.RESULTS / f"train_step_{'cpu' if cpu else 'gpu'}.json")
     return 0
 
 
@@ -199,12 +193,7 @@ def embedded_main(args) -> int:
 
     res = embedded.run(args.preset, args.formats.split(","), args.stages.split(","), args.steps or 20, args.warmup,
                        args.repeats, args.profile, args.startup, args.threads)
-    res.update(device=platform.processor() or "cpu", torch=torch.__version__, python=platform.python_version(),
-               command=" ".join([sys.executable] + sys.argv))
-    path = Path(args.out) if args.out else REPO / "bench" / "results" / f"embedded_{args.preset}_cpu.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"written {path}")
+    record.write(res, args.out or record.RESULTS / f"embedded_{args.preset}_cpu.json")
     return 0
 
 

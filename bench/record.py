@@ -1,0 +1,71 @@
+"""Where a benchmark ran and how its JSON result is written: one helper for every script in bench/.
+
+Each result file opens with the command, the date, the commit and the machine (CPU model and
+vector extension, cores, GPU, Python, torch and CUDA, numpy and OpenCV when the benchmark used
+them), then the benchmark's own keys."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its widest vector extension (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = text.splitlines()
+    model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), "?")
+    flags = next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), [])
+    isa = next((f for f in ("avx512f", "avx2", "sse4_2") if f in flags), "?")
+    return f"{model} ({isa})"
+
+
+def commit(path: Path = REPO) -> str:
+    r = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
+def machine() -> dict:
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    out = {"cpu": cpu_model(), "cores": os.cpu_count(),
+           "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+           "threads": torch.get_num_threads(), "gpu": gpu, "platform": platform.platform(),
+           "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    # versions of the libraries this benchmark actually ran, not of everything installed
+    for name in ("numpy", "cv2"):
+        if name in sys.modules:
+            out["opencv" if name == "cv2" else name] = sys.modules[name].__version__
+    return out
+
+
+def kind() -> str:
+    """'gpu' or 'cpu': the default result file's suffix."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def write(result: dict, path, argv: Optional[Sequence[str]] = None) -> Path:
+    """Write `result` under the command, date, commit and machine to `path` (folders made); say where."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    record = {"command": " ".join([os.path.relpath(sys.argv[0], REPO)] + args),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "commit": commit(), "machine": machine(), **result}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"written {path}")
+    return path
