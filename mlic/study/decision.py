@@ -266,8 +266,31 @@ def write_decision(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence
 # ----------------------------------------------------------------------------- per class
 
 
+CORLOC_CACHE = "corloc_per_class.json"
+
+
 def teacher_corloc_per_class(preset: Preset, folder: Path) -> np.ndarray:
-    """The seed's teacher's CorLoc per class on its test images (single forward)."""
+    """The seed's teacher's CorLoc per class on its test images (single forward). Kept in
+    teacher/test_test/corloc_per_class.json under the weights' SHA-256, so a report written
+    again does not run the teacher again; other weights (another hash) are measured anew."""
+    from mlic.integrity import atomic_write, recorded_sha256
+
+    teacher = Path(folder) / "teacher"
+    digest = recorded_sha256(teacher / "final.pt")
+    cache = teacher / "test_test" / CORLOC_CACHE
+    if digest and cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("weights_sha256") == digest:
+            return np.array(saved["corloc_per_class"], dtype=float)
+    value = _measure_teacher_corloc(preset, Path(folder))
+    if digest:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"weights_sha256": digest, "corloc_per_class": value.tolist()}) + "\n"
+        atomic_write(cache, lambda f: f.write(text.encode()), OSError)
+    return value
+
+
+def _measure_teacher_corloc(preset: Preset, folder: Path) -> np.ndarray:
     import torch
 
     from mlic.data import BatchSpec, HumanAttDataConfig, HumanAttDataset, read_datalist

@@ -173,3 +173,32 @@ def test_budget_sweep_and_the_decision(tmp_path_factory):
     got = np.array(d["per_class"]["gain_ap"])
     assert np.allclose(got[~np.isnan(expect)], expect[~np.isnan(expect)])
     assert len(d["per_class"]["teacher_corloc"]) == preset.classes
+
+
+def test_teacher_corloc_per_class_matches_the_test_job_and_is_kept(smoke_study, monkeypatch):
+    """The per-class CorLoc behind the decision's class table averages to the CorLoc the
+    teacher's test job recorded; it is kept under the weights' hash, so the report does
+    not run the teacher again, and measured anew for other weights."""
+    import numpy as np
+
+    from mlic.study import decision
+
+    root, _, _ = smoke_study
+    folder, preset = root / "seed0", get_preset("smoke")
+    cache = folder / "teacher" / "test_test" / decision.CORLOC_CACHE
+    cache.unlink(missing_ok=True)
+    first = decision.teacher_corloc_per_class(preset, folder)
+    recorded = json.loads((folder / "teacher" / "test_test" / "metrics.json").read_text())["CorLoc"]
+    assert len(first) == preset.classes and np.nanmean(first) == pytest.approx(recorded)
+    assert json.loads(cache.read_text())["weights_sha256"] == \
+        (folder / "teacher" / "final.pt.sha256").read_text().split()[0]
+
+    def no_forward(*a, **k):
+        raise AssertionError("the teacher ran again")
+
+    monkeypatch.setattr(decision, "_measure_teacher_corloc", no_forward)
+    np.testing.assert_array_equal(decision.teacher_corloc_per_class(preset, folder), first)
+    saved = json.loads(cache.read_text())
+    cache.write_text(json.dumps(dict(saved, weights_sha256="0" * 64)))
+    with pytest.raises(AssertionError, match="ran again"):
+        decision.teacher_corloc_per_class(preset, folder)
