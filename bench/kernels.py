@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import platform
 import statistics
 import sys
 import time
@@ -322,7 +321,7 @@ def run(args):
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    return record.cpu_model()
 
 
 def _baseline(bench, row):
