@@ -109,7 +109,7 @@ def main(argv=None) -> int:
                MAX_JOBS=os.environ.get("MAX_JOBS", str(cores)), PYTHONUNBUFFERED="1")
     print(f"gpu-check on {found}, {cores} cores; budget {args.budget_s:.0f} s")
     start = time.monotonic()
-    summary = {"device": found, "cores": cores, "python": sys.executable, "steps": []}
+    summary = {"device": found, "python": sys.executable, "steps": []}  # the cores: in the machine block
     failed = False
     for step in steps:
         cmd = commands[step]

@@ -10,7 +10,8 @@ study's finished jobs (tools/study.py --arms decide --budgets ... --budget-arm .
 - the budget sweep: test mAP of the student alone and of one arm against the total number
   of training images seen, each with its 95 % band, the paired gap at every budget and each
   curve's gain from one budget to the next (where both gains are within noise of zero, the
-  curves have flattened and the gap there is the answer).
+  curves have flattened and the gap there is the answer), each run's training time, and the
+  arm against the student alone given at least as much time (equal compute).
 """
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ def _map(folder: Path, key: Optional[str]) -> Optional[float]:
         return None
     test = json.loads(p.read_text())["metrics"].get("test")
     return None if test is None else 100 * float(test["mAP"])
+
+
+def _seconds(folder: Path, key: Optional[str]) -> Optional[float]:
+    """A job's recorded time (its training and its test, as the study ran it)."""
+    if key is None:
+        return None
+    p = Path(folder) / key / "result.json"
+    return float(json.loads(p.read_text())["seconds"]) if p.is_file() else None
 
 
 def _paired(arm: Dict[int, float], base: Dict[int, float]) -> Optional[dict]:
@@ -74,15 +83,40 @@ def analyse(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], 
         for r, q in zip(rows, holm(ps)):
             if r[field]:
                 r[field]["p_holm"] = q
+    def seconds(arm: Optional[Arm], total: int) -> Optional[float]:
+        """Median over seeds of the time a run takes: the arm's stage 1 and stage 2 jobs
+        together (the teacher, trained once for every arm, is not counted)."""
+        per_seed = []
+        for s in seeds:
+            t = _seconds(seed_folders[s], budget_key(preset, arm, total))
+            if t is not None and arm is not None and arm.stage1_key:
+                t1 = _seconds(seed_folders[s], arm.stage1_key)
+                t = None if t1 is None else t + t1
+            if t is not None:
+                per_seed.append(t)
+        return float(np.median(per_seed)) if per_seed else None
+
     sweep = []
     previous = None
-    for total in sorted(budgets):
-        alone, arm = by_seed(None, total), by_seed(budget_arm, total) if budget_arm else {}
+    totals = sorted(budgets)
+    alone_by_total = {t: by_seed(None, t) for t in totals}
+    alone_secs = {t: seconds(None, t) for t in totals}
+    for total in totals:
+        alone, arm = alone_by_total[total], by_seed(budget_arm, total) if budget_arm else {}
         point = {"total_iterations": total, "images": total * preset.batch,
-                 "alone": _band(alone), "arm": _band(arm), "gap": _paired(arm, alone)}
+                 "alone": _band(alone), "arm": _band(arm), "gap": _paired(arm, alone),
+                 "alone_seconds": alone_secs[total], "arm_seconds": seconds(budget_arm, total) if budget_arm else None}
         if previous is not None:
             point["alone_gain"] = _paired(alone, previous[0])
             point["arm_gain"] = _paired(arm, previous[1])
+        # equal compute: the shortest sweep point at which the student alone ran at least
+        # as long as the arm did here
+        t_arm = point["arm_seconds"]
+        match = next((t for t in totals if t_arm is not None and alone_secs[t] is not None and alone_secs[t] >= t_arm
+                      and alone_by_total[t]), None)
+        point["equal_compute"] = None if match is None or not arm else {
+            "alone_total_iterations": match, "alone_seconds": alone_secs[match],
+            "gap": _paired(arm, alone_by_total[match])}
         previous = (alone, arm)
         sweep.append(point)
     return {"preset": preset.name, "seeds": seeds, "iterations": {"stage1": s1, "stage2": s2},
@@ -139,13 +173,20 @@ def format_markdown(a: dict) -> str:
     if a["sweep"]:
         lines += ["", f"Budget sweep: the student alone and {a['budget_arm_name']} (its stage 2 trained for the total "
                   f"less stage 1's {a['iterations']['stage1']} iterations), test mAP mean [95 % t interval]; gain: "
-                  "from the previous budget, paired.", "",
-                  "| iterations in all | images seen | student alone | gain | arm | gain | gap (arm − alone) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "from the previous budget, paired; s: a run's time, median over seeds (the arm's stage 1 and "
+                  "stage 2 together, each with its test, two jobs at a time on the study's workers; the teacher "
+                  "not counted); equal compute: the arm minus the student alone at the shortest budget where it "
+                  "ran at least as long.", "",
+                  "| iterations in all | images seen | student alone | gain | s | arm | gain | s | gap (arm − alone) |"
+                  " equal compute: alone's iterations | gap at equal compute |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for pnt in a["sweep"]:
+            eq = pnt.get("equal_compute")
             lines.append(f"| {pnt['total_iterations']} | {pnt['images']} | {_band_text(pnt['alone'])} | "
-                         f"{_ci(pnt.get('alone_gain'))} | {_band_text(pnt['arm'])} | {_ci(pnt.get('arm_gain'))} | "
-                         f"{_ci(pnt['gap'])} |")
+                         f"{_ci(pnt.get('alone_gain'))} | {_secs(pnt.get('alone_seconds'))} | "
+                         f"{_band_text(pnt['arm'])} | {_ci(pnt.get('arm_gain'))} | {_secs(pnt.get('arm_seconds'))} | "
+                         f"{_ci(pnt['gap'])} | {eq['alone_total_iterations'] if eq else '—'} | "
+                         f"{_ci(eq['gap']) if eq else '—'} |")
     pc = a.get("per_class")
     if pc:
         rc, ro = pc["spearman_gain_corloc"], pc["spearman_gain_cooccurrence"]
@@ -157,6 +198,10 @@ def format_markdown(a: dict) -> str:
         for name, g, c, o in zip(pc["classes"], pc["gain_ap"], pc["teacher_corloc"], pc["with_another_class"]):
             lines.append(f"| {name} | {g:+.1f} | {c:.1f} | {o:.0f} % |")
     return "\n".join(lines)
+
+
+def _secs(t: Optional[float]) -> str:
+    return "—" if t is None else f"{t:.0f}"
 
 
 def _band_text(b: Optional[dict]) -> str:
@@ -175,14 +220,19 @@ def _seed_text(seeds: Sequence[int]) -> str:
 
 def plot_budget(a: dict, path: Path) -> None:
     """Test mAP against training images seen for the student alone and the swept arm (mean
-    and 95 % band), and below it their paired gap with its interval."""
+    and 95 % band), below it their paired gap with its interval, and on the right the same
+    curves against a run's time (equal compute reads off a vertical line)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pts = [p for p in a["sweep"] if p["alone"] or p["arm"]]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    fig = plt.figure(figsize=(12, 6.5))
+    grid = fig.add_gridspec(2, 2, height_ratios=[3, 2], width_ratios=[3, 2])
+    top = fig.add_subplot(grid[0, 0])
+    bottom = fig.add_subplot(grid[1, 0], sharex=top)
+    right = fig.add_subplot(grid[:, 1], sharey=top)
     for field, name, color in (("alone", "student alone", "tab:gray"), ("arm", a["budget_arm_name"], "tab:blue")):
         p = [q for q in pts if q[field]]
         if not p:
@@ -193,11 +243,22 @@ def plot_budget(a: dict, path: Path) -> None:
         hi = np.array([q[field]["high"] for q in p])
         top.plot(x, m, "o-", color=color, label=f"{name} (n = {max(q[field]['n'] for q in p)})")
         top.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+        timed = [i for i, q in enumerate(p) if q.get(f"{field}_seconds")]
+        if timed:
+            t = np.array([p[i][f"{field}_seconds"] for i in timed])
+            right.plot(t, m[timed], "o-", color=color)
+            right.fill_between(t, lo[timed], hi[timed], color=color, alpha=0.2, lw=0)
+            for i in timed:
+                right.annotate(str(p[i]["total_iterations"]), (p[i][f"{field}_seconds"], m[i]), fontsize=7,
+                               textcoords="offset points", xytext=(4, -10), color=color)
     top.set_ylabel("test mAP (%)")
     top.legend(fontsize=8, loc="lower right")
     top.grid(alpha=0.3)
     top.set_title(f"preset {a['preset']}: test mAP against training images seen (bands: 95 % t interval over seeds)",
                   fontsize=9)
+    right.set_xlabel("seconds a run takes (median over seeds; the arm's\nstage 1 and stage 2; the teacher not counted)")
+    right.set_title("the same against a run's time\n(labels: iterations in all)", fontsize=9)
+    right.grid(alpha=0.3)
     g = [q for q in pts if q["gap"]]
     x = np.array([q["images"] for q in g])
     m = np.array([q["gap"]["mean"] for q in g])

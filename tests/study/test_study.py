@@ -154,11 +154,34 @@ def test_budget_sweep_and_the_decision(tmp_path_factory):
         assert budget_key(preset, None, t) == {3: "nokd", 5: "nokd-equal-budget", 9: "budget/nokd-9"}[t]
         assert p["alone"]["values"] == {str(s): pytest.approx(mAP(s, budget_key(preset, None, t))) for s in (0, 1)}
         assert p["arm"]["values"] == {str(s): pytest.approx(mAP(s, budget_key(preset, arm, t))) for s in (0, 1)}
+    import numpy as np
+
+    # a run's time: the jobs' recorded seconds (the arm's stage 1 and stage 2 together), median
+    # over seeds; equal compute pairs the arm with the shortest budget where the student alone
+    # ran at least as long
+    def secs(seed, key):
+        return json.loads((root / f"seed{seed}" / key / "result.json").read_text())["seconds"]
+
+    alone_t = {p["total_iterations"]: float(np.median([secs(s, budget_key(preset, None, p["total_iterations"]))
+                                                       for s in (0, 1)])) for p in d["sweep"]}
+    for p in d["sweep"]:
+        t = p["total_iterations"]
+        assert p["alone_seconds"] == pytest.approx(alone_t[t])
+        arm_t = float(np.median([secs(s, budget_key(preset, arm, t)) + secs(s, arm.stage1_key) for s in (0, 1)]))
+        assert p["arm_seconds"] == pytest.approx(arm_t)
+        longer = [u for u in sorted(alone_t) if alone_t[u] >= arm_t]
+        eq = p["equal_compute"]
+        if not longer:
+            assert eq is None
+            continue
+        assert eq["alone_total_iterations"] == longer[0]
+        want = [mAP(s, budget_key(preset, arm, t)) - mAP(s, budget_key(preset, None, longer[0])) for s in (0, 1)]
+        assert eq["gap"]["mean"] == pytest.approx(sum(want) / 2)
+    assert "gap at equal compute" in (root / "decision.md").read_text()
     # the arm at 9 iterations in all: stage 1 as before, stage 2 for the rest
     cfg = json.loads((root / "seed0" / "budget" / f"{arm.key}-9" / "result.json").read_text())["config"]
     assert cfg["solver"]["max_iter"] == 9 - preset.iters["stage1"]
     # per class: the AP gain against scikit-learn's AP on the jobs' own score files
-    import numpy as np
     from sklearn.metrics import average_precision_score
 
     from mlic.evaluation import load_scores
