@@ -31,7 +31,7 @@ def parse_seeds(text: str) -> List[int]:
     return sorted(seeds)
 
 
-def parse_budgets(text: str) -> List[int]:
+def parse_budgets(text: str, option: str = "--budgets") -> List[int]:
     """'1000,1400,2000' -> [1000, 1400, 2000] (positive iteration counts)."""
     out = []
     for part in filter(None, (x.strip() for x in text.split(","))):
@@ -40,7 +40,7 @@ def parse_budgets(text: str) -> List[int]:
         except ValueError:
             value = 0
         if value < 1:
-            raise ValueError(f"--budgets: {part!r} is not a positive number of iterations")
+            raise ValueError(f"{option}: {part!r} is not a positive number of iterations")
         out.append(value)
     return sorted(set(out))
 
@@ -64,6 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "the tuned one (repeatable; a table each)")
     p.add_argument("--budgets", default="", help="the budget sweep: total training iterations (e.g. "
                    "1000,1400,2000,3000,4000) at which the student alone and --budget-arm also train on every seed")
+    p.add_argument("--alone-budgets", default="", help="totals at which only the student alone also trains, e.g. "
+                   "as long as the arm took at its longest budget (the sweep's equal-compute comparison)")
     p.add_argument("--budget-arm", default=None, help="the arm of the budget sweep (an arm key); its stage 2 trains "
                    "each total less its stage 1")
     p.add_argument("--tune-seeds", default="", help="also make the validation choices on these seeds' splits "
@@ -85,11 +87,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if any(not r > 0 for r in args.rate):
             raise ValueError(f"--rate must be positive, got {args.rate}")
         budgets = parse_budgets(args.budgets)
-        if budgets and not args.budget_arm:
-            raise ValueError("--budgets needs --budget-arm (the arm whose stage 2 the sweep trains longer)")
+        alone_budgets = parse_budgets(args.alone_budgets, "--alone-budgets")
+        if (budgets or alone_budgets) and not args.budget_arm:
+            raise ValueError(f"{'--budgets' if budgets else '--alone-budgets'} needs --budget-arm (the arm whose "
+                             "stage 2 the sweep trains longer)")
         budget_arm = Arm.from_key(args.budget_arm) if args.budget_arm else None
         summary = run_study(get_preset(args.preset), seeds, args.out, arms, args.workers, rates=args.rate,
-                            budgets=budgets, budget_arm=budget_arm,
+                            budgets=budgets, budget_arm=budget_arm, alone_budgets=alone_budgets,
                             tune_seeds=parse_seeds(args.tune_seeds) if args.tune_seeds else ())
     except (ValueError, StudyError) as e:
         print(f"study: {e}", file=sys.stderr)

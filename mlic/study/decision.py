@@ -109,14 +109,16 @@ def analyse(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], 
         if previous is not None:
             point["alone_gain"] = _paired(alone, previous[0])
             point["arm_gain"] = _paired(arm, previous[1])
-        # equal compute: the shortest sweep point at which the student alone ran at least
-        # as long as the arm did here
+        # equal compute, bracketed: the student alone at the longest sweep point where it ran
+        # no longer than the arm did here, and at the shortest where it ran at least as long
         t_arm = point["arm_seconds"]
-        match = next((t for t in totals if t_arm is not None and alone_secs[t] is not None and alone_secs[t] >= t_arm
-                      and alone_by_total[t]), None)
-        point["equal_compute"] = None if match is None or not arm else {
-            "alone_total_iterations": match, "alone_seconds": alone_secs[match],
-            "gap": _paired(arm, alone_by_total[match])}
+        timed = [t for t in totals if t_arm is not None and alone_secs[t] is not None and alone_by_total[t]]
+        below = [t for t in timed if alone_secs[t] <= t_arm]
+        above = [t for t in timed if alone_secs[t] >= t_arm]
+        point["equal_compute"] = {
+            side: None if not pick or not arm else {"alone_total_iterations": pick[0], "alone_seconds": alone_secs[pick[0]],
+                                                    "gap": _paired(arm, alone_by_total[pick[0]])}
+            for side, pick in (("no_more_time", below[-1:]), ("no_less_time", above[:1]))}
         previous = (alone, arm)
         sweep.append(point)
     return {"preset": preset.name, "seeds": seeds, "iterations": {"stage1": s1, "stage2": s2},
@@ -175,18 +177,18 @@ def format_markdown(a: dict) -> str:
                   f"less stage 1's {a['iterations']['stage1']} iterations), test mAP mean [95 % t interval]; gain: "
                   "from the previous budget, paired; s: a run's time, median over seeds (the arm's stage 1 and "
                   "stage 2 together, each with its test, two jobs at a time on the study's workers; the teacher "
-                  "not counted); equal compute: the arm minus the student alone at the shortest budget where it "
-                  "ran at least as long.", "",
+                  "not counted); at equal compute: the arm minus the student alone at the longest budget where "
+                  "that ran no longer than the arm, and at the shortest where it ran at least as long (its "
+                  "iterations in brackets), which bracket the gap at the arm's time.", "",
                   "| iterations in all | images seen | student alone | gain | s | arm | gain | s | gap (arm − alone) |"
-                  " equal compute: alone's iterations | gap at equal compute |",
+                  " gap, alone given no more time | gap, alone given no less time |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for pnt in a["sweep"]:
-            eq = pnt.get("equal_compute")
+            eq = pnt.get("equal_compute") or {}
             lines.append(f"| {pnt['total_iterations']} | {pnt['images']} | {_band_text(pnt['alone'])} | "
                          f"{_ci(pnt.get('alone_gain'))} | {_secs(pnt.get('alone_seconds'))} | "
                          f"{_band_text(pnt['arm'])} | {_ci(pnt.get('arm_gain'))} | {_secs(pnt.get('arm_seconds'))} | "
-                         f"{_ci(pnt['gap'])} | {eq['alone_total_iterations'] if eq else '—'} | "
-                         f"{_ci(eq['gap']) if eq else '—'} |")
+                         f"{_ci(pnt['gap'])} | {_equal(eq.get('no_more_time'))} | {_equal(eq.get('no_less_time'))} |")
     pc = a.get("per_class")
     if pc:
         rc, ro = pc["spearman_gain_corloc"], pc["spearman_gain_cooccurrence"]
@@ -198,6 +200,10 @@ def format_markdown(a: dict) -> str:
         for name, g, c, o in zip(pc["classes"], pc["gain_ap"], pc["teacher_corloc"], pc["with_another_class"]):
             lines.append(f"| {name} | {g:+.1f} | {c:.1f} | {o:.0f} % |")
     return "\n".join(lines)
+
+
+def _equal(e: Optional[dict]) -> str:
+    return "—" if not e else f"{_ci(e['gap'])} ({e['alone_total_iterations']})"
 
 
 def _secs(t: Optional[float]) -> str:

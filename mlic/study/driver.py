@@ -86,16 +86,17 @@ def _describe(chosen: Dict[str, float]) -> str:
 
 def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm] = MAIN_ARMS, workers: int = 2,
               log=print, equal_budget: bool = True, rates: Sequence[float] = (), budgets: Sequence[int] = (),
-              budget_arm: Optional[Arm] = None, tune_seeds: Sequence[int] = ()) -> dict:
+              budget_arm: Optional[Arm] = None, tune_seeds: Sequence[int] = (), alone_budgets: Sequence[int] = ()) -> dict:
     """Runs (or resumes) every job and writes table.md, study.json and study.png in
     out/<preset>/. `rates`: base rates of stage 2 and the student at which RATE_ARMS and
     the student alone also run on every seed (in seed<k>/lr<rate>/, a table each), to
     see what the tuned rate hides. `budgets`: total iterations at which the student alone
-    and `budget_arm` also train on every seed (the budget sweep, SeedPlan.budget_jobs).
+    and `budget_arm` also train on every seed (the budget sweep, SeedPlan.budget_jobs);
+    `alone_budgets`: totals at which only the student alone does (to reach the arm's time).
     `tune_seeds`: seeds (among `seeds`) on whose validation splits the choices are also made,
     to see whether they depend on the seed (reported beside the first seed's, which the
     jobs use; tuning_seed<k>.json). Returns the summary."""
-    if budgets and budget_arm is None:
+    if (budgets or alone_budgets) and budget_arm is None:
         raise StudyError("a budget sweep needs the arm to sweep (budget_arm)")
     if not seeds:
         raise StudyError("no seeds given")
@@ -117,13 +118,14 @@ def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm
         jobs += plans[s].shared_jobs(arms, tuned) + plans[s].student_jobs(arms, tuned=tuned, equal_budget=equal_budget)
         for r in rates:
             jobs += plans[s].student_jobs(RATE_ARMS, tuned=dict(tuned, lr=r), subfolder=f"lr{r:g}")
-        if budgets:
-            jobs += plans[s].shared_jobs([budget_arm], tuned) + plans[s].budget_jobs(budget_arm, budgets, tuned)
+        if budgets or alone_budgets:
+            jobs += plans[s].shared_jobs([budget_arm], tuned) + plans[s].budget_jobs(budget_arm, budgets, tuned,
+                                                                                     alone_budgets)
     jobs = in_priority_order(_unique(jobs), arms)
     log(f"[study] {len(jobs)} jobs; " + expected_time(jobs, workers))
     failed = run_jobs(jobs, workers, log)
-    summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned, rates, budgets,
-                           budget_arm)
+    summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned, rates,
+                           sorted(set(budgets) | set(alone_budgets)), budget_arm)
     summary["seconds"] = time.perf_counter() - t0
     if failed:
         raise StudyError(f"{len(failed)} job(s) failed: {', '.join(failed[:8])}; rerun the same command to retry "

@@ -251,19 +251,22 @@ class SeedPlan:
                                 soft_scale_lr_mult=ss)
         return self._job(name, cfg, ["pretrain", "teacher"] + ([s1] if s1 else []), True)
 
-    def budget_jobs(self, arm: Arm, totals: Sequence[int], tuned: Optional[Dict[str, float]] = None) -> List[Job]:
-        """The budget sweep: the student alone trained for each total of `totals` iterations,
-        and `arm` with its stage 2 trained for the total less its stage 1 (budget/<key>-<total>).
-        Totals the main jobs already train (the baselines, the arm itself) are not repeated:
-        budget_key() names the job of each point."""
+    def budget_jobs(self, arm: Arm, totals: Sequence[int], tuned: Optional[Dict[str, float]] = None,
+                    alone_totals: Sequence[int] = ()) -> List[Job]:
+        """The budget sweep: the student alone trained for each total of `totals` and of
+        `alone_totals` iterations, and `arm` with its stage 2 trained for each total of `totals`
+        less its stage 1 (budget/<key>-<total>). Totals the main jobs already train (the
+        baselines, the arm itself) are not repeated: budget_key() names the job of each point."""
         tuned = tuned or {}
         lr = tuned.get("lr", self.preset.base_lr["student"])
         jobs = []
-        for total in sorted(set(totals)):
+        for total in sorted(set(totals) | set(alone_totals)):
             key = self.budget_key(None, total)
             if key.startswith(BUDGET_FOLDER):
                 cfg = self.train_config("student", lr, self.body, iters=total)
                 jobs.append(self._job(key, cfg, ["pretrain"], True))
+            if total not in totals:
+                continue
             key = self.budget_key(arm, total)
             if key is not None and key.startswith(BUDGET_FOLDER):
                 jobs.append(self._stage2_job(key, arm, tuned, iters=total - self.stage1_iterations(arm)))

@@ -97,6 +97,10 @@ def test_seed_parsing_and_bad_arguments(capsys):
     assert study_main(["--seeds", "x"]) == 2
     assert "--seeds" in capsys.readouterr().err
     assert study_main(["--arms", "kd-nonsense"]) == 2
+    assert study_main(["--alone-budgets", "0"]) == 2
+    assert "--alone-budgets: '0' is not a positive number" in capsys.readouterr().err
+    assert study_main(["--alone-budgets", "900"]) == 2
+    assert "--alone-budgets needs --budget-arm" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -113,7 +117,7 @@ def test_budget_sweep_and_the_decision(tmp_path_factory):
     preset = get_preset("smoke")
     arm = Arm(regions="topk")
     run_study(preset, [0, 1], str(out), [RELEASED, arm], workers=2, log=lambda m: None, budgets=[3, 5, 9],
-              budget_arm=arm, tune_seeds=[1])
+              budget_arm=arm, tune_seeds=[1], alone_budgets=[12])
     root = out / "smoke"
     # the choices made again on seed 1's validation split are reported, and seed 1 keeps the teacher
     # trained at seed 0's choice
@@ -148,8 +152,11 @@ def test_budget_sweep_and_the_decision(tmp_path_factory):
         assert abs(sb["mean"]) < sb["equivalence_margin"] < max(abs(sb["low"]), abs(sb["high"]))
         ps.append(sb["p"])
     assert [r["same_budget"]["p_holm"] for r in d["arms"]] == pytest.approx(holm(ps))
-    assert [p["total_iterations"] for p in d["sweep"]] == [3, 5, 9]
-    for p in d["sweep"]:
+    assert [p["total_iterations"] for p in d["sweep"]] == [3, 5, 9, 12]
+    # the student alone only at --alone-budgets' total: no arm job, no arm point
+    assert not (root / "seed0" / "budget" / f"{arm.key}-12").exists() and d["sweep"][-1]["arm"] is None
+    assert d["sweep"][-1]["gap"] is None and d["sweep"][-1]["arm_seconds"] is None
+    for p in d["sweep"][:-1]:
         t = p["total_iterations"]
         assert budget_key(preset, None, t) == {3: "nokd", 5: "nokd-equal-budget", 9: "budget/nokd-9"}[t]
         assert p["alone"]["values"] == {str(s): pytest.approx(mAP(s, budget_key(preset, None, t))) for s in (0, 1)}
@@ -157,27 +164,28 @@ def test_budget_sweep_and_the_decision(tmp_path_factory):
     import numpy as np
 
     # a run's time: the jobs' recorded seconds (the arm's stage 1 and stage 2 together), median
-    # over seeds; equal compute pairs the arm with the shortest budget where the student alone
-    # ran at least as long
+    # over seeds; equal compute pairs the arm with the student alone at the longest budget that
+    # took no more time and at the shortest that took no less
     def secs(seed, key):
         return json.loads((root / f"seed{seed}" / key / "result.json").read_text())["seconds"]
 
     alone_t = {p["total_iterations"]: float(np.median([secs(s, budget_key(preset, None, p["total_iterations"]))
                                                        for s in (0, 1)])) for p in d["sweep"]}
-    for p in d["sweep"]:
+    for p in d["sweep"][:-1]:
         t = p["total_iterations"]
         assert p["alone_seconds"] == pytest.approx(alone_t[t])
         arm_t = float(np.median([secs(s, budget_key(preset, arm, t)) + secs(s, arm.stage1_key) for s in (0, 1)]))
         assert p["arm_seconds"] == pytest.approx(arm_t)
-        longer = [u for u in sorted(alone_t) if alone_t[u] >= arm_t]
         eq = p["equal_compute"]
-        if not longer:
-            assert eq is None
-            continue
-        assert eq["alone_total_iterations"] == longer[0]
-        want = [mAP(s, budget_key(preset, arm, t)) - mAP(s, budget_key(preset, None, longer[0])) for s in (0, 1)]
-        assert eq["gap"]["mean"] == pytest.approx(sum(want) / 2)
-    assert "gap at equal compute" in (root / "decision.md").read_text()
+        for side, picks in (("no_more_time", [u for u in sorted(alone_t) if alone_t[u] <= arm_t][-1:]),
+                            ("no_less_time", [u for u in sorted(alone_t) if alone_t[u] >= arm_t][:1])):
+            if not picks:
+                assert eq[side] is None
+                continue
+            assert eq[side]["alone_total_iterations"] == picks[0]
+            want = [mAP(s, budget_key(preset, arm, t)) - mAP(s, budget_key(preset, None, picks[0])) for s in (0, 1)]
+            assert eq[side]["gap"]["mean"] == pytest.approx(sum(want) / 2)
+    assert "gap, alone given no more time" in (root / "decision.md").read_text()
     # the arm at 9 iterations in all: stage 1 as before, stage 2 for the rest
     cfg = json.loads((root / "seed0" / "budget" / f"{arm.key}-9" / "result.json").read_text())["config"]
     assert cfg["solver"]["max_iter"] == 9 - preset.iters["stage1"]
