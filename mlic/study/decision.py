@@ -256,7 +256,8 @@ def plot_budget(a: dict, path: Path) -> None:
             right.fill_between(t, lo[timed], hi[timed], color=color, alpha=0.2, lw=0)
             for i in timed:
                 right.annotate(str(p[i]["total_iterations"]), (p[i][f"{field}_seconds"], m[i]), fontsize=7,
-                               textcoords="offset points", xytext=(4, -10), color=color)
+                               textcoords="offset points", xytext=(4, -10) if field == "alone" else (-16, 7),
+                               color=color)
     top.set_ylabel("test mAP (%)")
     top.legend(fontsize=8, loc="lower right")
     top.grid(alpha=0.3)
