@@ -10,8 +10,8 @@ study's finished jobs (tools/study.py --arms decide --budgets ... --budget-arm .
 - the budget sweep: test mAP of the student alone and of one arm against the total number
   of training images seen, each with its 95 % band, the paired gap at every budget and each
   curve's gain from one budget to the next (where both gains are within noise of zero, the
-  curves have flattened and the gap there is the answer), each run's training time, and the
-  arm against the student alone given at least as much time (equal compute).
+  curves have flattened and the gap there is the answer), each run's time, and the gap at
+  equal time, bracketed by the student alone given no more and no less time than the arm.
 """
 from __future__ import annotations
 
@@ -23,27 +23,30 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from mlic.study.names import name as readable_name
+from mlic.study.jobs import RESULT
 from mlic.study.pipeline import Arm, budget_key
 from mlic.study.presets import Preset
 from mlic.study.stats import equivalence_bound, holm, paired_difference, paired_p_value, summarize
 
 
-def _map(folder: Path, key: Optional[str]) -> Optional[float]:
+def _result(folder: Path, key: Optional[str]) -> Optional[dict]:
+    """A finished job's result record (None: no such job, or not finished)."""
     if key is None:
         return None
-    p = Path(folder) / key / "result.json"
-    if not p.is_file():
-        return None
-    test = json.loads(p.read_text())["metrics"].get("test")
+    p = Path(folder) / key / RESULT
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _map(folder: Path, key: Optional[str]) -> Optional[float]:
+    r = _result(folder, key)
+    test = None if r is None else r["metrics"].get("test")
     return None if test is None else 100 * float(test["mAP"])
 
 
 def _seconds(folder: Path, key: Optional[str]) -> Optional[float]:
     """A job's recorded time (its training and its test, as the study ran it)."""
-    if key is None:
-        return None
-    p = Path(folder) / key / "result.json"
-    return float(json.loads(p.read_text())["seconds"]) if p.is_file() else None
+    r = _result(folder, key)
+    return None if r is None else float(r["seconds"])
 
 
 def _paired(arm: Dict[int, float], base: Dict[int, float]) -> Optional[dict]:
@@ -112,12 +115,12 @@ def analyse(preset: Preset, seed_folders: Dict[int, Path], arms: Sequence[Arm], 
         # equal compute, bracketed: the student alone at the longest sweep point where it ran
         # no longer than the arm did here, and at the shortest where it ran at least as long
         t_arm = point["arm_seconds"]
-        timed = [t for t in totals if t_arm is not None and alone_secs[t] is not None and alone_by_total[t]]
+        timed = [t for t in totals if alone_secs[t] is not None and alone_by_total[t]] if arm and t_arm is not None else []
         below = [t for t in timed if alone_secs[t] <= t_arm]
         above = [t for t in timed if alone_secs[t] >= t_arm]
         point["equal_compute"] = {
-            side: None if not pick or not arm else {"alone_total_iterations": pick[0], "alone_seconds": alone_secs[pick[0]],
-                                                    "gap": _paired(arm, alone_by_total[pick[0]])}
+            side: None if not pick else {"alone_total_iterations": pick[0], "alone_seconds": alone_secs[pick[0]],
+                                         "gap": _paired(arm, alone_by_total[pick[0]])}
             for side, pick in (("no_more_time", below[-1:]), ("no_less_time", above[:1]))}
         previous = (alone, arm)
         sweep.append(point)
