@@ -7,6 +7,8 @@ of each phase the Trainer measures (data, forward, backward, update, hooks); the
 given with --formats run interleaved, so that their ratio is read within one stretch of a
 shared machine's speed. --profile adds torch.profiler's table of one run per stage and
 --startup the time a study job spends before its first iteration, against `import torch`.
+--compile times each stage's step with its model under torch.compile against the same model
+eager, interleaved, after a warm-up that compiles a graph for every input size it meets.
 """
 from __future__ import annotations
 
@@ -104,6 +106,51 @@ def profile_stage(preset, stage: str, files, pre_files, memory_format: str, step
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def time_compiled(preset, stage: str, files, pre_files, memory_format: str, steps: int, repeats: int,
+                  folder: Path) -> Dict[str, object]:
+    """One trainer whose model runs eager and under torch.compile in turn (the same module, so
+    the same parameters and solver): seconds per iteration of each, interleaved, and the
+    wall time of the compiled warm-up, which runs until a stretch of steps compiles nothing."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    out = Path(tempfile.mkdtemp(dir=folder))
+    if stage == "pretrain":
+        t = _standin_trainer(preset, pre_files, out, memory_format, 10 ** 6)
+    else:
+        t = _stage_trainer(preset, stage, files, out, memory_format, 10 ** 6)
+    eager = t.model
+    compiled = torch.compile(eager)
+    done = 0
+
+    def run(model, n: int) -> float:
+        nonlocal done
+        t.model = model
+        done += n
+        t.max_iter = done
+        t0 = time.perf_counter()
+        t.train()
+        return (time.perf_counter() - t0) / n
+
+    run(eager, 3)
+    counters = torch._dynamo.utils.counters
+    first = counters["stats"]["unique_graphs"]
+    t0 = time.perf_counter()
+    while True:  # every scale of the data layer is a new input size
+        before = counters["stats"]["unique_graphs"]
+        run(compiled, steps)
+        if counters["stats"]["unique_graphs"] == before:
+            break
+    warmup_s = time.perf_counter() - t0
+    times: Dict[str, List[float]] = {"eager": [], "compiled": []}
+    for _ in range(repeats):
+        times["eager"].append(run(eager, steps))
+        times["compiled"].append(run(compiled, steps))
+    return {"eager": _median_spread(times["eager"]), "compiled": _median_spread(times["compiled"]),
+            "speed-up compiled over eager": _median_spread([a / b for a, b in zip(times["eager"], times["compiled"])]),
+            "compiled warm-up s": warmup_s, "graphs": int(counters["stats"]["unique_graphs"] - first)}
+
+
 def _job_spec(preset, files, folder: Path, memory_format: str) -> Path:
     """A study job of the teacher for one iteration, as tools/study.py writes it."""
     from dataclasses import asdict
@@ -181,7 +228,7 @@ def _median_spread(values: List[float]) -> Dict[str, float]:
 
 
 def run(preset_name: str, formats: List[str], stages: List[str], steps: int, warmup: int, repeats: int,
-        profile_steps: int, startup: int, threads: int, log=print) -> dict:
+        profile_steps: int, startup: int, threads: int, compile_steps: int = 0, log=print) -> dict:
     from mlic.study.presets import get_preset
 
     torch.set_num_threads(threads)
@@ -207,6 +254,14 @@ def run(preset_name: str, formats: List[str], stages: List[str], steps: int, war
                     row[f"speed-up {f} over {base}"] = _median_spread(ratios)
             result["stages"][stage] = row
             log(format_stage(stage, row, formats))
+            if compile_steps:
+                c = time_compiled(preset, stage, files, pre_files, formats[-1], compile_steps, repeats, folder)
+                result.setdefault("compile", {})[stage] = c
+                log(f"torch.compile, {stage}, {formats[-1]}: eager {1000 * c['eager']['median']:.1f} ms, compiled "
+                    f"{1000 * c['compiled']['median']:.1f} ms per iteration (speed-up "
+                    f"{c['speed-up compiled over eager']['median']:.2f}x, range "
+                    f"{c['speed-up compiled over eager']['min']:.2f}-{c['speed-up compiled over eager']['max']:.2f}); "
+                    f"warm-up {c['compiled warm-up s']:.0f} s, {c['graphs']} graphs")
             if profile_steps:
                 table = profile_stage(preset, stage, files, pre_files, formats[-1], profile_steps, folder)
                 result["profiles"][stage] = table

@@ -127,6 +127,8 @@ def main(argv=None):
     e.add_argument("--profile", type=int, default=0, metavar="N", help="torch.profiler table over N iterations")
     e.add_argument("--startup", type=int, default=0, metavar="N", help="time a study job's start-up N times")
     e.add_argument("--threads", type=int, default=1, help="torch threads (a study job's: 1)")
+    e.add_argument("--compile", type=int, default=0, metavar="N",
+                   help="also time each stage's model under torch.compile against eager, N iterations a run")
     args = p.parse_args(argv)
     if args.preset:
         return embedded_main(args)
@@ -192,7 +194,7 @@ def embedded_main(args) -> int:
     import embedded
 
     res = embedded.run(args.preset, args.formats.split(","), args.stages.split(","), args.steps or 20, args.warmup,
-                       args.repeats, args.profile, args.startup, args.threads)
+                       args.repeats, args.profile, args.startup, args.threads, args.compile)
     record.write(res, args.out or record.RESULTS / f"embedded_{args.preset}_cpu.json")
     return 0
 
