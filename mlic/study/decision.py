@@ -235,6 +235,7 @@ def plot_budget(a: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     pts = [p for p in a["sweep"] if p["alone"] or p["arm"]]
     fig = plt.figure(figsize=(12, 6.5))
@@ -264,9 +265,11 @@ def plot_budget(a: dict, path: Path) -> None:
     top.set_ylabel("test mAP (%)")
     top.legend(fontsize=8, loc="lower right")
     top.grid(alpha=0.3)
-    top.set_title(f"preset {a['preset']}: test mAP against training images seen (bands: 95 % t interval over seeds)",
+    top.set_title(f"preset {a['preset']}: test mAP against training images seen, log scale (bands: 95 % t "
+                  "interval over seeds)",
                   fontsize=9)
-    right.set_xlabel("seconds a run takes (median over seeds; the arm's\nstage 1 and stage 2; the teacher not counted)")
+    right.set_xlabel("seconds a run takes, log scale (median over seeds; the arm's\nstage 1 and stage 2; the teacher "
+                     "not counted)")
     right.set_title("the same against a run's time\n(labels: iterations in all)", fontsize=9)
     right.grid(alpha=0.3)
     g = [q for q in pts if q["gap"]]
@@ -280,6 +283,16 @@ def plot_budget(a: dict, path: Path) -> None:
     bottom.set_xlabel("training images seen (iterations in all × batch)")
     bottom.grid(alpha=0.3)
     bottom.set_title("the same seeds, paired: mean and 95 % t interval", fontsize=9)
+    # budgets grow geometrically: a log axis keeps the short runs apart from the long ones
+    images = sorted({q["images"] for q in pts})
+    top.set_xscale("log")
+    bottom.set_xticks(images, [f"{i / 1000:g}k" for i in images], fontsize=8)
+    bottom.xaxis.set_minor_locator(NullLocator())
+    right.set_xscale("log")
+    lo_t, hi_t = right.get_xlim()
+    ticks = [t for t in (10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000, 3000, 5000) if lo_t <= t <= hi_t]
+    right.set_xticks(ticks, [str(t) for t in ticks])
+    right.xaxis.set_minor_locator(NullLocator())
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
