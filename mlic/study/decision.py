@@ -292,6 +292,7 @@ def plot_budget(a: dict, path: Path) -> None:
     lo_t, hi_t = right.get_xlim()
     ticks = [t for t in (10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000, 3000, 5000) if lo_t <= t <= hi_t]
     right.set_xticks(ticks, [str(t) for t in ticks])
+    right.set_xlim(lo_t, hi_t * 1.15)  # room for the last point's label
     right.xaxis.set_minor_locator(NullLocator())
     fig.tight_layout()
     fig.savefig(path, dpi=110)
