@@ -70,14 +70,18 @@ def _standin_trainer(preset, files, out: Path, memory_format: str, iters: int):
                            memory_format=memory_format)
 
 
+def _trainer(preset, stage: str, files, pre_files, out: Path, memory_format: str, iters: int):
+    """The stage's trainer: the stand-in's for "pretrain", a study job's otherwise."""
+    if stage == "pretrain":
+        return _standin_trainer(preset, pre_files, out, memory_format, iters)
+    return _stage_trainer(preset, stage, files, out, memory_format, iters)
+
+
 def time_stage(preset, stage: str, files, pre_files, memory_format: str, steps: int, warmup: int,
                folder: Path) -> Dict[str, float]:
     """Seconds per iteration of each phase over `steps` iterations after `warmup`."""
     out = Path(tempfile.mkdtemp(dir=folder))
-    if stage == "pretrain":
-        t = _standin_trainer(preset, pre_files, out, memory_format, warmup + steps)
-    else:
-        t = _stage_trainer(preset, stage, files, out, memory_format, warmup + steps)
+    t = _trainer(preset, stage, files, pre_files, out, memory_format, warmup + steps)
     t.max_iter = warmup
     t.train()
     t.phase_seconds = dict.fromkeys(t.phase_seconds, 0.0)
@@ -94,10 +98,7 @@ def profile_stage(preset, stage: str, files, pre_files, memory_format: str, step
     from torch.profiler import ProfilerActivity, profile
 
     out = Path(tempfile.mkdtemp(dir=folder))
-    if stage == "pretrain":
-        t = _standin_trainer(preset, pre_files, out, memory_format, steps + 2)
-    else:
-        t = _stage_trainer(preset, stage, files, out, memory_format, steps + 2)
+    t = _trainer(preset, stage, files, pre_files, out, memory_format, steps + 2)
     t.max_iter = 2
     t.train()
     t.max_iter = steps + 2
@@ -115,10 +116,7 @@ def time_compiled(preset, stage: str, files, pre_files, memory_format: str, step
 
     torch._dynamo.reset()
     out = Path(tempfile.mkdtemp(dir=folder))
-    if stage == "pretrain":
-        t = _standin_trainer(preset, pre_files, out, memory_format, 10 ** 6)
-    else:
-        t = _stage_trainer(preset, stage, files, out, memory_format, 10 ** 6)
+    t = _trainer(preset, stage, files, pre_files, out, memory_format, 10 ** 6)
     eager = t.model
     compiled = torch.compile(eager)
     done = 0
