@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from mlic.engine.run_lock import LOCK_NAME, hold_folder, make_out_folder
 from mlic.study import names, report
 from mlic.study.jobs import TimeLeft, duration, run_jobs
 from mlic.study.pipeline import BASELINE, PAPER_L2, RELEASED, SeedPlan, prepare_data
@@ -89,7 +90,7 @@ def _clean(folder: Path) -> None:
     if not folder.is_dir():
         return
     for p in folder.iterdir():
-        if p.name in ("data", "pretrain_data") and (p / "complete.json").is_file():
+        if p.name in ("data", "pretrain_data") and (p / "complete.json").is_file() or p.name == LOCK_NAME:
             continue
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
@@ -106,6 +107,12 @@ def run_demo(out: str = "demo_out", preset: str = "demo", seed: int = 0, workers
     out/<preset>/seed<seed>."""
     p = get_preset(preset)
     run = Path(out) / p.name / f"seed{seed}"
+    make_out_folder(run)
+    with hold_folder(run):  # a second demo on the same seed would delete the jobs this one runs
+        return _run_seed(run, p, seed, workers, log)
+
+
+def _run_seed(run: Path, p: Preset, seed: int, workers: int, log) -> dict:
     _clean(run)
     t0 = time.perf_counter()
     log(f"[demo] preset {p.name}, seed {seed}, into {run}: (1) the synthetic images, (2) {2 + 2 * len(ARMS)} "

@@ -108,6 +108,20 @@ def test_demo_bad_arguments(capsys):
     assert main(["--workers", "0"]) == 2
 
 
+def test_a_demo_seed_in_use_is_refused_and_keeps_its_files(tmp_path, capsys):
+    """A second demo on a seed another one is running would delete that one's jobs."""
+    from mlic.engine.run_lock import hold_folder
+
+    run = tmp_path / "smoke" / "seed0"
+    run.mkdir(parents=True)
+    (run / "results.md").write_text("an earlier run")
+    with hold_folder(run):
+        assert main(["--preset", "smoke", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {run} is in use by another run (process {os.getpid()} on " in err[0], err
+    assert (run / "results.md").read_text() == "an earlier run"
+
+
 def _results(map_, cf1, of1, top3_same=True):
     out = {}
     for (key, _), m, c, o in zip(ROWS, map_, cf1, of1):

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Optional
 
 from mlic.errors import OutputError, UserInputError
 
@@ -20,6 +21,18 @@ LOCK_NAME = "run.lock"
 
 class FolderInUse(UserInputError):
     """Another process holds the output folder."""
+
+
+def make_out_folder(out: os.PathLike, flag: str = "--out") -> None:
+    """The folder a run writes (`flag` names it), created when missing; OutputError
+    naming it and the cause otherwise."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{flag} {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{flag} {out}: cannot create the folder ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager
@@ -51,3 +64,24 @@ def hold_folder(folder: os.PathLike, flag: str = "--out"):
         yield
     finally:
         os.close(fd)
+
+
+def holder(folder: os.PathLike) -> Optional[str]:
+    """Who holds `folder` now (the lock file's sentence), or None when no live process
+    does; for a caller about to delete the folder. Nothing is written."""
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        return os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "a process that has not said which"
+    finally:
+        os.close(fd)
+    return None

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 from mlic.data import read_datalist
 from mlic.data.annotations import read_ground_truth
+from mlic.engine.run_lock import hold_folder, make_out_folder
 from mlic.evaluation import corloc_references
 from mlic.study import report
 from mlic.study.decision import write_decision
@@ -101,36 +102,38 @@ def run_study(preset: Preset, seeds: Sequence[int], out: str, arms: Sequence[Arm
     if not seeds:
         raise StudyError("no seeds given")
     root = Path(out) / preset.name
-    root.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    plans = {}
-    for s in seeds:
-        folder = root / f"seed{s}"
-        plans[s] = SeedPlan(preset, s, folder, prepare_data(preset, s, folder, workers=workers, log=log))
-    tuned = tune(preset, plans[seeds[0]], workers, log)
-    for s in tune_seeds:
-        if s not in plans:
-            raise StudyError(f"tune seed {s} is not among the seeds {list(seeds)}")
-        if s != seeds[0]:
-            tune(preset, plans[s], workers, log, root / f"tuning_seed{s}.json", adopt=False)
-    jobs: List = []
-    for s in seeds:
-        jobs += plans[s].shared_jobs(arms, tuned) + plans[s].student_jobs(arms, tuned=tuned, equal_budget=equal_budget)
-        for r in rates:
-            jobs += plans[s].student_jobs(RATE_ARMS, tuned=dict(tuned, lr=r), subfolder=f"lr{r:g}")
-        if budgets or alone_budgets:
-            jobs += plans[s].shared_jobs([budget_arm], tuned) + plans[s].budget_jobs(budget_arm, budgets, tuned,
-                                                                                     alone_budgets)
-    jobs = in_priority_order(_unique(jobs), arms)
-    log(f"[study] {len(jobs)} jobs; " + expected_time(jobs, workers))
-    failed = run_jobs(jobs, workers, log)
-    summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned, rates,
-                           sorted(set(budgets) | set(alone_budgets)), budget_arm)
-    summary["seconds"] = time.perf_counter() - t0
-    if failed:
-        raise StudyError(f"{len(failed)} job(s) failed: {', '.join(failed[:8])}; rerun the same command to retry "
-                         "them (finished jobs are kept)")
-    return summary
+    make_out_folder(root)
+    with hold_folder(root):  # a second study on the same folder would delete the jobs this one runs
+        t0 = time.perf_counter()
+        plans = {}
+        for s in seeds:
+            folder = root / f"seed{s}"
+            plans[s] = SeedPlan(preset, s, folder, prepare_data(preset, s, folder, workers=workers, log=log))
+        tuned = tune(preset, plans[seeds[0]], workers, log)
+        for s in tune_seeds:
+            if s not in plans:
+                raise StudyError(f"tune seed {s} is not among the seeds {list(seeds)}")
+            if s != seeds[0]:
+                tune(preset, plans[s], workers, log, root / f"tuning_seed{s}.json", adopt=False)
+        jobs: List = []
+        for s in seeds:
+            jobs += plans[s].shared_jobs(arms, tuned) + plans[s].student_jobs(arms, tuned=tuned,
+                                                                             equal_budget=equal_budget)
+            for r in rates:
+                jobs += plans[s].student_jobs(RATE_ARMS, tuned=dict(tuned, lr=r), subfolder=f"lr{r:g}")
+            if budgets or alone_budgets:
+                jobs += plans[s].shared_jobs([budget_arm], tuned) + plans[s].budget_jobs(budget_arm, budgets, tuned,
+                                                                                         alone_budgets)
+        jobs = in_priority_order(_unique(jobs), arms)
+        log(f"[study] {len(jobs)} jobs; " + expected_time(jobs, workers))
+        failed = run_jobs(jobs, workers, log)
+        summary = write_report(preset, {s: plans[s].folder for s in seeds}, arms, root, tuned, rates,
+                               sorted(set(budgets) | set(alone_budgets)), budget_arm)
+        summary["seconds"] = time.perf_counter() - t0
+        if failed:
+            raise StudyError(f"{len(failed)} job(s) failed: {', '.join(failed[:8])}; rerun the same command to retry "
+                             "them (finished jobs are kept)")
+        return summary
 
 
 def _unique(jobs: List) -> List:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mlic import portable
+from mlic.engine.run_lock import holder
 
 RESULT = "result.json"
 
@@ -216,6 +217,12 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, log: Callable[[str], None] =
                 break
             pending.remove(j)
             waiting.discard(j.key)
+            other = holder(j.out)
+            if other:  # a job left running by another driver: never delete its folder under it
+                failed.append(j.key)
+                log(f"[{tag}] FAILED {with_key(j.key)}: {j.out} is in use by another run ({other}); "
+                    "wait for it to end, then rerun")
+                continue
             if Path(j.out).exists():  # an interrupted attempt: start it afresh
                 shutil.rmtree(j.out)
             Path(j.out).mkdir(parents=True)

@@ -24,7 +24,7 @@ from mlic.engine import distributed as D
 from mlic.engine import (DivergenceWatch, EvalHook, MetricsWriter, PeriodicCheckpointer, Trainer,
                          load_newest_intact)
 from mlic.engine.checkpoint import CheckpointError, atomic_save
-from mlic.engine.run_lock import hold_folder
+from mlic.engine.run_lock import hold_folder, make_out_folder
 from mlic.data import HumanAttDataConfig, build_loader, read_datalist
 from mlic.errors import OutputError, RunInterrupted, UserInputError
 from mlic.evaluation import evaluate_multilabel
@@ -61,16 +61,6 @@ def train(cfg: TrainConfig) -> Path:
     finally:
         if started_group:
             D.cleanup()
-
-
-def make_out_folder(out: Path) -> None:
-    """--out, created when missing; OutputError naming it and the cause otherwise."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """When a finished job counts as done: its settings and its inputs (make's rule)."""
 import json
 import os
+from pathlib import Path
 
 from mlic.study.jobs import Job, _up_to_date
 
@@ -202,3 +203,29 @@ def test_thread_count_does_not_change_what_a_stage_trains(tmp_path):
     for a, b in zip(finals[1], finals[2]):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_a_job_folder_another_run_holds_is_never_deleted(tmp_path, monkeypatch):
+    """An interrupted job's folder is started afresh, unless a live process still holds it
+    (a job left running by a stopped driver): then the job fails with a sentence naming the
+    holder, and the folder keeps every byte. A lock file nobody holds does not block."""
+    from mlic.engine.run_lock import LOCK_NAME, hold_folder
+    from mlic.study import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module.subprocess, "Popen", _FakeProcess)
+    monkeypatch.setattr(jobs_module.time, "sleep", lambda s: None)
+    _FakeProcess.running, _FakeProcess.peak, _FakeProcess.started = [], 0, []
+    held, stale = _job(tmp_path, "held"), _job(tmp_path, "stale")
+    for j in (held, stale):
+        os.makedirs(j.out)
+        (Path(j.out) / "checkpoint.pt").write_bytes(b"work of an earlier attempt")
+    (Path(stale.out) / LOCK_NAME).write_text("process 1 on elsewhere, started long ago\n")
+    lines = []
+    with hold_folder(held.out):
+        failed = jobs_module.run_jobs([held, stale], workers=1, log=lines.append)
+    assert failed == ["held"]
+    assert (Path(held.out) / "checkpoint.pt").read_bytes() == b"work of an earlier attempt"
+    assert not held.done() and stale.done() and not (Path(stale.out) / "checkpoint.pt").exists()
+    assert [k for k, _ in _FakeProcess.started] == ["stale"]
+    line = next(m for m in lines if "FAILED" in m)
+    assert f"{held.out} is in use by another run (process {os.getpid()} on " in line, line

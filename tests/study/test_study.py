@@ -103,6 +103,22 @@ def test_seed_parsing_and_bad_arguments(capsys):
     assert "--alone-budgets needs --budget-arm" in capsys.readouterr().err
 
 
+
+def test_a_study_folder_in_use_or_a_file_is_refused_before_anything_is_written(tmp_path, capsys):
+    from mlic.engine.run_lock import hold_folder
+
+    root = tmp_path / "smoke"
+    root.mkdir()
+    with hold_folder(root):
+        assert study_main(["--preset", "smoke", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {root} is in use by another run (process {os.getpid()} on " in err[0], err
+    assert sorted(p.name for p in root.iterdir()) == ["run.lock"]
+    (tmp_path / "file").write_text("x")
+    assert study_main(["--preset", "smoke", "--seeds", "0", "--out", str(tmp_path / "file")]) == 2
+    assert "--out " + str(tmp_path / "file" / "smoke") + ": cannot create the folder" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_budget_sweep_and_the_decision(tmp_path_factory):
     """--budgets trains the student alone and the swept arm at every total; decision.json's
