@@ -15,10 +15,8 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import record  # noqa: E402  (bench/record.py, beside this file)
@@ -31,21 +29,14 @@ def run_once(path: Path, preset: str, seed: int, workers: int) -> dict:
         env = dict(os.environ, PYTHONPATH=str(path))
         cmd = [sys.executable, str(path / "tools" / "demo.py"), "--preset", preset, "--seeds", str(seed),
                "--workers", str(workers), "--out", out]
-        t0 = time.perf_counter()
-        with open(Path(out) / "console.log", "w") as log:
-            proc = subprocess.Popen(cmd, cwd=path, env=env, stdout=log, stderr=subprocess.STDOUT)
-            # wait4's usage covers the demo and every process it waited for: the whole seed
-            _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
+        t = record.timed(cmd, path, Path(out) / "console.log", env)
+        if t["exit"] != 0:
             tail = (Path(out) / "console.log").read_text()[-2000:]
-            raise RuntimeError(f"{' '.join(cmd)} exited with {code}:\n{tail}")
+            raise RuntimeError(f"{' '.join(cmd)} exited with {t['exit']}:\n{tail}")
         results = Path(out) / preset / f"seed{seed}" / "results.json"
         table = json.loads(results.read_text()) if results.exists() else None
         steps = [ln for ln in (Path(out) / "console.log").read_text().splitlines() if " done " in ln]
-    return {"wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "steps": steps, "results": table}
+    return {**{k: t[k] for k in ("wall_s", "user_s", "sys_s", "cpu_s")}, "steps": steps, "results": table}
 
 
 def _spread(values):

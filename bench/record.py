@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -69,3 +70,14 @@ def write(result: dict, path, argv: Optional[Sequence[str]] = None) -> Path:
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"written {path}")
     return path
+
+
+def timed(cmd: Sequence[str], cwd, log_path, env: Optional[dict] = None) -> dict:
+    """Runs `cmd` with its output to `log_path`: wall time and the CPU time (user, system)
+    of the command and every process it waited for (wait4's usage), and its exit code."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    return {"wall_s": time.perf_counter() - t0, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+            "cpu_s": usage.ru_utime + usage.ru_stime, "exit": os.waitstatus_to_exitcode(status)}
