@@ -49,7 +49,7 @@ demo: build
 # budget? The default is the README's demo table and docs/study.md's decision (10 seeds,
 # the arms that decide it, the budget sweep; about 3.5 hours on 2 idle cores); rerunning
 # resumes. The large preset's: STUDY_ARGS="--preset large --seeds 0-9 --arms decide
-# --budgets 1000,1400,2000,3000,5000 --alone-budgets 10000,15000,20000 --budget-arm kd-ce-frozen-s1fc-topk
+# --budgets 1000,1400,2000,3000,5000,10000 --alone-budgets 15000,20000 --budget-arm kd-ce-frozen-s1fc-topk
 # --out study_out".
 STUDY_ARGS ?= --preset demo --seeds 0-9 --arms decide --budgets 1000,1500,2000,3000,6000,12000 --budget-arm kd-l2-decay-s1fc-all --out study_out
 study: build
