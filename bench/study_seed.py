@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import record  # noqa: E402  (bench/record.py, beside this file)
@@ -38,20 +39,24 @@ def main(argv=None) -> int:
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         study_args = f"--preset {args.preset} --seeds {args.seed} --arms {args.arms} --out {clone / 'study_out'}"
         console = folder / "console.log"
+        start = time.time()
         t = record.timed(["make", "study", f"STUDY_ARGS={study_args}"], clone, console)
         text = console.read_text()
         if t["exit"] != 0:
             print(f"study_seed: make study exited with {t['exit']}:\n{text[-3000:]}", file=sys.stderr)
             return 1
         build = re.search(r"^\[build\] done in (\d+) s", text, re.M)
+        stamp = clone / ".venv" / ".mlic-installed"  # touched by make when the set-up ends
+        setup = stamp.stat().st_mtime - start if stamp.is_file() else None
         jobs = [{"job": m.group(1), "s": float(m.group(2))}
                 for m in re.finditer(r"^\[study\] done .*\[(\S+)\] in (\d+) s", text, re.M)]
         print(f"{args.preset} seed {args.seed}, --arms {args.arms}, from a fresh clone: wall "
               f"{t['wall_s'] / 60:.1f} min, CPU {t['cpu_s'] / 60:.1f} min (user {t['user_s']:.0f} s, "
-              f"sys {t['sys_s']:.0f} s); build {build.group(1) if build else '?'} s; {len(jobs)} jobs")
+              f"sys {t['sys_s']:.0f} s); set-up {setup or 0:.0f} s, build {build.group(1) if build else '?'} s; "
+              f"{len(jobs)} jobs")
         res = {"preset": args.preset, "seed": args.seed, "arms": args.arms, "study_args": study_args,
                **{k: t[k] for k in ("wall_s", "cpu_s", "user_s", "sys_s")},
-               "build_s": int(build.group(1)) if build else None, "jobs": jobs,
+               "setup_s": setup, "build_s": int(build.group(1)) if build else None, "jobs": jobs,
                "console_tail": text[-4000:]}
         record.write(res, args.out or record.RESULTS / f"study_seed_{args.preset}_cpu.json", argv)
     finally:
