@@ -90,7 +90,7 @@ def _clean(folder: Path) -> None:
     if not folder.is_dir():
         return
     for p in folder.iterdir():
-        if p.name in ("data", "pretrain_data") and (p / "complete.json").is_file() or p.name == LOCK_NAME:
+        if p.name == LOCK_NAME or (p.name in ("data", "pretrain_data") and (p / "complete.json").is_file()):
             continue
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 

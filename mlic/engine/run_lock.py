@@ -23,6 +23,15 @@ class FolderInUse(UserInputError):
     """Another process holds the output folder."""
 
 
+# what flock says when another open file holds the lock (EACCES on some file systems)
+_HELD_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def _named_holder(fd: int) -> str:
+    """The sentence the holding process wrote into the lock file."""
+    return os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "a process that has not said which"
+
+
 def make_out_folder(out: os.PathLike, flag: str = "--out") -> None:
     """The folder a run writes (`flag` names it), created when missing; OutputError
     naming it and the cause otherwise."""
@@ -50,13 +59,12 @@ def hold_folder(folder: os.PathLike, flag: str = "--out"):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if exc.errno not in _HELD_ERRNOS:
                 log.warning("%s %s: the folder cannot be locked (%s): nothing keeps a second run from writing "
                             "into it at the same time", flag, folder, exc.strerror or exc)
                 yield
                 return
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "a process that has not said which"
-            raise FolderInUse(f"{flag} {folder} is in use by another run ({holder}); wait for it to end, or give "
+            raise FolderInUse(f"{flag} {folder} is in use by another run ({_named_holder(fd)}); wait for it to end, or give "
                               "another folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, started "
@@ -79,9 +87,7 @@ def holder(folder: os.PathLike) -> Optional[str]:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        return os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "a process that has not said which"
+        return _named_holder(fd) if exc.errno in _HELD_ERRNOS else None
     finally:
         os.close(fd)
     return None

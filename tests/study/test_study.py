@@ -103,7 +103,6 @@ def test_seed_parsing_and_bad_arguments(capsys):
     assert "--alone-budgets needs --budget-arm" in capsys.readouterr().err
 
 
-
 def test_a_study_folder_in_use_or_a_file_is_refused_before_anything_is_written(tmp_path, capsys):
     from mlic.engine.run_lock import hold_folder
 
