@@ -76,15 +76,29 @@ class VGG16(CaffePort):
             raise ValueError(f"{type(self).__name__}: expected input [N, {self._first_conv().in_channels}, H, W], "
                              f"got {tuple(x.shape)}")
         x = x.contiguous(memory_format=self.memory_format)
-        for kind, name in self.body_plan:
+        plan = self.body_plan
+        i = 0
+        while i < len(plan):
+            kind, name = plan[i]
             if kind == "conv":
-                x = F.relu(getattr(self, name)(x))
+                x = getattr(self, name)(x)
+                if blobs is None and name != stop_at and i + 1 < len(plan) and plan[i + 1][0] == "pool":
+                    # max pooling and ReLU commute, values and gradients alike (a window's
+                    # first maximum is the same where it is positive; elsewhere ReLU passes no
+                    # gradient), so ReLU runs on the pooled map: a quarter of the elements
+                    x = F.relu_(_ops.max_pool_2x2(x))
+                    name = plan[i + 1][1]
+                    i += 1
+                else:
+                    # in place: the convolution's backward needs its input, not its output
+                    x = F.relu_(x)
             else:
                 x = _ops.max_pool_2x2(x)
             if blobs is not None:
                 blobs[name] = x
             if name == stop_at:
                 break
+            i += 1
         return x
 
     def _first_conv(self):

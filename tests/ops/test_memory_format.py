@@ -55,6 +55,36 @@ def test_roi_pool_channels_last(device, ties):
     assert_equal_int(res[1][0][1], ref_arg, "roi_pool argmax on channels_last")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_roi_pool_channels_last_wide(device, dtype):
+    """Enough channels for the CPU's blocks of 16 side by side and a remainder (37), with
+    ties, NaN (never a maximum) and -FLT_MAX (never above the start value: argmax -1)."""
+    dev = device_or_skip(device)
+    g = torch.Generator().manual_seed(11)
+    n, c, h, w = 2, 37, 7, 9
+    x = tied_features(n, c, h, w, g) - 1.0
+    x[:, 3] = float("nan")
+    x[1, 20, 2:5, 1:4] = float("nan")
+    x[:, 21] = -3.402823466e38
+    x[0, 35, :, 4] = 7.0
+    rois = random_rois(40, n, h, w, 0.5, g, cols=6, device=dev)
+    res = _both_layouts(lambda f: operators(device).roi_pool(f, rois.to(dtype), 2, 3, spatial_scale=0.5,
+                                                             score_scale=1.5, score_bias=0.25),
+                        x.to(dtype).to(dev))
+    _assert_identical(res, f"roi_pool {dtype}")
+    finite = torch.nan_to_num(x, nan=-2.0)
+    ref_out, ref_arg = roi_pool_ref(finite, rois.cpu(), 2, 3, 0.5, 1.5, 0.25)
+    keep = torch.ones(c, dtype=torch.bool)
+    keep[[3, 20]] = False  # the NaN planes: compared between the layouts above
+    out, arg = res[1][0]
+    if dtype == torch.float32:
+        assert torch.equal(out[:, keep], ref_out[:, keep])
+        assert_equal_int(arg[:, keep], ref_arg[:, keep], "roi_pool argmax on channels_last, 37 channels")
+    assert (arg[:, 21] == -1).all(), "-FLT_MAX is never above the start value"
+    assert (arg[:, 3] == -1).all(), "NaN is never a maximum"
+
+
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_roi_spp_channels_last(device):
     dev = device_or_skip(device)

@@ -49,3 +49,44 @@ def test_channels_last_computes_what_nchw_computes(stage, switches):
 def test_unknown_memory_format_is_refused():
     with pytest.raises(ValueError, match="memory format must be one of contiguous, channels_last"):
         build_task("student", small_cfg(), memory_format="nhwc")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_body_pools_before_relu_with_the_same_bits(layout):
+    """The body runs ReLU after a conv's max pool (a quarter of the elements). Against the
+    released order, layer by layer (conv, ReLU, then Caffe's pooling reference), on an input
+    whose windows hold ties and negative maxima: the same output and the same gradients of
+    the input and of every weight, bit for bit."""
+    import torch.nn.functional as F
+
+    from mlic.ops.reference import caffe_pool2d_ref
+    from prototxt_ports.vgg import VGG16
+
+    cfg = small_cfg()
+    torch.manual_seed(3)
+    body = VGG16(cfg)
+    for m in body.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.weight.data = torch.randint(-2, 3, m.weight.shape).float() / 4  # exact sums: ties survive
+            m.bias.data = torch.randint(-2, 3, m.bias.shape).float() / 4
+    body.set_memory_format(layout)
+    ref = copy.deepcopy(body)
+    x = torch.randint(-2, 3, (2, 3, 30, 26)).float()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = body.run_body(xa)
+    y = xb.contiguous(memory_format=body.memory_format)
+    zero_windows = 0
+    for kind, name in ref.body_plan:
+        if kind == "conv":
+            y = F.relu(getattr(ref, name)(y))
+        else:
+            zero_windows += int((caffe_pool2d_ref(y.detach(), 2, 2, 0, "max") == 0).sum())
+            y = caffe_pool2d_ref(y, 2, 2, 0, "max")
+    assert zero_windows > 0, "no window without a positive value: the test would not see ReLU's zero gradient"
+    assert torch.equal(out, y)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    out.backward(g)
+    y.backward(g)
+    assert torch.equal(xa.grad, xb.grad)
+    for (name, p), q in zip(body.named_parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad), name

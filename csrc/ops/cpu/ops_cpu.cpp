@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <vector>
 
 #include "../device/pool.cuh"
@@ -27,14 +28,127 @@ void check_argmax_seen(const std::atomic<bool>& bad, int64_t plane, const char* 
 
 namespace cpu {
 
+namespace {
+
+// bin_max of channels [c0, c0 + G) of one bin of an N x H x W x C map, side by side, one
+// pixel at a time in row-major order: each channel gets bin_max's result, while the compares
+// of G contiguous channels run as vector operations.
+template <int G, typename T, typename A>
+void bin_max_channels(const T* img, int W, int C, int c0, int hs, int he, int ws, int we, A* val, int* idx) {
+  A m[G];
+  int mi[G];
+  for (int k = 0; k < G; ++k) max_start(m[k], mi[k]);
+  for (int h = hs; h < he; ++h)
+    for (int w = ws; w < we; ++w) {
+      const T* px = img + (static_cast<int64_t>(h) * W + w) * C + c0;
+      const int pos = h * W + w;
+      for (int k = 0; k < G; ++k) max_step<A, int>(static_cast<A>(px[k]), pos, m[k], mi[k]);
+    }
+  for (int k = 0; k < G; ++k) {
+    val[k] = m[k];
+    idx[k] = mi[k];
+  }
+}
+
+#if defined(__GNUC__)
+// float32: the same steps on 4-lane vectors (GCC/Clang vector extensions; the compiler
+// does not find this form itself).
+typedef float F4 __attribute__((vector_size(16)));
+typedef int I4 __attribute__((vector_size(16)));
+
+template <>
+void bin_max_channels<16, float, float>(const float* img, int W, int C, int c0, int hs, int he, int ws, int we,
+                                        float* val, int* idx) {
+  constexpr int V = 4;
+  F4 m[V];
+  I4 mi[V];
+  for (int k = 0; k < V; ++k) {
+    float m0;
+    int mi0;
+    max_start(m0, mi0);
+    m[k] = F4{} + m0;
+    mi[k] = I4{} + mi0;
+  }
+  for (int h = hs; h < he; ++h)
+    for (int w = ws; w < we; ++w) {
+      const float* px = img + (static_cast<int64_t>(h) * W + w) * C + c0;
+      const I4 pos = I4{} + (h * W + w);
+      for (int k = 0; k < V; ++k) {
+        F4 v;
+        std::memcpy(&v, px + 4 * k, sizeof v);
+        max_step<F4, I4>(v, pos, m[k], mi[k]);
+      }
+    }
+  std::memcpy(val, m, sizeof m);
+  std::memcpy(idx, mi, sizeof mi);
+}
+#endif
+
+// roi_forward on an N x H x W x C (channels_last) map, with the same results.
+void roi_forward_nhwc(const Tensor& feat, const Tensor& rois, const RoiArgs& a, Tensor& out, Tensor& argmax) {
+  constexpr int kBlock = 16;
+  const int64_t K = rois.size(0);
+  const int N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
+  const RoiLevels& lv = a.levels;
+  const int cols = rois.size(1);
+  MLIC_DISPATCH(feat.scalar_type(), "mlic_roi_forward_cpu_nhwc", [&] {
+    using A = typename Acc<scalar_t>::type;
+    const scalar_t* f = feat.data_ptr<scalar_t>();
+    const scalar_t* r = rois.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    int* am = argmax.data_ptr<int>();
+    const A ss = a.spatial_scale, sc = a.score_scale, sb = a.score_bias;
+    at::parallel_for(0, K, 8, [&](int64_t k0, int64_t k1) {
+      std::vector<A> m(C);
+      std::vector<int> mi(C);
+      for (int64_t k = k0; k < k1; ++k) {
+        const RoiBox<A> box = roi_box<scalar_t, A>(r + k * cols, cols, N, ss, sc, sb);
+        const int64_t row = k * C * lv.cells;
+        const scalar_t* img = f + static_cast<int64_t>(box.b < 0 ? 0 : box.b) * H * W * C;
+        for (int l = 0; l < lv.count; ++l) {
+          const int hl = lv.level[l].h, wl = lv.level[l].w, off = lv.level[l].offset;
+          for (int ph = 0; ph < hl; ++ph) {
+            int hs, he;
+            roi_bin<A>(ph, hl, box.h, box.y1, H, hs, he);
+            for (int pw = 0; pw < wl; ++pw) {
+              int ws, we;
+              roi_bin<A>(pw, wl, box.w, box.x1, W, ws, we);
+              if (box.b < 0) he = hs;  // not an image of this batch: an empty bin, as roi_forward
+              const bool empty = roi_bin_empty(hs, he, ws, we);
+              int c0 = 0;
+              for (; c0 + kBlock <= C; c0 += kBlock)
+                bin_max_channels<kBlock>(img, W, C, c0, hs, he, ws, we, m.data() + c0, mi.data() + c0);
+              for (; c0 < C; ++c0) bin_max_channels<1>(img, W, C, c0, hs, he, ws, we, m.data() + c0, mi.data() + c0);
+              const int64_t base = row + static_cast<int64_t>(C) * off + ph * wl + pw;
+              for (int c = 0; c < C; ++c) {
+                const int64_t i = base + static_cast<int64_t>(c) * hl * wl;
+                const A val = empty ? static_cast<A>(0) : m[c];  // bin_max's empty bin: 0, index -1
+                o[i] = static_cast<scalar_t>(val * box.factor);
+                am[i] = empty ? -1 : mi[c];
+              }
+            }
+          }
+        }
+      }
+    });
+  });
+}
+
+}  // namespace
+
 std::tuple<Tensor, Tensor> roi_forward(const Tensor& feat_, const Tensor& rois_, const RoiArgs& a) {
-  const Tensor feat = feat_.contiguous(), rois = rois_.contiguous();
+  const bool nhwc = feat_.is_contiguous(at::MemoryFormat::ChannelsLast) && !feat_.is_contiguous();
+  const Tensor feat = nhwc ? feat_ : feat_.contiguous(), rois = rois_.contiguous();
   const int64_t K = rois.size(0);
   const int N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
   const RoiLevels& lv = a.levels;
   Tensor out = at::empty({K, int64_t(C) * lv.cells}, feat.options());
   Tensor argmax = at::empty({K, int64_t(C) * lv.cells}, feat.options().dtype(at::kInt));
   if (K == 0) return {out, argmax};
+  if (nhwc) {
+    roi_forward_nhwc(feat, rois, a, out, argmax);
+    return {out, argmax};
+  }
   const int cols = rois.size(1);
   MLIC_DISPATCH(feat.scalar_type(), "mlic_roi_forward_cpu", [&] {
     using A = typename Acc<scalar_t>::type;

@@ -86,27 +86,35 @@ MLIC_HD int level_of(const Levels& lv, int C, int& j) {
   return l;
 }
 
-// Max over [hs,he) x [ws,we) of G planes at once, as Caffe's MAX pooling and ROIPooling:
-// strict '>' from -FLT_MAX, so the first maximum in row-major order wins; index h*W+w, -1
-// if none. The planes are scanned side by side (independent chains of compares overlap on
+// A window's running maximum as Caffe's MAX pooling and ROIPooling keep it: from -FLT_MAX
+// and index -1, then a strict '>' for each value in row-major order, so the first maximum
+// wins and NaN never does. Branch-free, so that loops over channels vectorise.
+template <typename A>
+MLIC_HD void max_start(A& m, int& mi) {
+  m = lowest<A>();
+  mi = -1;
+}
+
+// A and I may also be GCC vector types (lanes of values and of indices), with the same rule
+// per lane.
+template <typename A, typename I>
+MLIC_HD void max_step(A v, I pos, A& m, I& mi) {
+  const auto gt = v > m;
+  m = gt ? v : m;
+  mi = gt ? pos : mi;
+}
+
+// Max over [hs,he) x [ws,we) of G planes at once (max_start, max_step); index h*W+w, -1 if
+// none. The planes are scanned side by side (independent chains of compares overlap on
 // the CPU); each plane's result is that of scanning it alone.
 template <int G, typename T, typename A>
 MLIC_HD void window_max_planes(const T* const* planes, int W, int hs, int he, int ws, int we, A* val, int* idx) {
   A m[G];
   int mi[G];
-  for (int k = 0; k < G; ++k) {
-    m[k] = lowest<A>();
-    mi[k] = -1;
-  }
+  for (int k = 0; k < G; ++k) max_start(m[k], mi[k]);
   for (int h = hs; h < he; ++h)
     for (int w = ws; w < we; ++w)
-      for (int k = 0; k < G; ++k) {
-        const A v = static_cast<A>(planes[k][h * W + w]);
-        if (v > m[k]) {
-          m[k] = v;
-          mi[k] = h * W + w;
-        }
-      }
+      for (int k = 0; k < G; ++k) max_step<A, int>(static_cast<A>(planes[k][h * W + w]), h * W + w, m[k], mi[k]);
   for (int k = 0; k < G; ++k) {
     val[k] = m[k];
     idx[k] = mi[k];

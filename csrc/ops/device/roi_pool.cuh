@@ -71,10 +71,12 @@ MLIC_HD void roi_bin(int p, int pooled, int len, int start, int limit, int& lo, 
   hi = imin(imax(hi + start, 0), limit);
 }
 
+MLIC_HD bool roi_bin_empty(int hs, int he, int ws, int we) { return he <= hs || we <= ws; }
+
 // ROIPooling's bin: an empty bin gives 0 and index -1, otherwise the window maximum.
 template <typename T, typename A>
 MLIC_HD void bin_max(const T* plane, int W, int hs, int he, int ws, int we, A& val, int& idx) {
-  if (he <= hs || we <= ws) {
+  if (roi_bin_empty(hs, he, ws, we)) {
     val = static_cast<A>(0);
     idx = -1;
     return;
