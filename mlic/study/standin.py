@@ -53,12 +53,20 @@ class NormalizedBody(nn.Module):
 
     def features(self, x):
         """fc7 after its ReLU (what the student's fc8 sees)."""
-        for name in self.plan:
+        plan = self.plan + ["pool"]  # pool5
+        i = 0
+        while i < len(plan):
+            name = plan[i]
             if name == "pool":
                 x = F.max_pool2d(x, 2, 2, ceil_mode=True)
             else:
-                x = F.relu(self.layers[name + "_bn"](self.layers[name](x)))
-        x = F.max_pool2d(x, 2, 2, ceil_mode=True).flatten(1)
+                x = self.layers[name + "_bn"](self.layers[name](x))
+                if plan[i + 1] == "pool":  # ReLU after the pool: the same bits (prototxt_ports.vgg)
+                    x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+                    i += 1
+                x = F.relu_(x)
+            i += 1
+        x = x.flatten(1)
         for name in ("fc6", "fc7"):
             x = F.relu(self.layers[name + "_bn"](self.layers[name](x)))
         return x
