@@ -187,9 +187,10 @@ def time_startup(spec: Path, repeats: int) -> Dict[str, List[float]]:
 
 def layout_cost(preset, repeats: int = 30) -> Dict[str, float]:
     """What the channels_last layout costs inside the custom ops: the teacher's RoI pooling
-    (forward and backward) at the preset's sizes on conv5 features in channels_last (the op
-    copies them to N x C x H x W) against the same features already in that layout,
-    interleaved; and the copy alone. Milliseconds, medians."""
+    (forward and backward) at the preset's sizes on conv5 features in channels_last (on the
+    CPU the forward reads them as they are; the backward's gradient is N x C x H x W) against
+    the same features in N x C x H x W, interleaved; and a copy of the map from one layout to
+    the other. Milliseconds, medians."""
     from mlic import ops
 
     cfg = preset.net_config()

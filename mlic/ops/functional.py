@@ -143,13 +143,17 @@ def caffe_interp(x: torch.Tensor, out_h: int, out_w: int, crop=None) -> torch.Te
     def t(a, dtype):
         return torch.from_numpy(a).to(device=dev, dtype=dtype)
 
-    rows0 = x.index_select(2, t(h0, torch.long))
-    rows1 = x.index_select(2, t(h1, torch.long))
-    iw0, iw1 = t(w0, torch.long), t(w1, torch.long)
-    a = rows0.index_select(3, iw0)
-    b = rows0.index_select(3, iw1)
-    c = rows1.index_select(3, iw0)
-    d = rows1.index_select(3, iw1)
+    # each corner gathered in one pass over the flattened planes (row, then column
+    # selects copied whole rows first)
+    n, ch = x.shape[0], x.shape[1]
+    planes = x.reshape(n * ch, h_in * w_in)
+    r0, r1 = t(h0 * w_in, torch.long).view(-1, 1), t(h1 * w_in, torch.long).view(-1, 1)
+    c0, c1 = t(w0, torch.long).view(1, -1), t(w1, torch.long).view(1, -1)
+
+    def corner(r, c):
+        return planes.index_select(1, (r + c).reshape(-1)).view(n, ch, out_h, out_w)
+
+    a, b, c, d = corner(r0, c0), corner(r0, c1), corner(r1, c0), corner(r1, c1)
     lw0 = t(wl0, cd).to(x.dtype).view(1, 1, 1, -1)
     lw1 = t(wl1, cd).to(x.dtype).view(1, 1, 1, -1)
     lh0 = t(hl0, cd).to(x.dtype).view(1, 1, -1, 1)

@@ -370,6 +370,45 @@ def test_interp_zoom_shrink_crop_sizes():
     np.testing.assert_allclose(np_(net.blobs["i"]), interp_ref(x[:, :, 1:7, 1:9].astype(np.float64), 4, 4), atol=2e-6)
 
 
+def _interp_caffe_float32(x, oh, ow):
+    """caffe_cpu_interp2 in float32, each product and sum rounded on its own (numpy does not
+    fuse them): h0 * (w0 * a + w1 * b) + h1 * (w0 * c + w1 * d), 1 - lambda in float32."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, oh, ow), dtype=np.float32)
+    one = np.float32(1)
+    for i in range(oh):
+        y0, y1, ly = _src(i, h, oh)
+        ly1 = np.float32(ly)
+        ly0 = one - ly1
+        for j in range(ow):
+            x0, x1, lx = _src(j, w, ow)
+            lx1 = np.float32(lx)
+            lx0 = one - lx1
+            top = lx0 * x[:, :, y0, x0] + lx1 * x[:, :, y0, x1]
+            bottom = lx0 * x[:, :, y1, x0] + lx1 * x[:, :, y1, x1]
+            out[:, :, i, j] = ly0 * top + ly1 * bottom
+    return out
+
+
+@pytest.mark.parametrize("oh,ow,layout,crop", [(64, 64, "contiguous", None), (29, 22, "channels_last", None),
+                                               (1, 4, "contiguous", None), (40, 9, "contiguous", (1, 2, 10, 12))])
+def test_interp_bits_are_caffes_expression(oh, ow, layout, crop):
+    """caffe_interp's float32 output equals Caffe's expression evaluated in float32, bit for
+    bit (downsampling as the student does, upsampling, a crop, a channels_last input)."""
+    from mlic.ops.functional import caffe_interp
+
+    x = rng.standard_normal((2, 3, 13, 17)).astype(np.float32)
+    if oh == 64:
+        x = rng.standard_normal((2, 3, 210, 190)).astype(np.float32)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    ours = caffe_interp(torch.from_numpy(x).contiguous(memory_format=fmt), oh, ow, crop).numpy()
+    if crop is not None:
+        y0, x0, h, w = crop
+        x = x[:, :, y0 : y0 + h, x0 : x0 + w]
+    ref = _interp_caffe_float32(x, oh, ow)
+    assert ours.dtype == np.float32 and np.array_equal(ours.view(np.int32), ref.view(np.int32))
+
+
 def test_interp_gradient_is_the_adjoint():
     from mlic.ops.functional import caffe_interp
 
