@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from mlic.ops.functional import relu_max_pool
 from prototxt_ports import _ops
 from prototxt_ports.base import CaffePort, caffe_conv
 from prototxt_ports.config import NetConfig
@@ -83,10 +84,7 @@ class VGG16(CaffePort):
             if kind == "conv":
                 x = getattr(self, name)(x)
                 if blobs is None and name != stop_at and i + 1 < len(plan) and plan[i + 1][0] == "pool":
-                    # max pooling and ReLU commute, values and gradients alike (a window's
-                    # first maximum is the same where it is positive; elsewhere ReLU passes no
-                    # gradient), so ReLU runs on the pooled map: a quarter of the elements
-                    x = F.relu_(_ops.max_pool_2x2(x))
+                    x = relu_max_pool(x, _ops.max_pool_2x2)  # the conv's own blob is not kept
                     name = plan[i + 1][1]
                     i += 1
                 else:

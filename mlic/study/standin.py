@@ -19,9 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlic.ops.functional import caffe_interp
+from mlic.ops.functional import caffe_interp, relu_max_pool
 from mlic.training.config import BGR_MEAN, RELEASED_SCALES
 from mlic.ops import geometry
+
+
+def _pool(x):
+    return F.max_pool2d(x, 2, 2, ceil_mode=True)
 
 
 class NormalizedBody(nn.Module):
@@ -58,13 +62,14 @@ class NormalizedBody(nn.Module):
         while i < len(plan):
             name = plan[i]
             if name == "pool":
-                x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+                x = _pool(x)
             else:
                 x = self.layers[name + "_bn"](self.layers[name](x))
-                if plan[i + 1] == "pool":  # ReLU after the pool: the same bits (prototxt_ports.vgg)
-                    x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+                if plan[i + 1] == "pool":
+                    x = relu_max_pool(x, _pool)
                     i += 1
-                x = F.relu_(x)
+                else:
+                    x = F.relu_(x)  # in place: BatchNorm's backward needs its input, not its output
             i += 1
         x = x.flatten(1)
         for name in ("fc6", "fc7"):
