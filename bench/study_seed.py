@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     clone = folder / "mlic"
     try:
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+        measured = record.commit(clone)  # the code timed, whatever this checkout holds by the end
         study_args = f"--preset {args.preset} --seeds {args.seed} --arms {args.arms} --out {clone / 'study_out'}"
         console = folder / "console.log"
         start = time.time()
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
               f"{t['wall_s'] / 60:.1f} min, CPU {t['cpu_s'] / 60:.1f} min (user {t['user_s']:.0f} s, "
               f"sys {t['sys_s']:.0f} s); set-up {setup or 0:.0f} s, build {build.group(1) if build else '?'} s; "
               f"{len(jobs)} jobs")
-        res = {"preset": args.preset, "seed": args.seed, "arms": args.arms, "study_args": study_args,
+        res = {"commit": measured, "preset": args.preset, "seed": args.seed, "arms": args.arms, "study_args": study_args,
                **{k: t[k] for k in ("wall_s", "cpu_s", "user_s", "sys_s")},
                "setup_s": setup, "build_s": int(build.group(1)) if build else None, "jobs": jobs,
                "console_tail": text[-4000:]}
