@@ -112,6 +112,15 @@ def run_demo(out: str = "demo_out", preset: str = "demo", seed: int = 0, workers
         return _run_seed(run, p, seed, workers, log)
 
 
+def seed_jobs(p: Preset, seed: int, run: Path, data) -> list:
+    """The training jobs of one demo seed, in the order they may start: the study's jobs of
+    the same models (SeedPlan), with the same settings and threads."""
+    plan = SeedPlan(p, seed, run, data)
+    students = plan.student_jobs(ARMS)
+    # the student alone (last) needs only the stand-in: listed first, it runs beside the teacher
+    return plan.shared_jobs(ARMS) + students[-1:] + students[:-1]
+
+
 def _run_seed(run: Path, p: Preset, seed: int, workers: int, log) -> dict:
     _clean(run)
     t0 = time.perf_counter()
@@ -121,11 +130,7 @@ def _run_seed(run: Path, p: Preset, seed: int, workers: int, log) -> dict:
     log("[demo] (1) the synthetic images: " + ("kept from the last run with the same settings" if kept else
         f"typically {duration(data_seconds(p))} to write on 2 cores (kept for later runs)"))
     data = prepare_data(p, seed, run, workers=workers, log=lambda m: log(m.replace("[study]", "[demo]", 1)))
-    # The teacher takes both cores (the stand-in always does): nothing else of the seed can run
-    # beside it once the student alone is put after it, beside stage 1.
-    plan = SeedPlan(p, seed, run, data, threads={"wsddn": 2})
-    students = plan.student_jobs(ARMS)
-    jobs = plan.shared_jobs(ARMS) + students[-1:] + students[:-1]
+    jobs = seed_jobs(p, seed, run, data)
     if all(j.expected_seconds for j in jobs):
         log(f"[demo] (2) {len(jobs)} training steps: typically {duration(TimeLeft(workers).seconds(jobs))} on "
             f"{workers} idle cores; each says its typical time when it starts, and each finished one the time left")

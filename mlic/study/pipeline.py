@@ -15,9 +15,13 @@ from mlic.training.tasks import Switches
 
 # decoded training images each job keeps in memory (all of them, at these presets' sizes)
 IMAGE_CACHE_MB = 1024
-# The stand-in's batch-norm sums depend on the number of threads, so it always runs with
-# the same number (part of its settings): every run of a seed starts from the same weights.
+# A stage's bits may depend on its number of threads (the stand-in's batch-norm sums
+# everywhere; on an Intel Xeon with AVX-512, oneDNN splits the convolutions' weight-gradient
+# sums across threads too), so each stage runs with a number that is part of its settings,
+# the same in the demo and the study: the stand-in on STANDIN_THREADS, every other stage on
+# STAGE_THREADS.
 STANDIN_THREADS = 2
+STAGE_THREADS = 1
 BASELINE = "nokd"
 BASELINE_EQUAL = "nokd-equal-budget"  # as many iterations as stage 1 + stage 2
 BUDGET_FOLDER = "budget/"  # the budget sweep's jobs (SeedPlan.budget_jobs)
@@ -148,13 +152,8 @@ class SeedPlan:
     """Builds the jobs of one seed in `folder`: the shared ones (stand-in, teacher, stage-1
     variants) once, the students (arms and baseline) per learning-rate setting."""
 
-    def __init__(self, preset: Preset, seed: int, folder: Path, data: SeedData,
-                 threads: Optional[Dict[str, int]] = None):
-        """threads: per stage ("wsddn", "stage1", ...) the threads its job runs with (default
-        1). The stages' results do not depend on it (tests/study/test_jobs.py); the
-        stand-in always runs with STANDIN_THREADS."""
+    def __init__(self, preset: Preset, seed: int, folder: Path, data: SeedData):
         self.preset, self.seed, self.folder, self.data = preset, seed, Path(folder).resolve(), data
-        self.threads = dict(threads or {})
         self.body = str(self.folder / "pretrain" / "body.pt")
         self.teacher = str(self.folder / "teacher" / "final.pt")
 
@@ -191,7 +190,7 @@ class SeedPlan:
         p = self.preset
         expected = p.expected_seconds.get(cfg.stage, 0.0) * cfg.solver.max_iter / p.iters[cfg.stage]
         return Job(self.key(name), str(self.folder / name), "train", cfg.to_dict(), [self.key(x) for x in deps], ev,
-                   d.root, self.threads.get(cfg.stage, 1), expected)
+                   d.root, STAGE_THREADS, expected)
 
     def shared_jobs(self, arms: Iterable[Arm], tuned: Optional[Dict[str, float]] = None) -> List[Job]:
         """The stand-in, the teacher (at tuned["teacher_lr"] when given) and the stage-1

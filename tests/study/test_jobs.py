@@ -162,49 +162,6 @@ def test_run_jobs_names_each_job_and_its_time_left_only_falls(tmp_path, monkeypa
     assert len(left) == 4 and left == sorted(left, reverse=True) and left[-1] == 30, lines
 
 
-def test_thread_count_does_not_change_what_a_stage_trains(tmp_path):
-    """The demo runs its teacher on two threads, the study on one; both must train the same
-    weights (the stand-in, whose batch-norm sums do depend on it, always runs on two)."""
-    import torch
-
-    from mlic import _ext
-    from mlic.data.synthetic import SyntheticConfig, generate_dataset
-    from mlic.study.pipeline import SeedData, SeedPlan
-    from mlic.study.presets import get_preset
-    from mlic.training import train
-    from mlic.training.tasks import Switches
-
-    if not _ext.extension_available():
-        import pytest
-
-        pytest.skip("mlic._C is not built")
-    p = get_preset("demo")
-    files = generate_dataset(str(tmp_path / "data"), SyntheticConfig(
-        num_train=24, num_test=0, bbox_num=p.proposals, image_size=p.teacher_size, num_classes=p.classes, seed=2,
-        **p.synthetic))
-    data = SeedData(root=files["root_folder"], fit=files["train"], val=None, test=files["train"], gt_test="",
-                    classes=files["classes"], pretrain="", pretrain_root="")
-    plan = SeedPlan(p, 0, tmp_path, data)
-    saved = torch.get_num_threads()
-    finals = {}
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            cfg = plan.train_config("wsddn", 0.003, None, iters=5)
-            cfg.out = str(tmp_path / f"teacher{threads}")
-            teacher = train(cfg)
-            cfg = plan.train_config("stage2", 0.003, None, str(tmp_path / "teacher1" / "final.pt"),
-                                    Switches(), iters=5)
-            cfg.out = str(tmp_path / f"stage2_{threads}")
-            finals[threads] = (torch.load(teacher, weights_only=False)["model"],
-                               torch.load(train(cfg), weights_only=False)["model"])
-    finally:
-        torch.set_num_threads(saved)
-    for a, b in zip(finals[1], finals[2]):
-        assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
-
-
 def test_a_job_folder_another_run_holds_is_never_deleted(tmp_path, monkeypatch):
     """An interrupted job's folder is started afresh, unless a live process still holds it
     (a job left running by a stopped driver): then the job fails with a sentence naming the
