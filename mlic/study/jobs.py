@@ -41,15 +41,19 @@ class Job:
         return Path(self.out) / RESULT
 
     def done(self) -> bool:
-        """Its result exists and was made with this job's settings (a changed setting
-        makes the job run again; a setting added since, at its default, does not)."""
+        """Its result exists and was made with this job's settings and number of threads
+        (on some CPUs the count changes the bits); a changed setting makes the job run
+        again, a setting added since, at its default, does not, nor does a result written
+        before the count was recorded."""
         if not self.result_path.is_file():
             return False
         try:
-            stored = json.loads(self.result_path.read_text()).get("config")
+            result = json.loads(self.result_path.read_text())
         except ValueError:
             return False
-        return _settings(self.kind, stored) == _settings(self.kind, self.config)
+        if result.get("threads", self.threads) != self.threads:
+            return False
+        return _settings(self.kind, result.get("config")) == _settings(self.kind, self.config)
 
 
 def _settings(kind: str, config) -> object:
@@ -95,7 +99,7 @@ def run_job(job: Job) -> dict:
     else:
         raise ValueError(f"job {job.key}: unknown kind {job.kind!r}")
     result = {"key": job.key, "kind": job.kind, "seconds": time.perf_counter() - t0, "pid": os.getpid(), "metrics": metrics,
-              "config": job.config}
+              "config": job.config, "threads": job.threads}
     tmp = job.result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
     os.replace(tmp, job.result_path)

@@ -27,6 +27,19 @@ def test_done_needs_the_same_settings(tmp_path):
     assert not j.done()
 
 
+def test_done_needs_the_same_number_of_threads(tmp_path):
+    """On some CPUs a stage's bits depend on its threads: a result made with another count
+    is not this job's; one written before results recorded the count is kept."""
+    j = Job("t", str(tmp_path / "t"), "train", {"lr": 0.01}, [], threads=1)
+    os.makedirs(j.out)
+    j.result_path.write_text(json.dumps({"config": j.config, "threads": 2}))
+    assert not j.done()
+    j.result_path.write_text(json.dumps({"config": j.config, "threads": 1}))
+    assert j.done()
+    j.result_path.write_text(json.dumps({"config": j.config}))
+    assert j.done()
+
+
 def test_a_job_is_redone_after_an_input_it_depends_on(tmp_path):
     teacher, student, other = _job(tmp_path, "teacher"), _job(tmp_path, "s", ["teacher"]), _job(tmp_path, "o")
     by_key = {j.key: j for j in (teacher, student, other)}
